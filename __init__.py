@@ -1,0 +1,14 @@
+"""ComfyUI-RealisID. ComfyUI imports this package; the V3 entry point lives in nodes/."""
+
+import os
+import sys
+
+_PACK_DIR = os.path.dirname(os.path.abspath(__file__))
+# Appended, not prepended: ComfyUI's own `nodes` module must keep winning over this pack's nodes/ folder,
+# while `import realisid` resolves to the one copy the nodes, the runner and the tests share.
+if _PACK_DIR not in sys.path:
+    sys.path.append(_PACK_DIR)
+
+from .nodes import comfy_entrypoint  # noqa: E402
+
+__all__ = ["comfy_entrypoint"]

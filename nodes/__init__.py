@@ -1,0 +1,18 @@
+"""ComfyUI V3 glue for RealisID: one module per node family, no model code here."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import layout, paths, preview
+
+paths.register_model_folders()
+
+NODE_MODULES = [layout, preview]
+
+
+class RealisIDExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in NODE_MODULES for node in module.NODES]
+
+
+async def comfy_entrypoint() -> RealisIDExtension:
+    return RealisIDExtension()

@@ -1,0 +1,251 @@
+"""The per-step RealisID forward (`branch_residuals`, shared by training and sampling) and its ComfyUI control.
+
+Local branch: every face's box is cropped from the model input, up-sampled to S x S, run with that face's
+landmark hint and p_id, and its residuals are relocated into zeros at each UNet scale; faces are SUMMED.
+Global branch: the whole input with one person's 1-channel box mask and p_id; persons are AVERAGED
+("per_person", the paper's rule). "union" is an opt-in cheaper variant: ONE pass with the union of the masks and
+the mean of the persons' p_id tokens (cost 1 pass instead of K; it blurs identities, so it is not the default).
+All K faces run as ONE batched forward of batch K*B per branch, face-major (row k*B + b).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import comfy.controlnet
+import comfy.model_base
+import torch
+import torch.nn.functional as F
+
+from realisid import geometry
+
+GLOBAL_MODES = ("per_person", "union")
+
+
+@dataclasses.dataclass
+class FaceCondition:
+    """One person: p_id (N, C) tokens, landmark_hint (3, H, W) in [0, 1] in crop coordinates (resized to S*8
+    when needed), box (x0, y0, x1, y1) as fractions of the image."""
+
+    p_id: torch.Tensor
+    landmark_hint: torch.Tensor | None
+    box: tuple[float, float, float, float]
+
+
+@dataclasses.dataclass
+class PreparedFaces:
+    """Per-step constants of a face list on one device/dtype/latent size (cached by RealisIDControl)."""
+
+    boxes_latent: torch.Tensor  # (K, 4) latent units, float64
+    p_id: torch.Tensor  # (K, N, C)
+    local_hint: torch.Tensor | None  # (K, 3, S*8, S*8)
+    global_hint: torch.Tensor  # (K, 1, H*8, W*8)
+
+
+def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
+    if hint.ndim != 3:
+        raise ValueError(f"landmark_hint must be (C, H, W), got {tuple(hint.shape)}")
+    if hint.shape[-2:] == (size, size):
+        return hint
+    return F.interpolate(hint[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int], device, dtype,
+                  null_identity: bool = False, need_local: bool = True) -> PreparedFaces:
+    """Stack the faces' boxes, p_id, landmark hints (S*8 px) and box masks (H*8 x W*8 px) on device/dtype."""
+    if not faces:
+        raise ValueError("RealisID needs at least one face condition")
+    boxes_frac = torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
+    h, w = latent_hw
+    if null_identity:
+        p_id = model.null_identity(1).expand(len(faces), -1, -1)
+    else:
+        p_id = torch.stack([f.p_id.reshape(-1, f.p_id.shape[-1]) for f in faces])
+    local_hint = None
+    if need_local:
+        if any(f.landmark_hint is None for f in faces):
+            raise ValueError("the local branch needs a landmark_hint for every face")
+        size = model.crop_size * geometry.LATENT_DOWNSCALE
+        local_hint = torch.stack([_resize_hint(f.landmark_hint, size) for f in faces]).to(device, dtype)
+    global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
+    return PreparedFaces(boxes_latent=geometry.frac_to_latent(boxes_frac, latent_hw).to(device),
+                         p_id=p_id.to(device, dtype), local_hint=local_hint, global_hint=global_hint.to(device, dtype))
+
+
+def _level_map(crop_size: int, latent_hw: tuple[int, int], levels: int) -> dict[int, tuple[int, int]]:
+    """Crop-residual side -> full-image residual (h, w) at the same UNet level."""
+    crop = geometry.unet_level_sizes(crop_size, levels)
+    hs, ws = geometry.unet_level_sizes(latent_hw[0], levels), geometry.unet_level_sizes(latent_hw[1], levels)
+    if len(set(crop)) != len(crop):
+        raise ValueError(f"crop size {crop_size} is too small for {levels} UNet levels")
+    return {c: (h, w) for c, h, w in zip(crop, hs, ws, strict=True)}
+
+
+def _repeat_faces(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """(B, ...) per-entry tensor -> (K*B, ...) face-major."""
+    return None if t is None else t.repeat(k, *([1] * (t.ndim - 1)))
+
+
+def _run_branch(net, x, hint, timesteps, context, y):
+    extra = {"y": y} if y is not None else {}
+    return net(x=x, hint=hint, timesteps=timesteps, context=context, **extra)
+
+
+def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, feather: float = 0.0) -> dict:
+    """Sum over faces of the relocated local-branch residuals at full-image scale."""
+    b, k = x_in.shape[0], prep.boxes_latent.shape[0]
+    s = model.crop_size
+    crops = geometry.crop_and_resize(x_in, prep.boxes_latent, s)
+    out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
+                      _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
+    levels = len(model.unet_config["channel_mult"])
+    sizes = _level_map(s, tuple(x_in.shape[-2:]), levels)
+    result = {}
+    for key, tensors in out.items():
+        result[key] = [_relocate_sum(r, prep.boxes_latent, tuple(x_in.shape[-2:]), sizes[r.shape[-1]], k, feather)
+                       for r in tensors]
+    return result
+
+
+def _relocate_sum(r, boxes, latent_hw, out_hw, k, feather):
+    pasted = geometry.relocate(r, boxes, latent_hw, out_hw, feather=feather)
+    return pasted.reshape(k, -1, *pasted.shape[1:]).sum(dim=0)
+
+
+def global_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, mode: str = "per_person") -> dict:
+    """Global-branch residuals: mean over per-person passes, or one pass with the union mask and mean p_id."""
+    if mode not in GLOBAL_MODES:
+        raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {mode!r}")
+    b = x_in.shape[0]
+    hint, p_id = prep.global_hint, prep.p_id
+    if mode == "union":
+        hint, p_id = hint.amax(dim=0, keepdim=True), p_id.mean(dim=0, keepdim=True)
+    k = hint.shape[0]
+    out = _run_branch(model.global_net, _repeat_faces(x_in, k), hint.repeat_interleave(b, dim=0),
+                      _repeat_faces(timesteps, k), p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
+    return {key: [r.reshape(k, b, *r.shape[1:]).mean(dim=0) for r in tensors] for key, tensors in out.items()}
+
+
+def _combine(local: dict | None, global_: dict | None, local_strength: float, global_strength: float) -> dict:
+    out = {"input": [], "middle": [], "output": []}
+    for key in ("middle", "output"):
+        parts = [(local, local_strength), (global_, global_strength)]
+        lists = [[t * s for t in d.get(key, [])] for d, s in parts if d is not None]
+        out[key] = [sum(ts) for ts in zip(*lists, strict=True)] if lists else []
+    return out
+
+
+def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None, local_strength=1.0,
+                            global_strength=1.0, global_mode="per_person", feather=0.0, use_local=True,
+                            use_global=True) -> dict:
+    """branch_residuals on already prepared faces (the cached path of RealisIDControl)."""
+    use_local = use_local and model.local_net is not None
+    use_global = use_global and model.global_net is not None
+    if not (use_local or use_global):
+        raise ValueError("no RealisID branch to run (both disabled or absent from the model)")
+    if model.has_adm and y is None:
+        raise ValueError("this RealisID model is for an SDXL-style base and needs y (pooled text + sizes)")
+    local = local_residuals(model, x_in, timesteps, prep, y, feather) if use_local else None
+    global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode) if use_global else None
+    return _combine(local, global_, local_strength, global_strength)
+
+
+def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: list[FaceCondition], y=None,
+                     null_identity: bool = False, local_strength: float = 1.0, global_strength: float = 1.0,
+                     global_mode: str = "per_person", feather: float = 0.0, use_local: bool = True,
+                     use_global: bool = True) -> dict:
+    """THE RealisID forward: {"input": [], "middle": [...], "output": [...]} residuals for the base UNet.
+
+    x_in: (B, 4, H, W) model input (already scaled by model_sampling.calculate_input); timesteps: (B,) model
+    timesteps; y: (B, adm) for SDXL-style bases. Each face's p_id is used for every batch entry.
+    """
+    dtype = next(model.local_net.parameters() if model.local_net is not None else model.global_net.parameters()).dtype
+    dtype = model.manual_cast_dtype or dtype
+    need_local = use_local and model.local_net is not None
+    prep = prepare_faces(model, faces, tuple(x_in.shape[-2:]), x_in.device, dtype, null_identity, need_local)
+    return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
+                                   None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
+                                   global_mode, feather, use_local, use_global)
+
+
+class RealisIDControl(comfy.controlnet.ControlBase):
+    """A ComfyUI control (goes in conditioning['control']) that adds RealisID's residuals.
+
+    The RealisIDModel is shared by every copy (one copy of each branch whatever K). `self.strength` scales
+    everything (as core); local/global strengths scale the branches before that.
+    """
+
+    def __init__(self, model, faces: list[FaceCondition], strength: float = 1.0,
+                 timestep_percent_range: tuple[float, float] = (0.0, 1.0), local_strength: float = 1.0,
+                 global_strength: float = 1.0, global_mode: str = "per_person", feather: float = 0.0,
+                 use_local: bool = True, use_global: bool = True, identity_enabled: bool = True):
+        super().__init__()
+        if global_mode not in GLOBAL_MODES:
+            raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {global_mode!r}")
+        self.model = model
+        self.faces = list(faces)
+        self.strength = strength
+        self.timestep_percent_range = tuple(timestep_percent_range)
+        self.options = dict(local_strength=local_strength, global_strength=global_strength, global_mode=global_mode,
+                            feather=feather, use_local=use_local, use_global=use_global)
+        self.identity_enabled = identity_enabled
+        self.model_sampling_current = None
+        self._prepared_key = None
+        self._prepared = None
+
+    def _prepare(self, x_noisy: torch.Tensor, dtype) -> PreparedFaces:
+        key = (x_noisy.device, dtype, tuple(x_noisy.shape[-2:]), self.identity_enabled)
+        if self._prepared_key != key:
+            need_local = self.options["use_local"] and self.model.local_net is not None
+            self._prepared = prepare_faces(self.model, self.faces, key[2], x_noisy.device, dtype,
+                                           not self.identity_enabled, need_local)
+            self._prepared_key = key
+        return self._prepared
+
+    def _outside_range(self, t) -> bool:
+        r = self.timestep_range
+        return r is not None and (t[0] > r[0] or t[0] < r[1])
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        prev = None
+        if self.previous_controlnet is not None:
+            prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self._outside_range(t):
+            return prev
+        dtype = self.model.dtype
+        ms = self.model_sampling_current
+        x_in = ms.calculate_input(t, x_noisy).to(dtype)
+        y = cond.get("y") if self.model.has_adm else None
+        y = None if y is None else comfy.model_base.convert_tensor(y, dtype, x_noisy.device)
+        prep = self._prepare(x_noisy, dtype)
+        control = residuals_from_prepared(self.model, x_in, ms.timestep(t).to(dtype), prep, y, **self.options)
+        return self.control_merge(control, prev, output_dtype=None)
+
+    def copy(self) -> RealisIDControl:
+        c = RealisIDControl(self.model, self.faces, identity_enabled=self.identity_enabled, **self.options)
+        self.copy_to(c)
+        return c
+
+    def with_identity(self, enabled: bool) -> RealisIDControl:
+        """A copy that uses the faces' p_id (True) or the model's null identity (False); chain is shared."""
+        c = self.copy()
+        c.identity_enabled = bool(enabled)
+        c.previous_controlnet = self.previous_controlnet
+        return c
+
+    def get_models(self):
+        return super().get_models() + self.model.get_models()
+
+    def pre_run(self, model, percent_to_timestep_function):
+        super().pre_run(model, percent_to_timestep_function)
+        self.model_sampling_current = model.model_sampling
+
+    def cleanup(self):
+        self.model_sampling_current = None
+        self._prepared_key = self._prepared = None
+        super().cleanup()
+
+    def inference_memory_requirements(self, dtype):
+        # activations of the K-batched branch passes are covered by the sampler's own estimate, like core ControlNet
+        return super().inference_memory_requirements(dtype)
+

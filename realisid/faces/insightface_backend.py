@@ -1,0 +1,189 @@
+"""insightface backend (real ArcFace, user-supplied antelopev2 / buffalo_l files; never downloads).
+
+Files are expected at `<root>/models/<pack>/*.onnx` (ComfyUI: root = `ComfyUI/models/insightface`). insightface
+downloads a pack whose folder is missing (without a timeout), so the folder is checked first and then handed to
+insightface as an absolute directory, which takes no download path in 0.7.3 or 2.x.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .analyzer import check_rgb_image
+from .errors import FaceBackendUnavailableError, FaceModelsMissingError
+from .record import FaceRecord
+
+log = logging.getLogger(__name__)
+
+PACK_FILES = {
+    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"),
+    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"),
+}
+PROVIDERS = {
+    "CPU": "CPUExecutionProvider",
+    "CUDA": "CUDAExecutionProvider",
+    "ROCM": "ROCMExecutionProvider",
+    "CoreML": "CoreMLExecutionProvider",
+}
+DEFAULT_DET_SIZE = 640
+# Tried in order when the main pass finds nothing: smaller sizes catch close-ups whose face is too large for
+# the anchors (ComfyUI_InstantID's loop); a larger size would help tiny faces (pass retry_sizes to add one).
+DEFAULT_RETRY_SIZES = (512, 384, 256)
+
+
+def pack_folder(root, pack: str) -> Path:
+    return Path(root).expanduser() / "models" / pack
+
+
+def check_pack_folder(root, pack: str) -> Path:
+    """The pack's folder, or a FaceModelsMissingError that says exactly where which files belong."""
+    folder = pack_folder(root, pack).resolve()
+    expected = PACK_FILES.get(pack, ())
+    listing = ", ".join(expected) if expected else "the pack's *.onnx files"
+    if not folder.is_dir():
+        raise FaceModelsMissingError(
+            f"insightface pack '{pack}' not found: folder {folder}/ does not exist. Put {listing} there "
+            f"(they are not downloaded automatically; the insightface models are for non-commercial research use)."
+        )
+    if any(folder.glob("*.onnx")):
+        missing = [name for name in expected if not (folder / name).is_file()]
+        if missing:  # insightface routes by tensor shape, so renamed files still work; just say so
+            log.warning("insightface pack %s: expected files not found by name: %s", folder, ", ".join(missing))
+        return folder
+    nested = folder / pack
+    if nested.is_dir() and any(nested.glob("*.onnx")):
+        raise FaceModelsMissingError(
+            f"insightface pack '{pack}' is nested one level too deep: the .onnx files are in {nested}/ but must be "
+            f"directly in {folder}/. Move them up one folder (a common result of unzipping {pack}.zip inside {folder})."
+        )
+    raise FaceModelsMissingError(
+        f"insightface pack folder {folder}/ contains no .onnx files. Put {listing} there."
+    )
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """onnxruntime providers for `provider` ('CPU', 'CUDA', 'ROCM', 'CoreML' or a full name), with CPU fallback."""
+    import onnxruntime
+
+    name = PROVIDERS.get(provider, provider)
+    if name not in PROVIDERS.values():
+        raise ValueError(f"unknown onnxruntime provider '{provider}'; use one of {', '.join(PROVIDERS)}")
+    available = onnxruntime.get_available_providers()
+    if name not in available:
+        if name != PROVIDERS["CPU"]:
+            log.warning(
+                "onnxruntime provider %s is not available (have: %s); using CPU. For CUDA install onnxruntime-gpu "
+                "instead of onnxruntime (never both).",
+                name,
+                ", ".join(available),
+            )
+        return [PROVIDERS["CPU"]]
+    return [name] if name == PROVIDERS["CPU"] else [name, PROVIDERS["CPU"]]
+
+
+def _import_face_analysis():
+    try:
+        from insightface.app import FaceAnalysis
+        from insightface.app.common import Face
+    except ImportError as exc:
+        raise FaceBackendUnavailableError(
+            "the insightface backend needs insightface and onnxruntime: pip install --no-deps insightface && "
+            "pip install onnxruntime (or onnxruntime-gpu)"
+        ) from exc
+    return FaceAnalysis, Face
+
+
+class InsightFaceAnalyzer:
+    """FaceAnalyzer over an insightface pack. Embeddings are ArcFace, space `arcface-<pack>-512`."""
+
+    def __init__(
+        self,
+        root,
+        pack: str = "antelopev2",
+        provider: str = "CPU",
+        det_size: int = DEFAULT_DET_SIZE,
+        retry_sizes=DEFAULT_RETRY_SIZES,
+        det_thresh: float = 0.5,
+    ):
+        folder = check_pack_folder(root, pack)
+        face_analysis, self._face_cls = _import_face_analysis()
+        self.providers = resolve_providers(provider)
+        self.pack = pack
+        self.space = f"arcface-{pack}-512"
+        self.retry_sizes = tuple(int(s) for s in retry_sizes)
+        try:
+            self.app = face_analysis(name=str(folder), root=str(Path(root).expanduser()), providers=self.providers)
+        except AssertionError as exc:  # insightface's bare "assert 'detection' in self.models"
+            raise FaceModelsMissingError(
+                f"insightface found no face detector among the .onnx files in {folder}/; expected {', '.join(PACK_FILES.get(pack, ()))}"
+            ) from exc
+        if "recognition" not in self.app.models:
+            raise FaceModelsMissingError(
+                f"insightface pack {folder}/ has no recognition (ArcFace) model; expected {PACK_FILES.get(pack, ('?',))[1]}"
+            )
+        self.app.prepare(ctx_id=0, det_thresh=det_thresh, det_size=(det_size, det_size))
+        self._static_detector = self._detector_is_static()
+
+    def _detector_is_static(self) -> bool:
+        # A fixed-size detector cannot run at other sizes (0.7.3 would fail, 2.x silently ignores the size).
+        shape = self.app.det_model.session.get_inputs()[0].shape
+        return all(isinstance(v, int) and v > 0 for v in shape[2:4])
+
+    def analyze(self, image_rgb: np.ndarray, image_index: int = 0) -> list[FaceRecord]:
+        rgb = check_rgb_image(image_rgb)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface expects cv2's BGR
+        faces = self.app.get(bgr)
+        if not faces:
+            faces = self._retry_smaller(bgr)
+        h, w = rgb.shape[:2]
+        return [self._to_record(face, image_index, (w, h)) for face in faces]
+
+    def _retry_smaller(self, bgr: np.ndarray) -> list:
+        if self._static_detector:
+            log.debug("insightface detector has a fixed input size; no retry at other sizes")
+            return []
+        for size in self.retry_sizes:
+            bboxes, kpss = self.app.det_model.detect(bgr, input_size=(size, size), max_num=0)
+            if len(bboxes):
+                log.info("insightface: found %d face(s) on retry at detector size %d", len(bboxes), size)
+                return [self._complete(bgr, bboxes[i], None if kpss is None else kpss[i]) for i in range(len(bboxes))]
+        return []
+
+    def _complete(self, bgr, det_row, kps):
+        """Run every non-detection model of the pack on one detected box (what FaceAnalysis.get does)."""
+        face = self._face_cls(bbox=det_row[0:4], kps=kps, det_score=det_row[4])
+        for task, model in self.app.models.items():
+            if task != "detection":
+                model.get(bgr, face)
+        return face
+
+    def _to_record(self, face, image_index, image_size) -> FaceRecord:
+        lm68 = face.get("landmark_3d_68")
+        emb = face.get("embedding")
+        return FaceRecord(
+            box=np.asarray(face.bbox, np.float32),
+            score=float(face.det_score),
+            kps=np.asarray(face.kps, np.float32),
+            landmarks68=None if lm68 is None else np.asarray(lm68, np.float32)[:, :2],
+            embedding=None if emb is None else np.asarray(emb, np.float32),
+            space=self.space,
+            image_index=image_index,
+            image_size=image_size,
+        )
+
+
+_CACHE: dict[tuple, InsightFaceAnalyzer] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_insightface_analyzer(root, pack: str = "antelopev2", provider: str = "CPU") -> InsightFaceAnalyzer:
+    """One analyzer per (root, pack, provider) per process (loading a pack takes seconds)."""
+    key = (str(Path(root).expanduser().resolve()), pack, provider)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = InsightFaceAnalyzer(root, pack=pack, provider=provider)
+        return _CACHE[key]

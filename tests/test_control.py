@@ -1,0 +1,221 @@
+"""RealisID control: branch_residuals algebra, and RealisIDControl through ComfyUI's real sampler."""
+
+import comfy.controlnet
+import comfy.sample
+import pytest
+import torch
+
+from realisid import branches, geometry
+from realisid.control import FaceCondition, RealisIDControl, branch_residuals
+from tests.helpers import tiny_realisid as T
+
+BOXES = [(0.1, 0.1, 0.45, 0.45), (0.5, 0.55, 0.9, 0.95)]
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    base = T.tiny_base_model("sdxl")
+    model = T.tiny_realisid_model("sdxl")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        faces = [FaceCondition(model.project(torch.randn(1, T.SOURCE_DIM, generator=gen))[0],
+                               torch.rand(3, 32, 32, generator=gen), box) for box in BOXES]
+    return base, model, faces
+
+
+def _inputs(batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, T.LATENT, T.LATENT, generator=gen)
+    return x, torch.full((batch,), 500.0), torch.randn(batch, T.ADM_CHANNELS, generator=gen)
+
+
+def _close(a: dict, b: dict, atol=1e-5):
+    for key in ("middle", "output"):
+        assert len(a[key]) == len(b[key]) > 0
+        for u, v in zip(a[key], b[key], strict=True):
+            assert u.shape == v.shape
+            torch.testing.assert_close(u, v, atol=atol, rtol=1e-4)
+
+
+def _add(a, b, wa=1.0, wb=1.0):
+    return {k: [wa * u + wb * v for u, v in zip(a[k], b[k], strict=True)] for k in ("middle", "output")}
+
+
+@torch.no_grad()
+def test_batched_faces_equal_sum_of_single_face_local_runs(sdxl):
+    _, model, faces = sdxl
+    x, ts, y = _inputs()
+    both = branch_residuals(model, x, ts, faces, y=y, use_global=False)
+    singles = [branch_residuals(model, x, ts, [f], y=y, use_global=False) for f in faces]
+    _close(both, _add(*singles))
+    assert both["output"][0].abs().max() > 1e-3  # non-trivial residuals
+
+
+@torch.no_grad()
+def test_global_per_person_is_mean_of_single_person_runs_and_union_differs(sdxl):
+    _, model, faces = sdxl
+    x, ts, y = _inputs()
+    both = branch_residuals(model, x, ts, faces, y=y, use_local=False)
+    singles = [branch_residuals(model, x, ts, [f], y=y, use_local=False) for f in faces]
+    _close(both, _add(*singles, 0.5, 0.5))
+    union = branch_residuals(model, x, ts, faces, y=y, use_local=False, global_mode="union")
+    assert not torch.allclose(union["output"][0], both["output"][0])
+    with pytest.raises(ValueError, match="global_mode"):
+        branch_residuals(model, x, ts, faces, y=y, global_mode="max")
+
+
+@torch.no_grad()
+def test_strengths_combine_linearly_and_sdxl_requires_y(sdxl):
+    _, model, faces = sdxl
+    x, ts, y = _inputs()
+    loc = branch_residuals(model, x, ts, faces, y=y, use_global=False)
+    glo = branch_residuals(model, x, ts, faces, y=y, use_local=False)
+    _close(branch_residuals(model, x, ts, faces, y=y, local_strength=0.5, global_strength=2.0), _add(loc, glo, 0.5, 2.0))
+    with pytest.raises(ValueError, match="needs y"):
+        branch_residuals(model, x, ts, faces)
+
+
+@torch.no_grad()
+def test_local_residuals_follow_the_crop_of_each_entry(sdxl):
+    # entry b of a batch depends only on x[b]: equals running it alone
+    _, model, faces = sdxl
+    x, ts, y = _inputs(batch=2)
+    out = branch_residuals(model, x, ts, faces, y=y)
+    alone = branch_residuals(model, x[1:], ts[1:], faces, y=y[1:])
+    _close({k: [t[1:] for t in v] for k, v in out.items() if k != "input"}, alone)
+
+
+def _attach(conditioning, control):
+    """What an apply node does: a COPY of the conditioning with the control set."""
+    return [[c[0], {**c[1], "control": control, "control_apply_to_uncond": False}] for c in conditioning]
+
+
+def _recording(base):
+    """A clone of the base MODEL whose wrapper records (sigma, cond_or_uncond, control) before the UNet runs."""
+    calls = []
+    model = base.clone()
+
+    def wrapper(apply_model, args):
+        ctrl = args["c"].get("control")
+        copy = None if ctrl is None else {k: [t.clone() for t in v] for k, v in ctrl.items()}
+        calls.append((args["timestep"].clone(), list(args["cond_or_uncond"]), copy))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    return model, calls
+
+
+def _sample(model, pos, neg, batch=1, cfg=2.0):
+    latent = torch.zeros(batch, 4, T.LATENT, T.LATENT)
+    noise = comfy.sample.prepare_noise(latent, 7)
+    return comfy.sample.sample(model, noise, 2, cfg, "euler", "normal", pos, neg, latent, seed=7)
+
+
+def test_sampling_local_only_is_zero_outside_boxes_and_strength_zero_is_identity(sdxl):
+    base, model, faces = sdxl
+    pos, neg = T.tiny_conditioning("sdxl")
+    pos_before = [[c[0].clone(), dict(c[1])] for c in pos]
+    rec, calls = _recording(base)
+    control = RealisIDControl(model, faces, use_global=False)
+    out = _sample(rec, _attach(pos, control), neg)
+    ctrl_calls = [c for c in calls if c[2] is not None]
+    assert len(ctrl_calls) == 2 and all(c[1] == [0] for c in ctrl_calls)  # uncond got no control
+    for tensors in (ctrl_calls[0][2]["output"] + ctrl_calls[0][2]["middle"]):
+        h, w = tensors.shape[-2:]
+        inside = geometry.box_mask(BOXES, h, w, soft=True).amax(dim=0)[0] > 0
+        assert tensors[..., ~inside].abs().max() == 0 and tensors[..., inside].abs().max() > 0
+    # no mutation of the incoming conditioning
+    assert len(pos) == 1 and "control" not in pos[0][1] and torch.equal(pos[0][0], pos_before[0][0])
+    assert pos[0][1].keys() == pos_before[0][1].keys()
+    plain = _sample(base, pos, neg)
+    assert not torch.allclose(out, plain)
+    zero = RealisIDControl(model, faces, strength=0.0)
+    torch.testing.assert_close(_sample(base, _attach(pos, zero), neg), plain, atol=1e-5, rtol=1e-5)
+
+
+def _core_controlnet():
+    net = branches.build_branch(T.tiny_unet_config("sdxl"), 3)
+    branches.init_branch_random(net, std=0.05, zero_outputs=False, generator=torch.Generator().manual_seed(5))
+    cn = comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
+    return cn.copy().set_cond_hint(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6)), 0.7)
+
+
+def _pre_run(control, base):
+    control.pre_run(base.model, lambda p: base.model.model_sampling.percent_to_sigma(p))
+
+
+def _cond(batch, seed=0):
+    _, _, y = _inputs(batch, seed)
+    return {"c_crossattn": torch.randn(batch, 5, T.CONTEXT_DIM), "y": y}
+
+
+@torch.no_grad()
+def test_chaining_with_core_controlnet_is_the_sum_and_does_not_mutate_it(sdxl):
+    base, model, faces = sdxl
+    core = _core_controlnet()
+    ours = RealisIDControl(model, faces, strength=0.8)
+    chained = ours.copy()
+    chained.set_previous_controlnet(core)
+    for c in (core, ours, chained):
+        _pre_run(c, base)
+    x, cond, sigma = torch.randn(2, 4, 8, 8), _cond(2), torch.full((2,), 5.0)
+    want = _add(core.get_control(x, sigma, cond, 1, {}), ours.get_control(x, sigma, cond, 1, {}))
+    _close(chained.get_control(x, sigma, cond, 1, {}), want)
+    assert core.previous_controlnet is None and core.strength == 0.7 and ours.previous_controlnet is None
+    assert core.control_model_wrapped in chained.get_models() and model.patcher in chained.get_models()
+
+
+@torch.no_grad()
+def test_start_end_percent_gating_returns_previous_control(sdxl):
+    base, model, faces = sdxl
+    gated = RealisIDControl(model, faces, timestep_percent_range=(0.5, 1.0))
+    _pre_run(gated, base)
+    ms = base.model.model_sampling
+    x, cond = torch.randn(1, 4, 8, 8), _cond(1)
+    early, late = ms.percent_to_sigma(0.1), ms.percent_to_sigma(0.9)
+    assert gated.get_control(x, torch.tensor([early]), cond, 1, {}) is None
+    assert gated.get_control(x, torch.tensor([late]), cond, 1, {})["output"][0].abs().max() > 0
+    core = _core_controlnet()
+    gated.set_previous_controlnet(core)
+    _pre_run(gated, base)
+    prev = core.get_control(x, torch.tensor([early]), cond, 1, {})
+    _close(gated.get_control(x, torch.tensor([early]), cond, 1, {}), prev)
+
+
+@torch.no_grad()
+def test_cond_uncond_batch_matches_each_entry_alone(sdxl):
+    base, model, faces = sdxl
+    control = RealisIDControl(model, faces)
+    _pre_run(control, base)
+    x, cond, sigma = torch.randn(4, 4, 8, 8), _cond(4, seed=2), torch.full((4,), 3.0)
+    batched = control.get_control(x, sigma, cond, 2, {})  # latent batch 2 x (cond, uncond)
+    for i in range(4):
+        one = {"c_crossattn": cond["c_crossattn"][i:i + 1], "y": cond["y"][i:i + 1]}
+        alone = control.get_control(x[i:i + 1], sigma[i:i + 1], one, 1, {})
+        _close({k: [t[i:i + 1] for t in v] for k, v in batched.items() if k != "input"}, alone)
+
+
+@torch.no_grad()
+def test_with_identity_false_uses_null_identity_and_keeps_original(sdxl):
+    base, model, faces = sdxl
+    control = RealisIDControl(model, faces, global_mode="union")
+    no_id = control.with_identity(False)
+    assert control.identity_enabled and not no_id.identity_enabled and no_id.model is control.model
+    for c in (control, no_id):
+        _pre_run(c, base)
+    x, cond, sigma = torch.randn(1, 4, 8, 8), _cond(1), torch.full((1,), 3.0)
+    null_faces = [FaceCondition(model.null_identity(1)[0], f.landmark_hint, f.box) for f in faces]
+    want = branch_residuals(model, base.model.model_sampling.calculate_input(sigma, x),
+                            base.model.model_sampling.timestep(sigma), null_faces, y=cond["y"], global_mode="union")
+    _close(no_id.get_control(x, sigma, cond, 1, {}), want)
+    assert not torch.allclose(control.get_control(x, sigma, cond, 1, {})["middle"][0], want["middle"][0])  # attn level
+
+
+def test_sd15_model_runs_without_y():
+    base = T.tiny_base_model("sd15")
+    model = T.tiny_realisid_model("sd15")
+    faces = [FaceCondition(model.null_identity(1)[0], torch.rand(3, 64, 64), BOXES[0])]
+    pos, neg = T.tiny_conditioning("sd15")
+    out = _sample(base, _attach(pos, RealisIDControl(model, faces)), neg)
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+    assert not torch.allclose(out, _sample(base, pos, neg))

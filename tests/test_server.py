@@ -1,0 +1,52 @@
+"""The pack inside the real ComfyUI server: listed in /object_info, and a prompt runs over HTTP."""
+
+import pytest
+
+from tests.helpers.server import ComfyServer, server_base_dir
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    base, yaml = server_base_dir(tmp_path_factory.mktemp("server"), models_dir)
+    srv = ComfyServer(base, yaml)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+    assert srv.process.returncode is not None
+
+
+def test_object_info_lists_the_pack(server):
+    info = server.get("/object_info")
+    ours = {name: spec for name, spec in info.items() if name.startswith("RealisID")}
+    assert "RealisIDLayoutFromNumbers" in ours and "RealisIDLayoutPreview" in ours
+    assert all(spec["category"].startswith("RealisID/") for spec in ours.values())
+    failed = [line for line in server.log().splitlines() if "IMPORT FAILED" in line and "RealisID" in line]
+    assert not failed
+    assert "tiny_sdxl.safetensors" in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+
+
+def test_prompt_runs_over_http(server):
+    prompt = {
+        "1": {"class_type": "RealisIDLayoutFromNumbers",
+              "inputs": {"width": 128, "height": 128, "x": 0.5, "y": 0.5, "size": 0.5}},
+        "2": {"class_type": "RealisIDLayoutPreview", "inputs": {"layout": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "srv"}},
+    }
+    entry = server.run_prompt(prompt)
+    (image,) = entry["outputs"]["3"]["images"]
+    assert image["filename"].startswith("srv") and image["type"] == "output"
+
+
+def test_invalid_prompt_is_rejected_with_node_errors(server):
+    prompt = {
+        "1": {"class_type": "RealisIDLayoutFromNumbers",
+              "inputs": {"width": 128, "height": 128, "x": 0.5, "y": 0.5, "size": 9.0}},
+        "2": {"class_type": "RealisIDLayoutPreview", "inputs": {"layout": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "srv"}},
+    }
+    status, reply = server.post("/prompt", {"prompt": prompt})
+    assert status == 400 and "1" in reply["node_errors"]
