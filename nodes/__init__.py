@@ -2,11 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import layout, paths, preview
+from . import apply, faces, guider, instantid, layout, loaders, paths, preview
 
 paths.register_model_folders()
 
-NODE_MODULES = [layout, preview]
+NODE_MODULES = [loaders, faces, layout, apply, guider, preview, instantid]
 
 
 class RealisIDExtension(ComfyExtension):

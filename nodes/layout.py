@@ -3,8 +3,10 @@
 from comfy_api.latest import io
 
 from realisid import layout as layouts
+from realisid.faces import select_faces
 
-from .types import Layout
+from .faces import images_to_uint8
+from .types import FaceAnalyzer, Layout
 
 CATEGORY = "RealisID/layout"
 
@@ -61,4 +63,71 @@ class LayoutFromMask(io.ComfyNode):
         return io.NodeOutput(layouts.layout_from_mask(mask[0].cpu().numpy(), expand=expand))
 
 
-NODES = [LayoutFromNumbers, LayoutFromMask]
+class LayoutFromPhoto(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDLayoutFromPhoto",
+            display_name="RealisID Face Layout (photo)",
+            category=CATEGORY,
+            description="Places faces where they are in a location/pose photo (numbered left to right); "
+                        "optionally those faces also drive pose and expression.",
+            inputs=[
+                io.Image.Input("image", tooltip="A photo whose faces mark where the generated faces go "
+                                                "(its aspect ratio should match the output)."),
+                FaceAnalyzer.Input("face_analysis", tooltip="From RealisID Face Analysis."),
+                io.Int.Input("width", default=1024, min=64, max=8192, step=8,
+                             tooltip="Width in pixels of the image you will generate."),
+                io.Int.Input("height", default=1024, min=64, max=8192, step=8,
+                             tooltip="Height in pixels of the image you will generate."),
+                io.Float.Input("expand", default=1.0, min=0.5, max=3.0, step=0.05,
+                               tooltip="Scale each detected face box around its centre."),
+                io.Boolean.Input("copy_pose", default=True,
+                                 tooltip="Also reproduce each detected face's pose and expression."),
+            ],
+            outputs=[Layout.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def execute(cls, image, face_analysis, width, height, expand, copy_pose) -> io.NodeOutput:
+        rgb = images_to_uint8(image[:1])[0]
+        found = face_analysis.analyze(rgb)
+        if not found:
+            raise layouts.LayoutError("no face found in the location photo: use a photo with visible faces, or "
+                                      "place the faces with RealisID Face Layout (numbers) or (mask)")
+        records = select_faces(found, "left_to_right", 0, None)
+        h, w = rgb.shape[:2]
+        return io.NodeOutput(layouts.layout_from_boxes([r.box for r in records], w, h, width, height, expand,
+                                                       records if copy_pose else None))
+
+
+class LayoutDrivers(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDLayoutDrivers",
+            display_name="RealisID Pose & Expression Drivers",
+            category=CATEGORY,
+            description="Face i of the layout copies the pose and expression of the largest face in image i "
+                        "(by default each face keeps its reference's own).",
+            inputs=[
+                Layout.Input("layout", tooltip="The layout whose faces get drivers, in order."),
+                io.Image.Input("image", tooltip="Driving photo(s): image i drives face i; fewer images than faces "
+                                                "leave the rest unchanged."),
+                FaceAnalyzer.Input("face_analysis", tooltip="From RealisID Face Analysis."),
+            ],
+            outputs=[Layout.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def execute(cls, layout, image, face_analysis) -> io.NodeOutput:
+        drivers = []
+        for i, rgb in enumerate(images_to_uint8(image)):
+            found = face_analysis.analyze(rgb, image_index=i)
+            if not found:
+                raise layouts.LayoutError(f"no face found in driving image {i}: use a photo with a visible face")
+            drivers.append(select_faces(found, "largest")[0])
+        return io.NodeOutput(layout.with_drivers(drivers))
+
+
+NODES = [LayoutFromNumbers, LayoutFromMask, LayoutFromPhoto, LayoutDrivers]

@@ -5,8 +5,9 @@ import torch
 from comfy_api.latest import io
 
 from realisid import drawing
+from realisid.conditioning import render_hint
 
-from .types import Layout
+from .types import Faces, Layout
 
 CATEGORY = "RealisID/preview"
 
@@ -24,19 +25,43 @@ class LayoutPreview(io.ComfyNode):
                 io.Image.Input("image", optional=True,
                                tooltip="Image to draw on (e.g. the generated result); a grey canvas of the "
                                        "layout's size when not connected."),
+                Faces.Input("faces", optional=True,
+                            tooltip="Draw each face's landmark map (its pose and expression driver) in its box."),
             ],
             outputs=[io.Image.Output(display_name="preview")],
         )
 
     @classmethod
-    def execute(cls, layout, image=None) -> io.NodeOutput:
+    def execute(cls, layout, image=None, faces=None) -> io.NodeOutput:
         if image is None:
             canvas = np.full((layout.height, layout.width, 3), 0.5, np.float32)
         else:
             canvas = image[0].cpu().numpy().astype(np.float32)
         h, w = canvas.shape[:2]
-        drawn = drawing.draw_boxes(canvas, layout.pixel_boxes(w, h))
+        boxes = layout.pixel_boxes(w, h)
+        for i, (slot, box) in enumerate(zip(layout.slots, boxes, strict=True)):
+            driver = slot.driver if slot.driver is not None else (faces[i].record if faces and i < len(faces) else None)
+            if driver is not None:
+                canvas = overlay_hint(canvas, driver, box)
+        drawn = drawing.draw_boxes(canvas, boxes)
         return io.NodeOutput(torch.from_numpy(drawn)[None])
+
+
+def overlay_hint(canvas: np.ndarray, record, box) -> np.ndarray:
+    """Paste the face's landmark map into its box (only the drawn strokes; clipped at the image edges)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    side = max(8, x1 - x0)
+    kind = "landmarks68" if record.landmarks68 is not None else "kps5"
+    hint = render_hint(record, kind, side)
+    h, w = canvas.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return canvas
+    patch = hint[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
+    alpha = patch.max(axis=2, keepdims=True)
+    out = canvas.copy()
+    out[cy0:cy1, cx0:cx1] = out[cy0:cy1, cx0:cx1] * (1 - alpha) + patch * alpha
+    return out
 
 
 NODES = [LayoutPreview]

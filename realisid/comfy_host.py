@@ -65,6 +65,13 @@ def load_core_extras(names: tuple[str, ...] = ("nodes_custom_sampler.py", "nodes
 _LOADED_EXTRAS: set[str] = set()
 
 
+def load_all_extras() -> None:
+    """All of comfy_extras, as ComfyUI's start-up loads them (user workflows may use any core node)."""
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+
+
 def _extra_loaded(name: str) -> bool:
     return name in _LOADED_EXTRAS
 

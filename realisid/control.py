@@ -51,7 +51,7 @@ def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int], device, dtype,
-                  null_identity: bool = False, need_local: bool = True) -> PreparedFaces:
+                  null_identity: bool = False, need_local: bool = True, crop_size: int | None = None) -> PreparedFaces:
     """Stack the faces' boxes, p_id, landmark hints (S*8 px) and box masks (H*8 x W*8 px) on device/dtype."""
     if not faces:
         raise ValueError("RealisID needs at least one face condition")
@@ -65,7 +65,7 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
     if need_local:
         if any(f.landmark_hint is None for f in faces):
             raise ValueError("the local branch needs a landmark_hint for every face")
-        size = model.crop_size * geometry.LATENT_DOWNSCALE
+        size = (crop_size or model.crop_size) * geometry.LATENT_DOWNSCALE
         local_hint = torch.stack([_resize_hint(f.landmark_hint, size) for f in faces]).to(device, dtype)
     global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
     return PreparedFaces(boxes_latent=geometry.frac_to_latent(boxes_frac, latent_hw).to(device),
@@ -91,10 +91,11 @@ def _run_branch(net, x, hint, timesteps, context, y):
     return net(x=x, hint=hint, timesteps=timesteps, context=context, **extra)
 
 
-def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, feather: float = 0.0) -> dict:
+def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, feather: float = 0.0,
+                    crop_size: int | None = None) -> dict:
     """Sum over faces of the relocated local-branch residuals at full-image scale."""
     b, k = x_in.shape[0], prep.boxes_latent.shape[0]
-    s = model.crop_size
+    s = crop_size or model.crop_size
     crops = geometry.crop_and_resize(x_in, prep.boxes_latent, s)
     out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
                       _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
@@ -137,7 +138,7 @@ def _combine(local: dict | None, global_: dict | None, local_strength: float, gl
 
 def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None, local_strength=1.0,
                             global_strength=1.0, global_mode="per_person", feather=0.0, use_local=True,
-                            use_global=True) -> dict:
+                            use_global=True, crop_size: int | None = None) -> dict:
     """branch_residuals on already prepared faces (the cached path of RealisIDControl)."""
     use_local = use_local and model.local_net is not None
     use_global = use_global and model.global_net is not None
@@ -145,7 +146,7 @@ def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None,
         raise ValueError("no RealisID branch to run (both disabled or absent from the model)")
     if model.has_adm and y is None:
         raise ValueError("this RealisID model is for an SDXL-style base and needs y (pooled text + sizes)")
-    local = local_residuals(model, x_in, timesteps, prep, y, feather) if use_local else None
+    local = local_residuals(model, x_in, timesteps, prep, y, feather, crop_size) if use_local else None
     global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode) if use_global else None
     return _combine(local, global_, local_strength, global_strength)
 
@@ -153,7 +154,7 @@ def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None,
 def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: list[FaceCondition], y=None,
                      null_identity: bool = False, local_strength: float = 1.0, global_strength: float = 1.0,
                      global_mode: str = "per_person", feather: float = 0.0, use_local: bool = True,
-                     use_global: bool = True) -> dict:
+                     use_global: bool = True, crop_size: int | None = None) -> dict:
     """THE RealisID forward: {"input": [], "middle": [...], "output": [...]} residuals for the base UNet.
 
     x_in: (B, 4, H, W) model input (already scaled by model_sampling.calculate_input); timesteps: (B,) model
@@ -162,10 +163,11 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
     dtype = next(model.local_net.parameters() if model.local_net is not None else model.global_net.parameters()).dtype
     dtype = model.manual_cast_dtype or dtype
     need_local = use_local and model.local_net is not None
-    prep = prepare_faces(model, faces, tuple(x_in.shape[-2:]), x_in.device, dtype, null_identity, need_local)
+    prep = prepare_faces(model, faces, tuple(x_in.shape[-2:]), x_in.device, dtype, null_identity, need_local,
+                         crop_size)
     return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
                                    None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
-                                   global_mode, feather, use_local, use_global)
+                                   global_mode, feather, use_local, use_global, crop_size)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):
@@ -178,7 +180,8 @@ class RealisIDControl(comfy.controlnet.ControlBase):
     def __init__(self, model, faces: list[FaceCondition], strength: float = 1.0,
                  timestep_percent_range: tuple[float, float] = (0.0, 1.0), local_strength: float = 1.0,
                  global_strength: float = 1.0, global_mode: str = "per_person", feather: float = 0.0,
-                 use_local: bool = True, use_global: bool = True, identity_enabled: bool = True):
+                 use_local: bool = True, use_global: bool = True, identity_enabled: bool = True,
+                 crop_size: int | None = None):
         super().__init__()
         if global_mode not in GLOBAL_MODES:
             raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {global_mode!r}")
@@ -187,7 +190,7 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         self.strength = strength
         self.timestep_percent_range = tuple(timestep_percent_range)
         self.options = dict(local_strength=local_strength, global_strength=global_strength, global_mode=global_mode,
-                            feather=feather, use_local=use_local, use_global=use_global)
+                            feather=feather, use_local=use_local, use_global=use_global, crop_size=crop_size)
         self.identity_enabled = identity_enabled
         self.model_sampling_current = None
         self._prepared_key = None
@@ -198,7 +201,7 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         if self._prepared_key != key:
             need_local = self.options["use_local"] and self.model.local_net is not None
             self._prepared = prepare_faces(self.model, self.faces, key[2], x_noisy.device, dtype,
-                                           not self.identity_enabled, need_local)
+                                           not self.identity_enabled, need_local, self.options["crop_size"])
             self._prepared_key = key
         return self._prepared
 
@@ -237,6 +240,9 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         return super().get_models() + self.model.get_models()
 
     def pre_run(self, model, percent_to_timestep_function):
+        from realisid.checkpoint import check_base_compat
+
+        check_base_compat(self.model, model)  # a clear error now beats a shape mismatch inside the UNet
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling_current = model.model_sampling
 

@@ -85,7 +85,7 @@ def tiny():
 
 def _make_conds(cnet, calls):
     gen = torch.Generator().manual_seed(3)
-    control = FakeIdentityControl(cnet, 4.0 * torch.randn(1, 4, CTX, generator=gen), calls)
+    control = FakeIdentityControl(cnet, 10.0 * torch.randn(1, 4, CTX, generator=gen), calls)
     control.set_cond_hint(torch.rand(1, 3, 64, 64, generator=gen), 1.0, (0.0, 1.0))
     opts = {"control": control, "control_apply_to_uncond": False}  # what ControlNetApplyAdvanced produces
     positive = [[torch.randn(1, 7, CTX, generator=gen), dict(opts)]]
@@ -295,3 +295,49 @@ def test_full_guidance_equals_eq8_on_captured_predictions(tiny):
     # EPS model: denoised = x - sigma*eps per prediction; the affine Eq. 8 commutes with that map
     expected = three_way_combine(captured[0], captured[1], captured[2], 7.5, 5.0)
     torch.testing.assert_close(denoised, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_usable_with_sampler_custom_advanced_and_post_cfg(tiny):
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+
+    model, cnet = tiny
+    positive, negative, _ = _make_conds(cnet, [])
+    seen = []
+
+    def post_cfg(args):
+        seen.append((float(args["sigma"][0]), args["cond_scale"], args["cond_denoised"].shape))
+        return args["denoised"] * 1.0
+
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(post_cfg)
+    guider = RealisIDGuider(patched)
+    guider.set_conds(positive, negative)
+    guider.set_scales(6.0, 3.0, 0.5)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 3)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = SamplerCustomAdvanced.execute(Noise_RandomNoise(11), guider, comfy.samplers.sampler_object("euler"),
+                                        sigmas, latent)
+    node_samples = out.result[0]["samples"]
+
+    plain = RealisIDGuider(model)
+    plain.set_conds(positive, negative)
+    plain.set_scales(6.0, 3.0, 0.5)
+    direct, _ = _sample(plain, seed=11, steps=3)
+    assert [s for s, _, _ in seen] == pytest.approx([float(s) for s in sigmas[:-1]])
+    assert all(scale == 6.0 and shape == (1, 4, 8, 8) for _, scale, shape in seen)
+    torch.testing.assert_close(node_samples, direct, atol=1e-5, rtol=0)
+
+
+def test_legacy_apply_to_uncond_gives_negative_the_null_identity(tiny):
+    model, cnet = tiny
+    positive, _, control = _make_conds(cnet, [])
+    positive[0][1]["control_apply_to_uncond"] = True  # what the legacy ControlNetApply node sets
+    negative = [[torch.zeros(1, 7, CTX), {}]]
+    guider = RealisIDGuider(model)
+    guider.set_conds(positive, negative)
+    neg_control = guider.original_conds["negative"][0]["control"]
+    assert isinstance(neg_control, FakeIdentityControl) and neg_control.identity is False
+    assert neg_control is guider.original_conds["positive_text"][0]["control"]
+    assert guider.original_conds["positive"][0]["control"] is control
+    assert not any(e["control_apply_to_uncond"] for k in ("positive", "positive_text") for e in guider.original_conds[k])
+    assert negative[0][1] == {} and positive[0][1]["control_apply_to_uncond"] is True

@@ -1,8 +1,14 @@
 """The pack inside the real ComfyUI server: listed in /object_info, and a prompt runs over HTTP."""
 
+import json
+
 import pytest
 
+from realisid import workflow_format
+from tests.conftest import stage_example_inputs
+from tests.helpers.host import REPO
 from tests.helpers.server import ComfyServer, server_base_dir
+from tests.test_workflows import shrink_for_cpu
 
 pytestmark = pytest.mark.server
 
@@ -10,6 +16,7 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
     base, yaml = server_base_dir(tmp_path_factory.mktemp("server"), models_dir)
+    stage_example_inputs(base / "input")
     srv = ComfyServer(base, yaml)
     try:
         srv.wait_ready()
@@ -50,3 +57,17 @@ def test_invalid_prompt_is_rejected_with_node_errors(server):
     }
     status, reply = server.post("/prompt", {"prompt": prompt})
     assert status == 400 and "1" in reply["node_errors"]
+
+
+def test_ui_workflows_match_the_servers_object_info(server):
+    info = server.get("/object_info")
+    for path in sorted((REPO / "workflows" / "ui").glob("*.json")):
+        problems = workflow_format.check_ui_workflow(json.loads(path.read_text()), info)
+        assert problems == [], f"{path.name}: {problems}"
+
+
+def test_bundled_workflow_runs_through_the_server(server):
+    prompt = shrink_for_cpu(json.loads((REPO / "workflows" / "api" / "realisid_two_people.json").read_text()))
+    entry = server.run_prompt(prompt)
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+    assert len(saved) == 1 and saved[0]["filename"].startswith("realisid")

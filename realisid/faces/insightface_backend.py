@@ -170,6 +170,7 @@ class InsightFaceAnalyzer:
             kps=np.asarray(face.kps, np.float32),
             landmarks68=None if lm68 is None else np.asarray(lm68, np.float32)[:, :2],
             embedding=None if emb is None else np.asarray(emb, np.float32),
+            embedding_norm=None if emb is None else float(np.linalg.norm(np.asarray(emb, np.float64))),
             space=self.space,
             image_index=image_index,
             image_size=image_size,

@@ -12,7 +12,9 @@ import numpy as np
 class FaceRecord:
     """One face. `box` is xyxy in pixels of its source image; `kps` is 5x2 in ArcFace order (image-left eye,
     image-right eye, nose, mouth image-left, mouth image-right); `landmarks68` is 68x2 (iBUG order) or None;
-    `embedding` is an L2-normalised float32 vector or None, tagged with its `space`; `image_size` is (w, h).
+    `embedding` is an L2-normalised float32 vector or None, tagged with its `space`; `embedding_norm` is the norm
+    the backend's raw vector had (InstantID's Resampler was trained on raw ArcFace vectors), or None if unknown;
+    `image_size` is (w, h).
     Arrays are read-only float32 copies, so a record can be shared freely and `replace()` is cheap."""
 
     box: np.ndarray
@@ -23,6 +25,7 @@ class FaceRecord:
     space: str = ""
     image_index: int = 0
     image_size: tuple[int, int] = (0, 0)
+    embedding_norm: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "box", _frozen(self.box, (4,), "box must be 4 numbers (x0, y0, x1, y1)"))
@@ -33,6 +36,8 @@ class FaceRecord:
             emb = l2_normalise(np.asarray(self.embedding, np.float32).reshape(-1))
             emb.setflags(write=False)
             object.__setattr__(self, "embedding", emb)
+        if self.embedding_norm is not None:
+            object.__setattr__(self, "embedding_norm", float(self.embedding_norm))
         object.__setattr__(self, "score", float(self.score))
         object.__setattr__(self, "image_index", int(self.image_index))
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
@@ -81,6 +86,7 @@ class FaceRecord:
             "space": self.space,
             "image_index": self.image_index,
             "image_size": list(self.image_size),
+            "embedding_norm": self.embedding_norm,
         }
 
     @classmethod

@@ -81,10 +81,11 @@ def unet_config(family: str) -> dict:
                   use_temporal_resblock=False)
     if family == "sd15":
         return {**common, "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
-                "use_linear_in_transformer": False, "adm_in_channels": None, "context_dim": SD15_CONTEXT_DIM}
+                "use_linear_in_transformer": False, "adm_in_channels": None, "context_dim": SD15_CONTEXT_DIM,
+                "num_heads": 8, "num_head_channels": -1}
     return {**common, "transformer_depth": [0, 1], "transformer_depth_output": [0, 0, 1, 1],
             "use_linear_in_transformer": True, "adm_in_channels": SDXL_ADM_CHANNELS, "num_classes": "sequential",
-            "context_dim": SDXL_CONTEXT_DIM}
+            "context_dim": SDXL_CONTEXT_DIM, "num_heads": -1, "num_head_channels": 64}
 
 
 def register_tiny_families() -> None:
@@ -141,9 +142,8 @@ def write_controlnet(path: pathlib.Path, family: str, hint_channels: int = 3, se
     import comfy.ops
 
     cfg = {k: v for k, v in unet_config(family).items() if k not in ("out_channels", "transformer_depth_output")}
-    heads = {"num_heads": 8, "num_head_channels": -1} if family == "sd15" else {"num_heads": -1, "num_head_channels": 64}
     net = comfy.cldm.cldm.ControlNet(hint_channels=hint_channels, dtype=torch.float32, device="cpu",
-                                     operations=comfy.ops.disable_weight_init, **heads, **cfg)
+                                     operations=comfy.ops.disable_weight_init, **cfg)
     randomize_(net, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     comfy.utils.save_torch_file({f"control_model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))

@@ -1,0 +1,159 @@
+"""Local Branch Apply, Global Location Apply and Multi-Face Composite: RealisID's control onto conditioning.
+
+All three attach ONE RealisIDControl (shared model, per-face data) to copies of the conditioning, chained after
+any ControlNet already there. The negative gets the same control with the null identity, so plain CFG guides
+towards the identity and the RealisID Guider can separate text from identity.
+"""
+
+import logging
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from realisid import conditioning, drawing
+from realisid.control import GLOBAL_MODES, RealisIDControl
+
+from .types import Faces, Layout, RealisIDModel
+
+log = logging.getLogger(__name__)
+CATEGORY = "RealisID/apply"
+
+
+def common_inputs() -> list:
+    return [
+        io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (it keeps steering the UNet)."),
+        io.Conditioning.Input("negative", tooltip="Negative text conditioning; gets the control with no identity."),
+        RealisIDModel.Input("realisid_model", tooltip="From RealisID Model Loader or the InstantID loader."),
+        Faces.Input("faces", tooltip="Encoded people from RealisID Face Encoder; face i goes to layout box i."),
+        Layout.Input("layout", tooltip="Where each face goes (RealisID Face Layout)."),
+    ]
+
+
+def range_inputs() -> list:
+    return [
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="When the branches start acting, as a fraction of sampling."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="When the branches stop acting, as a fraction of sampling."),
+    ]
+
+
+def crop_input() -> io.Int.Input:
+    return io.Int.Input("crop_size", default=0, min=0, max=256, step=8,
+                        tooltip="Local branch crop side in latent cells (0 = the model's training size, e.g. "
+                                "64 = 512 px). Every face is up-sampled to this size before the branch sees it.")
+
+
+def apply_control(positive, negative, realisid_model, faces, layout, start_percent, end_percent, crop_size=0,
+                  **options):
+    """(positive, negative) with RealisID's control attached; inputs are passed through when there are no faces."""
+    if not faces:
+        log.warning("RealisID: no faces to apply (on_no_face=passthrough); conditioning passed through unchanged")
+        return positive, negative
+    if start_percent >= end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
+    conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
+    control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
+                              crop_size=crop_size or None, **options)
+    return (conditioning.attach_control(positive, control),
+            conditioning.attach_control(negative, control.with_identity(False)))
+
+
+class LocalBranchApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDLocalBranchApply",
+            display_name="RealisID Local Branch Apply",
+            category=CATEGORY,
+            description="Identity, pose and expression inside each face box: crop, up-sample, landmark-guided "
+                        "branch, relocate. Alone it is the paper's 'without global branch' ablation.",
+            inputs=[*common_inputs(),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.01,
+                                   tooltip="Scale of the local branch's residuals."),
+                    *range_inputs(), crop_input(),
+                    io.Float.Input("feather", default=0.0, min=0.0, max=0.5, step=0.01,
+                                   tooltip="Soft edge of the pasted residuals, as a fraction of the box side "
+                                           "(0 = the paper's hard paste).")],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
+                crop_size, feather) -> io.NodeOutput:
+        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, start_percent,
+                                            end_percent, crop_size, local_strength=strength, feather=feather,
+                                            use_global=False))
+
+
+class GlobalLocationApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDGlobalLocationApply",
+            display_name="RealisID Global Location Apply",
+            category=CATEGORY,
+            description="Face location and whole-image harmony from each person's box mask. Alone it is the "
+                        "paper's 'without local branch' ablation.",
+            inputs=[*common_inputs(),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.01,
+                                   tooltip="Scale of the global branch's residuals."),
+                    *range_inputs(),
+                    io.Combo.Input("mode", options=list(GLOBAL_MODES), default="per_person",
+                                   tooltip="per_person: one pass per person, averaged (the paper). union: one "
+                                           "pass on the union of the boxes with the mean identity (cheaper, "
+                                           "blurs identities).")],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
+                mode) -> io.NodeOutput:
+        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, start_percent,
+                                            end_percent, global_strength=strength, global_mode=mode,
+                                            use_local=False))
+
+
+class MultiFaceComposite(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDMultiFaceComposite",
+            display_name="RealisID Multi-Face Composite",
+            category=CATEGORY,
+            description="Full RealisID for one or several people: binds face i to box i and runs both branches "
+                        "(all faces' local passes in one batch, summed; global passes per person, averaged).",
+            inputs=[*common_inputs(),
+                    io.Float.Input("local_strength", default=1.0, min=0.0, max=3.0, step=0.01,
+                                   tooltip="Scale of the local branch (identity, pose, expression in the boxes)."),
+                    io.Float.Input("global_strength", default=1.0, min=0.0, max=3.0, step=0.01,
+                                   tooltip="Scale of the global branch (location, harmony)."),
+                    *range_inputs(), crop_input(),
+                    io.Combo.Input("global_mode", options=list(GLOBAL_MODES), default="per_person",
+                                   tooltip="per_person (the paper) or union (one cheaper global pass)."),
+                    io.Float.Input("feather", default=0.0, min=0.0, max=0.5, step=0.01,
+                                   tooltip="Soft edge of the local residuals, as a fraction of the box side.")],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative"),
+                     io.Image.Output(display_name="mapping")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, realisid_model, faces, layout, local_strength, global_strength,
+                start_percent, end_percent, crop_size, global_mode, feather) -> io.NodeOutput:
+        pos, neg = apply_control(positive, negative, realisid_model, faces, layout, start_percent, end_percent,
+                                 crop_size, local_strength=local_strength, global_strength=global_strength,
+                                 global_mode=global_mode, feather=feather)
+        return io.NodeOutput(pos, neg, mapping_preview(layout, faces))
+
+
+def mapping_preview(layout, faces, max_side: int = 768) -> torch.Tensor:
+    """The layout at preview size with each box labelled by the person bound to it."""
+    scale = min(1.0, max_side / max(layout.width, layout.height))
+    w, h = max(8, round(layout.width * scale)), max(8, round(layout.height * scale))
+    canvas = np.full((h, w, 3), 0.5, np.float32)
+    labels = [faces[i].label or f"person {i}" if i < len(faces) else f"box {i}: no face" for i in range(len(layout))]
+    return torch.from_numpy(drawing.draw_boxes(canvas, layout.pixel_boxes(w, h), labels))[None]
+
+
+NODES = [LocalBranchApply, GlobalLocationApply, MultiFaceComposite]

@@ -1,0 +1,153 @@
+"""Face Analysis and Face Encoder: reference photos -> encoded persons in the RealisID model's identity space."""
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from realisid import drawing, identity_sources
+from realisid.faces import NO_FACE_POLICIES, SELECT_MODES, apply_no_face_policy, select_faces
+
+from . import paths
+from .types import FaceAnalyzer, Faces, RealisIDModel
+
+CATEGORY = "RealisID/faces"
+EMBEDDED = "embedded (MTCNN + dlib, offline)"
+BACKENDS = [EMBEDDED, "insightface antelopev2", "insightface buffalo_l"]
+PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML"]
+ONE_PER_IMAGE = "each image is a different person"
+SAME_PERSON = "all images show the same person"
+
+
+def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """ComfyUI IMAGE (B, H, W, C) floats -> list of HxWx3 uint8 RGB arrays."""
+    array = (images[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    return list(array)
+
+
+def make_analyzer(backend: str, provider: str):
+    if backend == EMBEDDED:
+        from realisid.faces.embedded import EmbeddedAnalyzer
+
+        return EmbeddedAnalyzer()
+    from realisid.faces.insightface_backend import get_insightface_analyzer
+
+    return get_insightface_analyzer(paths.insightface_root(), backend.split()[-1], provider)
+
+
+class FaceAnalysis(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDFaceAnalysis",
+            display_name="RealisID Face Analysis",
+            category=CATEGORY,
+            description="Chooses the face detector/landmarks/identity backend used by the other RealisID nodes.",
+            inputs=[
+                io.Combo.Input("backend", options=BACKENDS, default=EMBEDDED,
+                               tooltip="embedded: works offline with no model files (dlib 128-d identity). "
+                                       "insightface: ArcFace identity; needs the pack's .onnx files in "
+                                       "models/insightface/models/<pack>/ (non-commercial licence)."),
+                io.Combo.Input("provider", options=PROVIDERS, default="CPU",
+                               tooltip="onnxruntime device for insightface; falls back to CPU with a warning."),
+            ],
+            outputs=[FaceAnalyzer.Output(display_name="face_analysis")],
+        )
+
+    @classmethod
+    def execute(cls, backend, provider) -> io.NodeOutput:
+        return io.NodeOutput(make_analyzer(backend, provider))
+
+
+def detect_people(analyzer, images: list[np.ndarray], selection: str, index: int, on_no_face: str,
+                  references: str) -> list[list]:
+    """Per person, the records of that person (one per reference image that shows them)."""
+    people = []
+    for i, image in enumerate(images):
+        found = analyzer.analyze(image, image_index=i)
+        found = apply_no_face_policy(found, on_no_face, image_index=i, backend=type(analyzer).__name__)
+        if not found:
+            if found is None:
+                return []  # passthrough: no faces, the apply nodes pass their conditioning through
+            continue
+        count = None if (selection == "left_to_right" and references == ONE_PER_IMAGE) else 1
+        people.extend([[r] for r in select_faces(found, selection, index, count)])
+    if references == SAME_PERSON and people:
+        return [[p[0] for p in people]]
+    return people
+
+
+class FaceEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDFaceEncoder",
+            display_name="RealisID Face Encoder",
+            category=CATEGORY,
+            description="Detects the reference face(s) and encodes each person in the model's identity space "
+                        "(CLIP-vision tokens or ArcFace, as the checkpoint declares).",
+            inputs=[
+                io.Image.Input("image", tooltip="Reference photo(s). A batch: one person per image, or several "
+                                                "photos of the same person (see 'references')."),
+                FaceAnalyzer.Input("face_analysis", tooltip="From RealisID Face Analysis."),
+                RealisIDModel.Input("realisid_model", tooltip="The model whose identity space the faces are "
+                                                              "encoded in."),
+                io.Combo.Input("selection", options=list(SELECT_MODES), default="largest",
+                               tooltip="Which face(s) of each image: the largest, the one at 'index' (left to "
+                                       "right), or every face from left to right (a group photo = several people)."),
+                io.Int.Input("index", default=0, min=0, max=64,
+                             tooltip="For selection 'index': which face counting from the left (0 = leftmost)."),
+                io.Combo.Input("on_no_face", options=list(NO_FACE_POLICIES), default="error",
+                               tooltip="No face found: stop with an error, skip that image, or pass the "
+                                       "conditioning through unchanged downstream."),
+                io.Combo.Input("references", options=[ONE_PER_IMAGE, SAME_PERSON], default=ONE_PER_IMAGE,
+                               tooltip="Several photos of one person are merged into one identity."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Needed by checkpoints trained on CLIP-vision tokens (the paper's "
+                                            "encoder); not used for ArcFace checkpoints."),
+            ],
+            outputs=[Faces.Output(display_name="faces"), io.Image.Output(display_name="preview")],
+        )
+
+    @classmethod
+    def execute(cls, image, face_analysis, realisid_model, selection, index, on_no_face, references,
+                clip_vision=None) -> io.NodeOutput:
+        images = images_to_uint8(image)
+        people = detect_people(face_analysis, images, selection, index, on_no_face, references)
+        faces = tuple(identity_sources.encode_person(records, images, realisid_model.identity_space, clip_vision,
+                                                     label=f"person {i}") for i, records in enumerate(people))
+        return io.NodeOutput(faces, preview_detections(image, people))
+
+
+def preview_detections(image: torch.Tensor, people: list[list]) -> torch.Tensor:
+    """Each reference image with its selected faces boxed and numbered by person."""
+    frames = image[..., :3].cpu().numpy().astype(np.float32)
+    out = []
+    for i, frame in enumerate(frames):
+        boxes = [(p, r) for p, records in enumerate(people) for r in records if r.image_index == i]
+        drawn = drawing.draw_boxes(frame, np.array([r.box for _, r in boxes]).reshape(-1, 4),
+                                   labels=[f"person {p}" for p, _ in boxes])
+        out.append(torch.from_numpy(drawn))
+    return torch.stack(out)
+
+
+class FacesCombine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDFacesCombine",
+            display_name="RealisID Combine Faces",
+            category=CATEGORY,
+            description="Concatenates people from two encoders: faces_1's people first, then faces_2's.",
+            inputs=[
+                Faces.Input("faces_1", tooltip="People placed first (boxes 0, 1, ...)."),
+                Faces.Input("faces_2", tooltip="People appended after faces_1."),
+            ],
+            outputs=[Faces.Output(display_name="faces")],
+        )
+
+    @classmethod
+    def execute(cls, faces_1, faces_2) -> io.NodeOutput:
+        return io.NodeOutput(tuple(faces_1) + tuple(faces_2))
+
+
+NODES = [FaceAnalysis, FaceEncoder, FacesCombine]

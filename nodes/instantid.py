@@ -1,0 +1,95 @@
+"""InstantID stand-in: IdentityNet as RealisID's local branch, and its regional IP-Adapter identity."""
+
+import folder_paths
+from comfy_api.latest import io
+
+from realisid import conditioning, instantid, instantid_attention
+from realisid.faces import check_space
+from realisid.layout import LayoutError
+
+from .types import Faces, Layout, RealisIDModel
+
+CATEGORY = "RealisID/instantid"
+
+
+class InstantIDLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDInstantIDLoader",
+            display_name="RealisID InstantID Loader",
+            category=CATEGORY,
+            description="Loads InstantID's IdentityNet and IP-Adapter as a RealisID model whose local branch is "
+                        "IdentityNet (no RealisID training needed; an approximation of the paper's model).",
+            inputs=[
+                io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("controlnet"),
+                               tooltip="InstantID's IdentityNet: ControlNetModel/diffusion_pytorch_model.safetensors "
+                                       "from InstantX/InstantID, placed in models/controlnet (e.g. renamed "
+                                       "instantid_controlnet.safetensors)."),
+                io.Combo.Input("ip_adapter_name", options=folder_paths.get_filename_list("instantid"),
+                               tooltip="InstantID's ip-adapter.bin (or a .safetensors copy) in models/instantid. "
+                                       "Its Resampler turns the ArcFace embedding into identity tokens."),
+                io.Int.Input("crop_size", default=instantid.DEFAULT_CROP_SIZE, min=16, max=256, step=8,
+                             tooltip="Latent cells each face crop is re-rendered at by IdentityNet. 128 = 1024 px, "
+                                     "InstantID's training scale; smaller is faster and less detailed."),
+            ],
+            outputs=[RealisIDModel.Output(display_name="instantid")],
+        )
+
+    @classmethod
+    def execute(cls, control_net_name, ip_adapter_name, crop_size) -> io.NodeOutput:
+        cn_path = folder_paths.get_full_path_or_raise("controlnet", control_net_name)
+        ip_path = folder_paths.get_full_path_or_raise("instantid", ip_adapter_name)
+        return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size))
+
+
+class InstantIDAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RealisIDInstantIDAttention",
+            display_name="RealisID InstantID Regional Attention",
+            category=CATEGORY,
+            description="Adds InstantID's IP-Adapter identity to the MODEL's cross-attention, face i's identity "
+                        "acting only inside layout box i. Returns a patched copy; the input MODEL is unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL MODEL (InstantID exists only for SDXL)."),
+                RealisIDModel.Input("instantid", tooltip="From RealisID InstantID Loader."),
+                Faces.Input("faces", tooltip="From RealisID Face Encoder with the insightface antelopev2 "
+                                             "analysis (ArcFace); face i goes to layout box i."),
+                Layout.Input("layout", tooltip="Where each face goes (the same layout as the composite node)."),
+                io.Float.Input("weight", default=0.8, min=0.0, max=3.0, step=0.05,
+                               tooltip="Strength of the identity tokens in the UNet's cross-attention "
+                                       "(InstantID's ip_weight). 0 disables the patch."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling at which the identity attention starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling at which the identity attention stops."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, instantid, faces, layout, weight, start_percent, end_percent) -> io.NodeOutput:
+        return io.NodeOutput(apply_attention(model, instantid, faces, layout, weight, start_percent, end_percent))
+
+
+def apply_attention(model, instantid_model, faces, layout, weight, start_percent, end_percent):
+    """Validate the inputs and return the patched MODEL clone (or the MODEL itself when there are no faces)."""
+    if not instantid.is_instantid(instantid_model):
+        raise ValueError("the 'instantid' input must come from RealisID InstantID Loader (this RealisID model has "
+                         "no IP-Adapter weights)")
+    instantid.check_base(instantid_model, model)
+    if not faces:
+        return model  # the encoder's pass-through policy found no face: nothing to add
+    if len(faces) != len(layout):
+        raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per person")
+    for face in faces:
+        check_space(face.space, instantid.IDENTITY_SPACE)
+    tokens = conditioning.identity_tokens(instantid_model, faces)
+    pairs = [(t, slot.box) for t, slot in zip(tokens, layout.slots, strict=True)]
+    return instantid_attention.apply_regional_ip_adapter(model, instantid_model, pairs, weight, start_percent,
+                                                         end_percent)
+
+
+NODES = [InstantIDLoader, InstantIDAttention]

@@ -1,0 +1,90 @@
+"""From encoded faces and a layout to RealisID face conditions, and onto ComfyUI conditioning (on copies).
+
+Face i is bound to layout slot i. Its pose/expression hint is the slot's driver's landmarks (default: the
+reference's own), drawn in the coordinates of the driver's own square face box, as in training.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from realisid.control import FaceCondition
+from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
+from realisid.layout import FaceLayout, LayoutError
+
+log = logging.getLogger(__name__)
+
+
+class HintError(ValueError):
+    """The driving face lacks what the model's landmark hint needs."""
+
+
+def hint_kind(model) -> str:
+    return model.config.get("hint", "landmarks68")
+
+
+def render_hint(record, kind: str, size: int, expand: float = 1.0) -> np.ndarray:
+    """The local branch's hint for one face: HxWx3 float32 in [0, 1], in crop coordinates of its square box."""
+    square = record.square_box(expand)
+    if kind == "kps5":
+        return render_kps5(to_crop_coords(record.kps, square, size), size)
+    if record.landmarks68 is None:
+        raise HintError("this RealisID model draws 68-point landmark hints, but the face analysis gave none: use the "
+                        "embedded backend, or an insightface pack that includes 1k3d68.onnx (antelopev2, buffalo_l)")
+    return render_landmarks68(to_crop_coords(record.landmarks68, square, size), size)
+
+
+def identity_tokens(model, faces) -> list[torch.Tensor]:
+    """p_id (N, C) per face, projected once (not per step)."""
+    scale_raw = model.config.get("identity_input") == "raw_arcface"
+    tokens = []
+    with torch.no_grad():
+        for face in faces:
+            source = face.source
+            norm = getattr(face.record, "embedding_norm", None)
+            if scale_raw and norm:
+                source = source * float(norm)  # InstantID's Resampler was trained on un-normalised ArcFace vectors
+            tokens.append(model.project(source[None]).float().cpu()[0])
+    return tokens
+
+
+def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = None) -> list[FaceCondition]:
+    """One FaceCondition per (face i, slot i); counts must match."""
+    if len(faces) != len(layout):
+        raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per "
+                          "person (face i goes to box i, see the preview)")
+    for face in faces:
+        if face.space != model.identity_space:
+            from realisid.faces import check_space
+
+            check_space(face.space, model.identity_space)
+    size = 8 * (crop_size or model.crop_size)
+    kind = hint_kind(model)
+    expand = float(model.config.get("box_expand", 1.0))
+    tokens = identity_tokens(model, faces)
+    conditions = []
+    for face, slot, p_id in zip(faces, layout.slots, tokens, strict=True):
+        driver = slot.driver if slot.driver is not None else face.record
+        hint = torch.from_numpy(render_hint(driver, kind, size, expand)).permute(2, 0, 1).contiguous()
+        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=tuple(float(v) for v in slot.box)))
+    return conditions
+
+
+def attach_control(conditioning: list, control, previous_key: str = "control") -> list:
+    """A copy of `conditioning` whose entries carry `control` chained after their existing control."""
+    out = []
+    cache: dict = {}
+    for tensor, options in conditioning:
+        options = options.copy()
+        previous = options.get(previous_key)
+        if previous not in cache:
+            link = control.copy()
+            link.set_previous_controlnet(previous)
+            cache[previous] = link
+        options[previous_key] = cache[previous]
+        options["control_apply_to_uncond"] = False
+        out.append([tensor, options])
+    return out

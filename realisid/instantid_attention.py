@@ -1,0 +1,196 @@
+"""InstantID's IP-Adapter identity in the base UNet's cross-attention, restricted per face to its box.
+
+For every cross-attention (attn2) of the base UNet, the output before `to_out` becomes
+
+    attn(q, k_text, v_text) + weight * sum_i mask_i * attn(q, k_ip(p_i), v_ip(p_i))
+
+where p_i are face i's identity tokens and mask_i is face i's box at that block's feature resolution (exactly 0
+outside the box), so a face's tokens act only inside its region. Applied on a CLONE of the MODEL through
+`patches_replace["attn2"][(block, id, index)]` (ComfyUI's mechanism, as cubiq/ComfyUI_InstantID uses), gated by
+sigma between start and end percent.
+
+Processor pairing: InstantID's `ip_adapter` keys count diffusers' attention processors (attn1 even, attn2 odd) in
+the order down_blocks, up_blocks, mid_block. ComfyUI's blocks are enumerated from the UNet itself in that order
+(input_blocks, output_blocks, middle_block; transformer blocks in order inside each), so any SDXL-family UNet
+pairs with the file whose widths match it (checked).
+
+Which evaluations get the identity: a batch whose control chain carries a RealisID identity switch follows it
+(`identity_enabled`, so the guider's no-identity terms get the null tokens); otherwise the conditional chunk
+(cond_or_uncond 0) gets the faces' tokens and the others get the null tokens (the projection of a zero embedding,
+InstantID's unconditional input), always inside the boxes only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.patcher_extension
+import torch
+
+from realisid import geometry
+
+WRAPPER_KEY = "realisid_instantid_ip"
+FLAGS_KEY = "realisid_ip_identity"
+
+
+def attn2_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
+    """[((block_name, id, index), width)] of every cross-attention, in diffusers' processor order."""
+    found = []
+    groups = [("input", diffusion_model.input_blocks), ("output", diffusion_model.output_blocks),
+              ("middle", [diffusion_model.middle_block])]
+    for name, blocks in groups:
+        for block_id, block in enumerate(blocks):
+            for module in block:
+                for index, tb in enumerate(getattr(module, "transformer_blocks", [])):
+                    if getattr(tb, "attn2", None) is not None:
+                        found.append(((name, block_id, index), tb.attn2.to_k.out_features))
+    return found
+
+
+def pair_blocks(diffusion_model, ip_adapter) -> list[tuple[tuple[str, int, int], int]]:
+    """[((block_name, id, index), processor index)]; raises when the UNet and the IP-Adapter do not match."""
+    blocks = attn2_blocks(diffusion_model)
+    indices = ip_adapter.indices
+    if len(blocks) != len(indices):
+        raise ValueError(f"the MODEL's UNet has {len(blocks)} cross-attention layers but InstantID's IP-Adapter has "
+                         f"{len(indices)}: InstantID needs the SDXL base it was trained for (SDXL 1.0 family).")
+    pairs = []
+    for (key, width), index in zip(blocks, indices, strict=True):
+        layer = ip_adapter.to_k[str(index)]
+        if layer.out_features != width:
+            raise ValueError(f"IP-Adapter layer {index} is {layer.out_features} wide but the MODEL's cross-attention "
+                             f"{key} is {width} wide: this base UNet is not the one InstantID was trained on.")
+        pairs.append((key, index))
+    return pairs
+
+
+def feature_hw(tokens: int, original_shape) -> tuple[int, int]:
+    """(h, w) of a block's feature map from its token count and the UNet input's (B, C, H, W)."""
+    h, w = int(original_shape[-2]), int(original_shape[-1])
+    for _ in range(8):
+        if h * w == tokens:
+            return h, w
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    raise ValueError(f"cannot place {tokens} attention tokens on a {original_shape[-2]}x{original_shape[-1]} latent")
+
+
+class RegionalIPAttention:
+    """One attn2 replacement: text attention plus each face's IP attention inside its box."""
+
+    def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, previous=None):
+        self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner)
+        self.k_null, self.v_null = k_null, v_null  # (1, N, inner)
+        self.boxes = boxes  # (K, 4) fractions
+        self.weight = float(weight)
+        self.sigma_start, self.sigma_end = sigma_range
+        self.previous = previous  # an attn2 replacement already on the MODEL for this block, kept in the chain
+        self._masks = {}
+
+    def _active(self, extra_options) -> bool:
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.flatten()[0])
+        return self.sigma_end <= sigma <= self.sigma_start
+
+    def _mask(self, tokens, extra_options, device, dtype) -> torch.Tensor:
+        hw = feature_hw(tokens, extra_options["original_shape"])
+        key = (hw, device, dtype)
+        if key not in self._masks:
+            mask = geometry.box_mask(self.boxes, hw[0], hw[1], soft=True)  # (K, 1, h, w), 0 outside each box
+            self._masks[key] = mask.reshape(mask.shape[0], -1, 1).to(device, dtype)
+        return self._masks[key]
+
+    def _identity_rows(self, batch, extra_options) -> torch.Tensor:
+        """(B,) bool: which rows get the faces' tokens (the others get the null tokens)."""
+        chunks = extra_options.get("cond_or_uncond") or [0]
+        flags = extra_options.get(FLAGS_KEY) or [c == 0 for c in chunks]
+        per_chunk = batch // len(flags)
+        return torch.tensor(flags, dtype=torch.bool).repeat_interleave(per_chunk)
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        if self.weight == 0.0 or not self._active(extra_options):
+            return out
+        return out + self.ip_term(q, extra_options)
+
+    def ip_term(self, q, extra_options) -> torch.Tensor:
+        """weight * sum_i mask_i * attn(q, k_i, v_i) for the faces (or the null tokens, per row)."""
+        b, t, _ = q.shape
+        n_faces = self.k_faces.shape[0]
+        heads = extra_options["n_heads"]
+        use_id = self._identity_rows(b, extra_options).to(q.device)
+        k_faces, v_faces = self.k_faces.to(q.device, q.dtype), self.v_faces.to(q.device, q.dtype)
+        k_null = self.k_null.to(q.device, q.dtype).expand_as(k_faces)
+        v_null = self.v_null.to(q.device, q.dtype).expand_as(v_faces)
+        sel = use_id[None, :, None, None]  # (1, B, 1, 1) -> per face and row: faces' or null tokens
+        k_rows = torch.where(sel, k_faces[:, None], k_null[:, None]).flatten(0, 1)  # (K*B, N, inner)
+        v_rows = torch.where(sel, v_faces[:, None], v_null[:, None]).flatten(0, 1)
+        q_rows = q.repeat(n_faces, 1, 1)  # face-major, like k_rows
+        ip = comfy_attention.optimized_attention(q_rows, k_rows, v_rows, heads,
+                                                 attn_precision=extra_options.get("attn_precision"))
+        mask = self._mask(t, extra_options, q.device, q.dtype)  # (K, T, 1)
+        return (ip.reshape(n_faces, b, t, -1) * mask[:, None]).sum(dim=0) * self.weight
+
+
+def _identity_switch(control):
+    """The identity_enabled flag of the first RealisID-style link of a control chain, or None."""
+    while control is not None:
+        if hasattr(control, "identity_enabled") and callable(getattr(control, "with_identity", None)):
+            return bool(control.identity_enabled)
+        control = getattr(control, "previous_controlnet", None)
+    return None
+
+
+def _identity_flags_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                            **kwargs):
+    """APPLY_MODEL wrapper: tell the attn2 replacements which batch chunks carry the identity."""
+    transformer_options = dict(transformer_options or {})
+    switch = _identity_switch(control)
+    chunks = transformer_options.get("cond_or_uncond") or [0]
+    flags = [c == 0 for c in chunks] if switch is None else [switch] * len(chunks)
+    transformer_options[FLAGS_KEY] = flags
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def _project_kv(ip_adapter, index: int, tokens: torch.Tensor):
+    with torch.no_grad():
+        tokens = tokens.float().cpu()
+        return ip_adapter.to_k[str(index)](tokens), ip_adapter.to_v[str(index)](tokens)
+
+
+def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: float = 0.8,
+                              start_percent: float = 0.0, end_percent: float = 1.0):
+    """A CLONE of `model_patcher` whose cross-attentions add each face's IP-Adapter identity inside its box.
+
+    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1) fractions)], tokens from instantid_model.project().
+    The input MODEL is never changed (its model_options and weights stay as they were).
+    """
+    if not faces:
+        raise ValueError("apply_regional_ip_adapter needs at least one (tokens, box) face")
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ValueError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
+    ip_adapter = instantid_model.ip_adapter
+    pairs = pair_blocks(model_patcher.model.diffusion_model, ip_adapter)
+    tokens = torch.stack([torch.as_tensor(t).reshape(-1, t.shape[-1]).float() for t, _ in faces])
+    boxes = [tuple(float(v) for v in box) for _, box in faces]
+    null = instantid_model.null_identity(1).float()
+    sampling = model_patcher.get_model_object("model_sampling")
+    sigma_range = (sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))
+    patched = model_patcher.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for key, index in pairs:
+        k_faces, v_faces = _project_kv(ip_adapter, index, tokens)
+        k_null, v_null = _project_kv(ip_adapter, index, null)
+        previous = existing.get(key) or existing.get(key[:2])
+        fn = RegionalIPAttention(k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, previous)
+        patched.set_model_attn2_replace(fn, key[0], key[1], key[2])
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                 _identity_flags_wrapper)
+    return patched

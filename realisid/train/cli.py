@@ -1,0 +1,163 @@
+"""Command line: `python -m realisid.train prepare ...` and `python -m realisid.train fit ...` (see docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("realisid.train")
+
+
+def _prepare_parser(sub) -> None:
+    p = sub.add_parser("prepare", help="analyse image-caption pairs once and write the training cache")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images with <stem>.txt captions")
+    src.add_argument("--manifest", help='JSONL of {"image": path, "caption": text}')
+    src.add_argument("--shards", help="WebDataset-style tars, brace ranges allowed: 'data-{000..009}.tar'")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--backend", choices=("embedded", "insightface"), default="embedded")
+    p.add_argument("--insightface-root", help="folder with models/<pack>/ (insightface backend)")
+    p.add_argument("--min-face", type=int, default=64, help="minimum square face box side, pixels of the training image")
+    p.add_argument("--min-score", type=float, default=0.9, help="detector score below which a face is ignored")
+    p.add_argument("--box-expand", type=float, default=1.0, help="square box side = longer detection side * this")
+    p.add_argument("--size", type=int, default=512, help="training image side (centre crop + resize)")
+    p.add_argument("--detect-size", type=int, default=512, help="analyse faces at max(--size, this) pixels")
+    p.add_argument("--hint-size", type=int, default=512, help="stored landmark hint side (0: render when training)")
+    p.add_argument("--allow-empty-captions", action="store_true", help="keep images without a caption")
+    p.add_argument("--resume", action="store_true", help="continue a cache: skip every key already decided")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="train the RealisID branches and projector")
+    p.add_argument("--base", required=True, help="base checkpoint (.safetensors) with UNet, text encoder and VAE")
+    p.add_argument("--cache", required=True, help="cache folder written by `prepare`")
+    p.add_argument("--out", required=True, help="output folder: checkpoints, state/, logs/, samples/")
+    p.add_argument("--identity-space", choices=("clip", "arcface", "embedding"), default="clip")
+    p.add_argument("--clip-vision", help="CLIP-vision model file (identity space clip)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=4, help="per process")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--lambda-face", type=float, default=1.0)
+    p.add_argument("--face-loss-norm", choices=("area", "none"), default="area")
+    p.add_argument("--drop-image", type=float, default=0.05)
+    p.add_argument("--drop-text", type=float, default=0.05)
+    p.add_argument("--drop-both", type=float, default=0.05)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--grad-checkpointing", action="store_true", help="checkpoint the trainable ControlNets")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay (e.g. 0.9999); 0 disables EMA")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=0, help="0 disables sample images")
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--resume", help="a state folder (OUT/state/step-N) or 'latest'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop-size", type=int, default=64, help="local branch crop side in latent cells")
+    p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
+    p.add_argument("--text-cache-size", type=int, default=4096)
+    p.add_argument("--cache-latents", action="store_true", help="keep VAE latents in memory (small data sets)")
+    p.add_argument("--overfit", action="store_true", help="sanity check: train on one fixed batch (the loss must fall)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU")
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m realisid.train", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _prepare_parser(sub)
+    _fit_parser(sub)
+    return parser
+
+
+def run_prepare(args) -> dict:
+    from realisid.train import sources
+    from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
+
+    if args.images:
+        samples = sources.from_folder(args.images)
+    elif args.manifest:
+        samples = sources.from_manifest(args.manifest)
+    else:
+        samples = sources.from_shards(args.shards)
+    opts = PrepareOptions(size=args.size, detect_size=args.detect_size, min_face=args.min_face, min_score=args.min_score,
+                          box_expand=args.box_expand, hint_size=args.hint_size,
+                          require_caption=not args.allow_empty_captions, resume=args.resume)
+    analyzer = make_analyzer(args.backend, args.insightface_root, args.min_score)
+    stats = prepare_cache(samples, analyzer, args.out, opts, progress=not args.no_progress)
+    log.info("cache %s: %s", args.out, json.dumps(stats))
+    return stats
+
+
+def _boot_comfy(comfyui: str | None, cpu: bool) -> None:
+    """Put ComfyUI on sys.path (unless `comfy` is importable already) before anything imports comfy."""
+    if "comfy.model_management" in sys.modules:
+        return
+    if comfyui:
+        from realisid import comfy_host
+
+        comfy_host.boot(comfyui, cpu=cpu)
+        return
+    try:
+        import comfy.cli_args
+    except ImportError as e:
+        raise SystemExit("fit needs ComfyUI: pass --comfyui DIR or set COMFYUI_DIR") from e
+    if cpu:
+        comfy.cli_args.args.cpu = True
+
+
+def config_from_args(args):
+    from realisid.train.loop import TrainConfig, latest_state
+
+    try:
+        projector = json.loads(args.projector)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--projector is not valid JSON: {e}") from e
+    resume = latest_state(args.out) if args.resume == "latest" else args.resume
+    if args.resume == "latest" and resume is None:
+        log.warning("--resume latest: no saved state in %s/state; starting fresh", args.out)
+    return TrainConfig(
+        base=args.base, cache=args.cache, out=args.out, identity_space=args.identity_space,
+        clip_vision=args.clip_vision, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, lambda_face=args.lambda_face, face_loss_norm=args.face_loss_norm,
+        drop_image=args.drop_image, drop_text=args.drop_text, drop_both=args.drop_both,
+        mixed_precision=args.mixed_precision, grad_checkpointing=args.grad_checkpointing, grad_accum=args.grad_accum,
+        ema=args.ema, save_every=args.save_every, sample_every=args.sample_every, sample_steps=args.sample_steps,
+        resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
+        max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
+        cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu)
+
+
+def run_fit(args) -> list[float]:
+    cpu = args.cpu or os.environ.get("ACCELERATE_USE_CPU") == "1"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and not cpu:
+        import torch
+
+        if torch.cuda.is_available():  # ComfyUI's device is the current CUDA device: make it this rank's
+            torch.cuda.set_device(int(local_rank))
+    _boot_comfy(args.comfyui, cpu)
+    from realisid.train.loop import fit
+
+    return fit(config_from_args(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "prepare":
+            run_prepare(args)
+        else:
+            run_fit(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0

@@ -1,0 +1,518 @@
+"""The RealisID training loop (accelerate): frozen ComfyUI base, trainable local + global branches and projector.
+
+Per step: VAE latents x0 of the cached images, noise and sigma from the base's model_sampling (EPS / V-pred
+aware), the RealisID residuals from `realisid.control.branch_residuals` (THE forward shared with sampling), the
+frozen UNet's prediction, loss = MSE + lambda * face-box-masked MSE (paper Eq. 7), condition dropout for the
+three-way guidance. Runs unchanged under `accelerate launch` (DDP: only the branches are wrapped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from realisid import checkpoint
+from realisid.control import FaceCondition, branch_residuals
+from realisid.geometry import LATENT_DOWNSCALE
+from realisid.train.data import CachedFaceDataset, latent_mask
+from realisid.identity_sources import clip_space
+from realisid.train.host import FrozenHost
+
+log = logging.getLogger(__name__)
+
+IDENTITY_SPACES = ("clip", "arcface", "embedding")
+FACE_LOSS_NORMS = ("area", "none")
+PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    cache: str
+    out: str
+    identity_space: str = "clip"  # clip: CLIP-vision tokens of the face crop; arcface: the cached ArcFace vector;
+    # embedding: the cached vector of whatever backend prepared the cache (tests, experiments)
+    clip_vision: str | None = None
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    lambda_face: float = 1.0
+    face_loss_norm: str = "area"
+    drop_image: float = 0.05
+    drop_text: float = 0.05
+    drop_both: float = 0.05
+    mixed_precision: str = "no"
+    grad_checkpointing: bool = False
+    grad_accum: int = 1
+    ema: float = 0.0
+    save_every: int = 500
+    sample_every: int = 0
+    sample_steps: int = 20
+    resume: str | None = None
+    seed: int = 0
+    crop_size: int = checkpoint.DEFAULT_CROP_SIZE
+    projector: dict = field(default_factory=dict)  # overrides of identity.DEFAULT_CONFIG
+    log_every: int = 10
+    num_workers: int = 0
+    max_grad_norm: float = 1.0
+    text_cache_size: int = 4096
+    overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
+    cache_latents: bool = False  # keep each sample's VAE latent in memory after its first encode (small sets)
+    cpu: bool = False
+
+    def validate(self) -> None:
+        if self.identity_space not in IDENTITY_SPACES:
+            raise ValueError(f"--identity-space must be one of {IDENTITY_SPACES}, got {self.identity_space!r}")
+        if self.identity_space == "clip" and not self.clip_vision:
+            raise ValueError("--identity-space clip needs --clip-vision FILE (e.g. CLIP-ViT-H-14 .safetensors)")
+        if self.face_loss_norm not in FACE_LOSS_NORMS:
+            raise ValueError(f"--face-loss-norm must be one of {FACE_LOSS_NORMS}, got {self.face_loss_norm!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"--mixed-precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
+        if self.drop_image + self.drop_text + self.drop_both > 1:
+            raise ValueError("the condition-dropout probabilities add up to more than 1")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("--steps, --batch-size and --grad-accum must be >= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+
+
+# ---- pieces --------------------------------------------------------------------------------------------------------
+class BranchForward(nn.Module):
+    """The trainable networks as ONE module (what accelerate wraps in DDP); forward = branch_residuals per sample.
+
+    Each sample has its own face, and branch_residuals applies a face list to every batch entry, so the batch
+    runs entry by entry (K=1, B=1) and the residuals are concatenated. Same code as sampling, one call per entry.
+    """
+
+    def __init__(self, model: checkpoint.RealisIDModel):
+        super().__init__()
+        self.nets = model.nets  # the same modules the RealisIDModel uses
+        self.model = model
+
+    def forward(self, x_in, timesteps, identity, hints, boxes, y, drop_identity: list[bool]) -> dict:
+        p_id = self.model.project(identity)
+        parts = []
+        for i in range(x_in.shape[0]):
+            face = FaceCondition(p_id=p_id[i], landmark_hint=hints[i], box=tuple(float(v) for v in boxes[i]))
+            parts.append(branch_residuals(self.model, x_in[i:i + 1], timesteps[i:i + 1], [face],
+                                          y=None if y is None else y[i:i + 1], null_identity=drop_identity[i]))
+        return {key: [torch.cat(ts) for ts in zip(*(p[key] for p in parts), strict=True)]
+                for key in ("input", "middle", "output")}
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (fp32 shadow copy)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for n, p in module.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        for n, p in module.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = float(state["decay"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+class Progress:
+    """Step counter + the CPU generator for noise, timesteps and dropout (saved with the training state)."""
+
+    def __init__(self, seed: int):
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+
+def batch_indices(n: int, seed: int, micro_step: int, batch: int, rank: int, world: int) -> list[int]:
+    """Sample indices of one rank's micro-batch: epochs are seeded permutations, ranks take disjoint slices.
+
+    A pure function of the step, so a resumed run sees exactly the batches the uninterrupted run would have."""
+    out = []
+    start = (micro_step * world + rank) * batch
+    for pos in range(start, start + batch):
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[offset]))
+    return out
+
+
+def model_targets(model_sampling, sigma, x_noisy, x0) -> torch.Tensor:
+    """The model output whose denoised value is x0, for any model_sampling linear in the output (EPS: the noise,
+    V_PREDICTION: v, ...): denoised = a * x + b * out, so out = (x0 - denoised(0, x)) / denoised(1, 0)."""
+    base = model_sampling.calculate_denoised(sigma, torch.zeros_like(x_noisy), x_noisy)
+    gain = model_sampling.calculate_denoised(sigma, torch.ones_like(x_noisy), torch.zeros_like(x_noisy))
+    return (x0 - base) / gain
+
+
+def sample_sigmas(model_sampling, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Training sigmas: a uniform discrete timestep of the schedule (or a uniform percent when continuous)."""
+    sigmas = getattr(model_sampling, "sigmas", None)
+    if sigmas is not None and sigmas.ndim == 1 and len(sigmas) > 1:
+        idx = torch.randint(0, len(sigmas), (batch,), generator=generator)
+        return sigmas.cpu()[idx].float()
+    u = torch.rand(batch, generator=generator)
+    return torch.tensor([float(model_sampling.percent_to_sigma(float(v))) for v in u])
+
+
+def dropout_flags(batch: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[list[bool], list[bool]]:
+    """(drop_image, drop_text) per sample: both with p_both, image only with p_image, text only with p_text."""
+    u = torch.rand(batch, generator=generator).tolist()
+    both = [v < cfg.drop_both for v in u]
+    image = [b or cfg.drop_both <= v < cfg.drop_both + cfg.drop_image for v, b in zip(u, both, strict=True)]
+    lo = cfg.drop_both + cfg.drop_image
+    text = [b or lo <= v < lo + cfg.drop_text for v, b in zip(u, both, strict=True)]
+    return image, text
+
+
+def diffusion_loss(pred, target, mask_latent, lambda_face: float, norm: str) -> tuple[torch.Tensor, dict]:
+    """MSE over the latent + lambda * MSE inside the face box (area-normalised per sample, or a plain mean)."""
+    err = (pred.float() - target.float()) ** 2
+    mse = err.mean()
+    masked = err * mask_latent
+    if norm == "area":
+        denom = mask_latent.sum(dim=(1, 2, 3)) * err.shape[1]
+        face = (masked.sum(dim=(1, 2, 3)) / denom.clamp_min(1e-6)).mean()
+    else:
+        face = masked.mean()
+    return mse + lambda_face * face, {"mse": mse.detach(), "face_mse": face.detach()}
+
+
+def set_branch_checkpointing(nets: nn.Module, enabled: bool) -> None:
+    """Gradient checkpointing on the trainable ControlNets only (their ResBlocks honour use_checkpoint)."""
+    for name in ("local", "global"):
+        net = nets._modules.get(name)
+        if net is None:
+            continue
+        for module in net.modules():
+            if hasattr(module, "use_checkpoint"):
+                module.use_checkpoint = enabled
+
+
+# ---- trainer -------------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.accelerator = self._make_accelerator()
+        acc = self.accelerator
+        torch.manual_seed(cfg.seed + acc.process_index)
+        weight_dtype = PRECISIONS[cfg.mixed_precision] if acc.device.type != "cpu" else torch.float32
+        self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
+                               else None, cfg.text_cache_size)
+        self.dataset = CachedFaceDataset(cfg.cache, cfg.crop_size * LATENT_DOWNSCALE)
+        self._check_spaces()
+        self.model = self._build_model()
+        set_branch_checkpointing(self.model.nets, cfg.grad_checkpointing)
+        self.forward_module = BranchForward(self.model)
+        params = [p for p in self.model.nets.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.forward_module, self.optimizer = acc.prepare(self.forward_module, optimizer)
+        self.ema = EMA(self.model.nets, cfg.ema) if cfg.ema > 0 else None
+        self.progress = Progress(cfg.seed * 1_000_003 + acc.process_index)
+        acc.register_for_checkpointing(self.progress)
+        if self.ema is not None:
+            acc.register_for_checkpointing(self.ema)
+        if cfg.resume:
+            acc.load_state(cfg.resume)
+            log.info("resumed from %s at step %d", cfg.resume, self.progress.step)
+        self._latent_cache: dict[int, torch.Tensor] = {}
+
+    def _make_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+        log_with = "tensorboard" if _has_tensorboard() else None
+        # reentrant checkpointing + one branch call per sample re-enters the same params: static graph for DDP
+        ddp = DistributedDataParallelKwargs(static_graph=self.cfg.grad_checkpointing)
+        acc = Accelerator(mixed_precision=self.cfg.mixed_precision, gradient_accumulation_steps=self.cfg.grad_accum,
+                          log_with=log_with, cpu=self.cfg.cpu or os.environ.get("ACCELERATE_USE_CPU") == "1",
+                          project_config=ProjectConfiguration(project_dir=str(self.cfg.out), logging_dir=str(
+                              Path(self.cfg.out) / "logs")), kwargs_handlers=[ddp])
+        if log_with:
+            acc.init_trackers("realisid", config=_flat_config(self.cfg))
+        return acc
+
+    def _check_spaces(self) -> None:
+        if self.cfg.identity_space == "clip":
+            return
+        spaces = self.dataset.spaces()
+        if len(spaces) != 1:
+            raise ValueError(f"the cache mixes embedding spaces {sorted(spaces)}; prepare it with one face backend")
+        space = next(iter(spaces))
+        if self.cfg.identity_space == "arcface" and not space.startswith("arcface"):
+            raise ValueError(f"--identity-space arcface needs a cache prepared with --backend insightface (ArcFace "
+                             f"embeddings); this cache holds '{space}' embeddings")
+        self.embedding_space = space
+
+    def _identity_layout(self) -> tuple[str, int, int]:
+        """(identity_space, source_tokens, embedding_dim) of the identity source."""
+        if self.cfg.identity_space == "clip":
+            probe = self.host.encode_identity_clip(torch.zeros(1, 224, 224, 3, dtype=torch.uint8))
+            return clip_space(probe.shape[2], probe.shape[1]), probe.shape[1], probe.shape[2]
+        emb = self.dataset[0]["embedding"]
+        if emb.numel() == 0:
+            raise ValueError("the cache has no face embeddings; use --identity-space clip")
+        return self.embedding_space, 1, emb.numel()
+
+    def _build_model(self) -> checkpoint.RealisIDModel:
+        space, tokens, dim = self._identity_layout()
+        projector = {**self.cfg.projector, "embedding_dim": dim, "source_tokens": tokens}
+        torch.manual_seed(self.cfg.seed)  # same initial weights on every rank
+        model = checkpoint.build_realisid_model(self.host.unet_config, base_state_dict=self.host.unet.state_dict(),
+                                                identity_space=space, projector_config=projector,
+                                                crop_size=self.cfg.crop_size)
+        model.nets.to(self.accelerator.device).train()
+        return model
+
+    # data -----------------------------------------------------------------------------------------------------------
+    def _batch(self, micro_step: int) -> dict:
+        acc = self.accelerator
+        idx = batch_indices(len(self.dataset), self.cfg.seed, micro_step, self.cfg.batch_size, acc.process_index,
+                            acc.num_processes)
+        items = [self.dataset[i] for i in idx]
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "mask", "box", "hint", "face_crop",
+                                                                    "embedding")}
+        batch["caption"] = [it["caption"] for it in items]
+        batch["index"] = idx
+        return batch
+
+    def _latents(self, batch: dict) -> torch.Tensor:
+        dev = self.accelerator.device
+        if not self.cfg.cache_latents:
+            return self.host.encode_latents(batch["image"].to(dev))
+        missing = [j for j, i in enumerate(batch["index"]) if i not in self._latent_cache]
+        if missing:
+            fresh = self.host.encode_latents(batch["image"][missing].to(dev))
+            for j, lat in zip(missing, fresh, strict=True):
+                self._latent_cache[batch["index"][j]] = lat
+        return torch.stack([self._latent_cache[i] for i in batch["index"]])
+
+    def _identity_source(self, batch: dict) -> torch.Tensor:
+        if self.cfg.identity_space == "clip":
+            return self.host.encode_identity_clip(batch["face_crop"])
+        return batch["embedding"].to(self.accelerator.device)
+
+    # one micro-step ---------------------------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        dev = self.accelerator.device
+        gen = self.progress.generator
+        b = batch["image"].shape[0]
+        x0 = self._latents(batch)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        sigma = sample_sigmas(self.host.model_sampling, b, gen).to(dev)
+        drop_image, drop_text = dropout_flags(b, self.cfg, gen)
+        ms = self.host.model_sampling
+        x_noisy = ms.noise_scaling(sigma, noise, x0)
+        x_in = ms.calculate_input(sigma, x_noisy)
+        timesteps = ms.timestep(sigma).float()
+        captions = ["" if d else c for c, d in zip(batch["caption"], drop_text, strict=True)]
+        context, y = self.host.encode_captions(captions, tuple(batch["image"].shape[-2:]))
+        identity = self._identity_source(batch)
+        with self.accelerator.autocast():
+            control = self.forward_module(x_in, timesteps, identity, batch["hint"].to(dev), batch["box"], y,
+                                          drop_image)
+            dtype = self.host.compute_dtype
+            extra = {} if y is None else {"y": y.to(dtype)}
+            pred = self.host.unet(x_in.to(dtype), timesteps, context=context.to(dtype), control=control,
+                                  transformer_options={}, **extra)
+        target = model_targets(ms, sigma, x_noisy, x0)
+        mask = latent_mask(batch["mask"].to(dev), tuple(x0.shape[-2:]))
+        return diffusion_loss(pred, target, mask, self.cfg.lambda_face, self.cfg.face_loss_norm)
+
+    # the loop -------------------------------------------------------------------------------------------------------
+    def fit(self) -> list[float]:
+        """Train to cfg.steps optimizer steps; returns the (rank-averaged) loss of each step run here."""
+        acc, cfg = self.accelerator, self.cfg
+        losses = []
+        if acc.is_main_process:
+            log.info("training %d params on %d samples, %d process(es), device %s", _count(self.model.nets),
+                     len(self.dataset), acc.num_processes, acc.device)
+        start = time.perf_counter()
+        while self.progress.step < cfg.steps:
+            step_loss = 0.0
+            for k in range(cfg.grad_accum):
+                micro = 0 if cfg.overfit else self.progress.step * cfg.grad_accum + k
+                batch = self._batch(micro)
+                if cfg.overfit:
+                    self.progress.generator.manual_seed(cfg.seed * 1_000_003 + acc.process_index)
+                with acc.accumulate(self.forward_module):
+                    loss, parts = self.compute_loss(batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.nets.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += float(acc.reduce(loss.detach(), reduction="mean")) / cfg.grad_accum
+            self.progress.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model.nets)
+            losses.append(step_loss)
+            self._after_step(step_loss, parts, start)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self.save_model(self.out / "realisid-final.safetensors")
+        acc.end_training()
+        return losses
+
+    def _after_step(self, loss: float, parts: dict, start: float) -> None:
+        acc, cfg, step = self.accelerator, self.cfg, self.progress.step
+        if step % cfg.log_every == 0 or step == 1:
+            rate = step * cfg.batch_size * cfg.grad_accum * acc.num_processes / max(time.perf_counter() - start, 1e-9)
+            acc.log({"loss": loss, "mse": float(parts["mse"]), "face_mse": float(parts["face_mse"]),
+                     "images_per_s": rate}, step=step)
+            if acc.is_main_process:
+                log.info("step %d loss %.5f (mse %.5f face %.5f) %.2f img/s", step, loss, float(parts["mse"]),
+                         float(parts["face_mse"]), rate)
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.save_state(self.out / "state" / f"step-{step:07d}")
+            if acc.is_main_process:
+                self.save_model(self.out / f"realisid-step{step:07d}.safetensors")
+        if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
+            self.log_samples(step)
+
+    # outputs --------------------------------------------------------------------------------------------------------
+    def save_state(self, path: Path) -> None:
+        """Resumable state: branches, optimizer, RNG, step, EMA (accelerate's save_state)."""
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            (self.out / "state" / "latest").write_text(path.name)
+
+    def save_model(self, path: Path) -> None:
+        """The RealisID file (EMA weights when EMA is on; the raw weights then go to `<name>-raw.safetensors`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.ema is None:
+            checkpoint.save_realisid(self.model, str(path))
+            return
+        checkpoint.save_realisid(self.model, str(path.with_name(path.stem + "-raw.safetensors")))
+        backup = {k: v.detach().clone() for k, v in self.model.nets.state_dict().items()}
+        self.ema.copy_to(self.model.nets)
+        checkpoint.save_realisid(self.model, str(path))
+        self.model.nets.load_state_dict(backup)
+
+    @torch.no_grad()
+    def log_samples(self, step: int, count: int = 2) -> None:
+        """A short ComfyUI sampling run with the current branches on the first cached faces; PNGs + TensorBoard."""
+        try:
+            images = self.sample_images(count)
+        except Exception:  # a preview must never end a training run
+            log.exception("sample images at step %d failed", step)
+            return
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        import cv2
+
+        for i, img in enumerate(images):
+            rgb = (img.clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+            cv2.imwrite(str(folder / f"step{step:07d}-{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        tracker = _tensorboard(self.accelerator)
+        if tracker is not None:
+            tracker.add_images("samples", images.permute(0, 3, 1, 2).clamp(0, 1).cpu(), step)
+
+    @torch.no_grad()
+    def sample_images(self, count: int = 2, seed: int = 0) -> torch.Tensor:
+        """(count, H, W, 3) decoded images sampled by ComfyUI with a RealisIDControl of the cached faces."""
+        import comfy.sample
+
+        from realisid.control import RealisIDControl
+
+        items = [self.dataset[i % len(self.dataset)] for i in range(count)]
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("hint", "box", "face_crop", "embedding")}
+        h, w = items[0]["image"].shape[-2:]
+        identity = self._identity_source(batch)
+        p_id = self.model.project(identity)
+        images = []
+        for i, it in enumerate(items):
+            face = FaceCondition(p_id=p_id[i], landmark_hint=batch["hint"][i], box=tuple(batch["box"][i].tolist()))
+            control = RealisIDControl(self.model, [face])
+            positive = self._conditioning(it["caption"], h, w, control)
+            negative = self._conditioning("", h, w, None)
+            latent = torch.zeros(1, 4, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE)
+            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed + i))
+            out = comfy.sample.sample(self.host.patcher, noise, self.cfg.sample_steps, 5.0, "euler", "normal",
+                                      positive, negative, latent, disable_pbar=True, seed=seed + i)
+            images.append(self.host.vae.decode(out))
+        self.host.base.to(self.accelerator.device)  # the sampler's memory manager may have moved it
+        self.model.nets.to(self.accelerator.device).train()
+        return torch.cat(images)
+
+    def _conditioning(self, caption: str, h: int, w: int, control) -> list:
+        cond, pooled = self.host.encode_caption(caption)
+        extra = {"width": w, "height": h}
+        if pooled is not None:
+            extra["pooled_output"] = pooled
+        if control is not None:
+            extra["control"] = control
+        return [[cond, extra]]
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tensorboard(accelerator):
+    try:
+        return accelerator.get_tracker("tensorboard", unwrap=True)
+    except Exception:
+        return None
+
+
+def _flat_config(cfg: TrainConfig) -> dict:
+    """TensorBoard hparams accept only scalars and strings."""
+    out = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        out[k] = v if isinstance(v, int | float | str | bool) else json.dumps(v)
+    return out
+
+
+def fit(cfg: TrainConfig) -> list[float]:
+    return Trainer(cfg).fit()
+
+
+def latest_state(out: str | Path) -> str | None:
+    """The newest saved state under OUT/state (for --resume auto)."""
+    marker = Path(out) / "state" / "latest"
+    if marker.is_file():
+        return str(Path(out) / "state" / marker.read_text().strip())
+    return None
+
+
+__all__ = ["TrainConfig", "Trainer", "fit", "latest_state", "model_targets", "diffusion_loss", "batch_indices",
+           "dropout_flags", "sample_sigmas"]

@@ -1,0 +1,282 @@
+"""Build the training cache: one face analysis per image, the single-person filter, one file per kept sample.
+
+Cache layout (CACHE/):
+  manifest.jsonl   one line per kept sample: {"id", "key", "caption", "file", "box", "space", "score"}
+  skipped.jsonl    one line per skipped sample: {"key", "reason"} (so --resume does not analyse it again)
+  stats.json       {"seen", "written", "skipped": {reason: n}, ...} for the whole cache (all runs)
+  samples/<id>.safetensors with
+    image        (S, S, 3) uint8   the training image (centre crop, resized to --size)
+    mask         (S, S) uint8      1 inside the square face box (c_loc), 0 elsewhere
+    box          (4,) float32      the square face box as fractions of the image (x0, y0, x1, y1)
+    landmarks    (68|5, 2) float32 landmarks in unit crop coordinates ([0, 1] over the square box)
+    hint         (H, H, 3) uint8   landmarks drawn in crop coordinates (the local branch's hint), H = --hint-size
+    face_crop    (224, 224, 3) uint8 the identity encoder input (masked face crop)
+    embedding    (D,) float32      the backend's face embedding (ArcFace for insightface), when it has one
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import safetensors.numpy
+
+from realisid.faces.identity_input import masked_face_crop
+from realisid.faces.record import FaceRecord
+from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
+from realisid.train.sources import RawSample
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = ("corrupt", "no_caption", "no_face", "multiple_faces", "face_too_small", "error")
+FACE_CROP_SIZE = 224
+
+
+@dataclass
+class PrepareOptions:
+    size: int = 512  # training image side (pixels)
+    detect_size: int = 512  # faces are analysed at max(size, detect_size)
+    min_face: int = 64  # minimum side of the square face box, pixels of the training image
+    min_score: float = 0.9  # faces below this detector score are ignored (neither counted nor used)
+    box_expand: float = 1.0  # square box side = longer detection side * box_expand
+    hint_size: int = 512  # landmark hint side (local branch crop size * 8)
+    require_caption: bool = True
+    resume: bool = False
+
+
+@dataclass
+class PrepareStats:
+    seen: int = 0
+    written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    already_done: int = 0
+
+    def to_dict(self) -> dict:
+        return {"seen": self.seen, "written": self.written, "already_done": self.already_done,
+                "skipped": {r: int(self.skipped.get(r, 0)) for r in SKIP_REASONS}}
+
+
+class SkipSample(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def sample_id(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Bytes -> RGB uint8; SkipSample('corrupt') when it does not decode."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if arr is None or arr.ndim != 3 or min(arr.shape[:2]) < 8:
+        raise SkipSample("corrupt", "not a decodable image")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to a square, resize to size x size (area filter when shrinking)."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    crop = rgb[y0:y0 + side, x0:x0 + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interp))
+
+
+def single_face(records: list[FaceRecord], min_score: float) -> FaceRecord:
+    """The only confident face of the image, or SkipSample(no_face | multiple_faces)."""
+    faces = [r for r in records if r.score >= min_score]
+    if not faces:
+        raise SkipSample("no_face")
+    if len(faces) > 1:
+        raise SkipSample("multiple_faces", f"{len(faces)} faces")
+    return faces[0]
+
+
+def box_mask(square_px: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size): 1 on pixels whose centre lies in the box (the same rule as geometry.box_mask)."""
+    centres = np.arange(size) + 0.5
+    x0, y0, x1, y1 = (float(v) for v in square_px)
+    mx = (centres >= x0) & (centres < x1)
+    my = (centres >= y0) & (centres < y1)
+    return (my[:, None] & mx[None, :]).astype(np.uint8)
+
+
+def landmarks_in_crop(record: FaceRecord, square_px: np.ndarray) -> np.ndarray:
+    points = record.landmarks68 if record.landmarks68 is not None else record.kps
+    return to_crop_coords(points, square_px, 1).astype(np.float32)
+
+
+def render_hint(unit_points: np.ndarray, size: int) -> np.ndarray:
+    """Landmarks in unit crop coordinates -> float32 (size, size, 3) hint in [0, 1]."""
+    pts = np.asarray(unit_points, np.float32) * size
+    return render_landmarks68(pts, size) if pts.shape[0] == 68 else render_kps5(pts, size)
+
+
+def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict, dict]:
+    """One training image -> (tensors, manifest fields). Raises SkipSample.
+
+    Faces are analysed on the centre square at `detect_size` (>= size), so small faces of a low training
+    resolution are still found and the identity crop keeps its detail; box and landmarks are scale free."""
+    detect_size = max(opts.size, opts.detect_size)
+    detect = centre_square(rgb, detect_size)
+    image = detect if detect_size == opts.size else centre_square(detect, opts.size)
+    record = single_face(analyzer.analyze(detect), opts.min_score)
+    square = record.square_box(opts.box_expand)
+    box = (square / detect_size).astype(np.float32)
+    side = float(box[2] - box[0]) * opts.size
+    if side < opts.min_face:
+        raise SkipSample("face_too_small", f"{side:.0f} px < {opts.min_face}")
+    landmarks = landmarks_in_crop(record, square)
+    tensors = {
+        "image": image,
+        "mask": box_mask(box * opts.size, opts.size),
+        "box": box,
+        "landmarks": landmarks,
+        "face_crop": masked_face_crop(detect, record, FACE_CROP_SIZE, opts.box_expand),
+    }
+    if opts.hint_size > 0:
+        tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)
+    if record.embedding is not None:
+        tensors["embedding"] = np.asarray(record.embedding, np.float32)
+    fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4)}
+    return tensors, fields
+
+
+class CacheWriter:
+    """Appends to the manifests of an (optionally resumed) cache folder."""
+
+    def __init__(self, out: str | Path, resume: bool):
+        self.out = Path(out)
+        self.samples = self.out / "samples"
+        self.manifest = self.out / "manifest.jsonl"
+        self.skipped = self.out / "skipped.jsonl"
+        if self.manifest.exists() and not resume:
+            raise FileExistsError(f"{self.out} already holds a cache (manifest.jsonl); pass --resume to continue it "
+                                  f"or choose another --out")
+        self.samples.mkdir(parents=True, exist_ok=True)
+        self.done_keys = _keys(self.manifest) | _keys(self.skipped) if resume else set()
+        self.previous = _load_stats(self.out / "stats.json") if resume else None
+        mode = "a" if resume else "w"
+        self._manifest_f = self.manifest.open(mode, encoding="utf-8")
+        self._skipped_f = self.skipped.open(mode, encoding="utf-8")
+
+    def write(self, raw: RawSample, tensors: dict, fields: dict) -> None:
+        sid = sample_id(raw.key)
+        rel = f"samples/{sid}.safetensors"
+        tmp = self.out / (rel + ".tmp")
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+        tmp.replace(self.out / rel)  # the manifest line is written only once the file is complete
+        row = {"id": sid, "key": raw.key, "caption": raw.caption or "", "file": rel, **fields}
+        self._manifest_f.write(json.dumps(row) + "\n")
+        self._manifest_f.flush()
+
+    def skip(self, raw: RawSample, reason: str) -> None:
+        self._skipped_f.write(json.dumps({"key": raw.key, "reason": reason}) + "\n")
+        self._skipped_f.flush()
+
+    def close(self, stats: PrepareStats) -> dict:
+        self._manifest_f.close()
+        self._skipped_f.close()
+        total = stats.to_dict()
+        if self.previous:  # a resumed run: the cache's totals add up over all runs
+            total["seen"] += self.previous.get("seen", 0)
+            total["written"] += self.previous.get("written", 0)
+            for r, n in self.previous.get("skipped", {}).items():
+                total["skipped"][r] = total["skipped"].get(r, 0) + int(n)
+        total["run"] = stats.to_dict()
+        (self.out / "stats.json").write_text(json.dumps(total, indent=2))
+        return total
+
+
+def _keys(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by an interrupted run: that sample is redone
+    return keys
+
+
+def _load_stats(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def process_one(raw: RawSample, analyzer, opts: PrepareOptions) -> tuple[dict, dict]:
+    if opts.require_caption and not (raw.caption or "").strip():
+        raise SkipSample("no_caption")
+    try:
+        data = raw.read()
+    except Exception as e:  # unreadable file, bad manifest line: this sample only
+        raise SkipSample("corrupt", str(e)) from e
+    return build_sample(decode_image(data), analyzer, opts)
+
+
+def prepare_cache(samples: Iterable[RawSample], analyzer, out: str | Path, opts: PrepareOptions | None = None,
+                  progress: bool = True) -> dict:
+    """Analyse every sample once and write the cache; returns the stats (also written to stats.json)."""
+    from tqdm import tqdm
+
+    opts = opts or PrepareOptions()
+    writer = CacheWriter(out, opts.resume)
+    stats = PrepareStats()
+    bar = tqdm(samples, desc="prepare", unit="img", disable=not progress)
+    try:
+        for raw in bar:
+            if raw.key in writer.done_keys:
+                stats.already_done += 1
+                continue
+            stats.seen += 1
+            try:
+                tensors, fields = process_one(raw, analyzer, opts)
+            except SkipSample as s:
+                _skip(writer, stats, raw, s.reason, str(s))
+                continue
+            except Exception as e:  # a backend failure on one odd image must not end a multi-day run
+                log.exception("unexpected error on %s", raw.key)
+                _skip(writer, stats, raw, "error", repr(e))
+                continue
+            writer.write(raw, tensors, fields)
+            writer.done_keys.add(raw.key)
+            stats.written += 1
+            bar.set_postfix(kept=stats.written, skipped=sum(stats.skipped.values()))
+    finally:
+        total = writer.close(stats)
+    log.info("prepare: %d seen, %d written, %d already done; skipped %s", stats.seen, stats.written,
+             stats.already_done, dict(stats.skipped))
+    return total
+
+
+def _skip(writer: CacheWriter, stats: PrepareStats, raw: RawSample, reason: str, detail: str) -> None:
+    stats.skipped[reason] += 1
+    writer.skip(raw, reason)
+    writer.done_keys.add(raw.key)
+    log.debug("skip %s (%s)", raw.key, detail)
+
+
+def make_analyzer(backend: str, insightface_root: str | None = None, min_score: float = 0.9):
+    if backend == "embedded":
+        from realisid.faces.embedded import EmbeddedAnalyzer
+
+        return EmbeddedAnalyzer(min_confidence=min_score)
+    if backend == "insightface":
+        if not insightface_root:
+            raise ValueError("--backend insightface needs --insightface-root (the folder holding models/<pack>)")
+        from realisid.faces.insightface_backend import InsightFaceAnalyzer
+
+        return InsightFaceAnalyzer(insightface_root)
+    raise ValueError(f"unknown face backend {backend!r}; use embedded or insightface")

@@ -1,0 +1,136 @@
+"""Where training pairs come from: a folder (image + .txt caption), a JSONL manifest, or WebDataset-style tar shards.
+
+Every source yields `RawSample(key, caption, read)`: `read()` returns the image bytes (or raises). Reading is
+deferred so a corrupt or missing file is a per-sample skip, never an abort.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CAPTION_EXTS = (".txt", ".caption")
+
+
+@dataclass
+class RawSample:
+    key: str  # stable across runs: the resume key
+    caption: str | None
+    read: Callable[[], bytes]
+
+
+def from_folder(folder: str | Path) -> Iterator[RawSample]:
+    """Images in `folder` (recursively, sorted) with a caption in the sidecar `<stem>.txt` (None when absent)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images: {root} is not a folder")
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+        caption = None
+        for ext in CAPTION_EXTS:
+            side = path.with_suffix(ext)
+            if side.is_file():
+                caption = side.read_text(encoding="utf-8", errors="replace").strip()
+                break
+        yield RawSample(str(path.relative_to(root)), caption, path.read_bytes)
+
+
+def from_manifest(manifest: str | Path) -> Iterator[RawSample]:
+    """JSONL lines {"image": path (relative to the manifest's folder or absolute), "caption": str}."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"--manifest: {manifest} does not exist")
+    with manifest.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                image = Path(row["image"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                yield RawSample(f"{manifest.name}:{number}", None, _raiser(ValueError(f"bad manifest line: {e}")))
+                continue
+            path = image if image.is_absolute() else manifest.parent / image
+            yield RawSample(str(row["image"]), row.get("caption"), path.read_bytes)
+
+
+def _raiser(exc: Exception) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise exc
+    return read
+
+
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """'x-{000..009}.tar' -> ['x-000.tar', ..., 'x-009.tar'] (zero padding kept; several ranges allowed)."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    lo, hi = match.group(1), match.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(expand_braces(pattern[: match.start()] + str(i).zfill(width) + pattern[match.end():]))
+    return out
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key is the path up to the first dot of the basename, the rest is the field."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def from_shards(pattern: str) -> Iterator[RawSample]:
+    """WebDataset-style tars: consecutive members sharing a key form one sample (`jpg|png|...` + `txt`/`json`)."""
+    for shard in expand_braces(pattern):
+        try:
+            tar = tarfile.open(shard)
+        except (OSError, tarfile.TarError) as e:
+            log.warning("skipping shard %s: %s", shard, e)
+            continue
+        with tar:
+            yield from _shard_samples(tar, Path(shard).name)
+
+
+def _shard_samples(tar: tarfile.TarFile, shard_name: str) -> Iterator[RawSample]:
+    group: dict[str, bytes] = {}
+    current = None
+    try:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = _split_member(member.name)
+            if key != current and current is not None:
+                yield _group_sample(shard_name, current, group)
+                group = {}
+            current = key
+            data = tar.extractfile(member)
+            group[ext] = data.read() if data is not None else b""
+    except (OSError, tarfile.TarError, EOFError) as e:
+        log.warning("shard %s is truncated or corrupt after key %s: %s", shard_name, current, e)
+    if current is not None:
+        yield _group_sample(shard_name, current, group)
+
+
+def _group_sample(shard_name: str, key: str, group: dict[str, bytes]) -> RawSample:
+    caption = None
+    if "txt" in group:
+        caption = group["txt"].decode("utf-8", errors="replace").strip()
+    elif "json" in group:
+        try:
+            caption = json.loads(group["json"]).get("caption")
+        except (json.JSONDecodeError, AttributeError):
+            caption = None
+    image = next((group[ext] for ext in ("jpg", "jpeg", "png", "webp", "bmp") if ext in group), None)
+    read = (lambda: image) if image is not None else _raiser(ValueError("no image member in the sample"))
+    return RawSample(f"{shard_name}/{key}", caption, read)
