@@ -34,11 +34,11 @@ def test_overrides_by_title_and_id_leave_the_original_alone():
 
 
 def test_missing_models_are_listed_with_their_folder(pack_node_ids, models_dir):
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "not_installed.safetensors"}},
               "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny_sdxl_controlnet.safetensors"}}}
     missing = runner.missing_models(prompt)
-    assert missing == [("sd_xl_base_1.0.safetensors", "checkpoints")]
-    assert "sd_xl_base_1.0.safetensors  ->  " in runner.describe_missing(missing)
+    assert missing == [("not_installed.safetensors", "checkpoints")]
+    assert "not_installed.safetensors  ->  " in runner.describe_missing(missing)
 
 
 def test_ui_round_trip_is_the_same_prompt(pack_node_ids):

@@ -28,7 +28,8 @@ def shrink_for_cpu(prompt: dict, factor: int = 8, steps: int = 2) -> dict:
 def test_workflows_are_bundled():
     names = {p.stem for p in API}
     assert {"realisid_single_person", "realisid_two_people", "realisid_three_people", "realisid_small_face",
-            "realisid_pose_from_photo"} <= names
+            "realisid_pose_from_photo", "instantid_small_face", "instantid_two_people",
+            "instantid_three_people"} <= names
     assert {p.name for p in (REPO / "workflows" / "ui").glob("*.json")} == {p.name for p in API}
 
 

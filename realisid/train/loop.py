@@ -22,8 +22,8 @@ from torch import nn
 from realisid import checkpoint
 from realisid.control import FaceCondition, branch_residuals
 from realisid.geometry import LATENT_DOWNSCALE
-from realisid.train.data import CachedFaceDataset, latent_mask
 from realisid.identity_sources import clip_space
+from realisid.train.data import CachedFaceDataset, latent_mask
 from realisid.train.host import FrozenHost
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,36 @@ def set_branch_checkpointing(nets: nn.Module, enabled: bool) -> None:
                 module.use_checkpoint = enabled
 
 
+@dataclass
+class StepInputs:
+    """Everything one training micro-step needs, already on the device (encoders applied)."""
+
+    x0: torch.Tensor  # (B, 4, h, w) model-space latents
+    noise: torch.Tensor
+    sigma: torch.Tensor  # (B,)
+    identity: torch.Tensor  # identity source for the projector
+    hints: torch.Tensor  # (B, 3, S*8, S*8)
+    boxes: torch.Tensor  # (B, 4) fractions
+    context: torch.Tensor  # (B, T, C) text
+    y: torch.Tensor | None  # (B, adm) for SDXL-style bases
+    drop_identity: list[bool]
+    mask: torch.Tensor  # (B, 1, h, w) face box at latent resolution
+
+
+def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainConfig, autocast, compute_dtype):
+    """Noise with the base's model_sampling, run branches + frozen UNet, return (loss, parts)."""
+    x_noisy = model_sampling.noise_scaling(s.sigma, s.noise, s.x0)
+    x_in = model_sampling.calculate_input(s.sigma, x_noisy)
+    timesteps = model_sampling.timestep(s.sigma).float()
+    with autocast():
+        control = forward_module(x_in, timesteps, s.identity, s.hints, s.boxes, s.y, s.drop_identity)
+        extra = {} if s.y is None else {"y": s.y.to(compute_dtype)}
+        pred = unet(x_in.to(compute_dtype), timesteps, context=s.context.to(compute_dtype), control=control,
+                    transformer_options={}, **extra)
+    target = model_targets(model_sampling, s.sigma, x_noisy, s.x0)
+    return diffusion_loss(pred, target, s.mask, cfg.lambda_face, cfg.face_loss_norm)
+
+
 # ---- trainer -------------------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig):
@@ -331,23 +361,13 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         sigma = sample_sigmas(self.host.model_sampling, b, gen).to(dev)
         drop_image, drop_text = dropout_flags(b, self.cfg, gen)
-        ms = self.host.model_sampling
-        x_noisy = ms.noise_scaling(sigma, noise, x0)
-        x_in = ms.calculate_input(sigma, x_noisy)
-        timesteps = ms.timestep(sigma).float()
         captions = ["" if d else c for c, d in zip(batch["caption"], drop_text, strict=True)]
         context, y = self.host.encode_captions(captions, tuple(batch["image"].shape[-2:]))
-        identity = self._identity_source(batch)
-        with self.accelerator.autocast():
-            control = self.forward_module(x_in, timesteps, identity, batch["hint"].to(dev), batch["box"], y,
-                                          drop_image)
-            dtype = self.host.compute_dtype
-            extra = {} if y is None else {"y": y.to(dtype)}
-            pred = self.host.unet(x_in.to(dtype), timesteps, context=context.to(dtype), control=control,
-                                  transformer_options={}, **extra)
-        target = model_targets(ms, sigma, x_noisy, x0)
-        mask = latent_mask(batch["mask"].to(dev), tuple(x0.shape[-2:]))
-        return diffusion_loss(pred, target, mask, self.cfg.lambda_face, self.cfg.face_loss_norm)
+        inputs = StepInputs(x0=x0, noise=noise, sigma=sigma, identity=self._identity_source(batch),
+                            hints=batch["hint"].to(dev), boxes=batch["box"], context=context, y=y,
+                            drop_identity=drop_image, mask=latent_mask(batch["mask"].to(dev), tuple(x0.shape[-2:])))
+        return step_loss(self.forward_module, self.host.unet, self.host.model_sampling, inputs, self.cfg,
+                         self.accelerator.autocast, self.host.compute_dtype)
 
     # the loop -------------------------------------------------------------------------------------------------------
     def fit(self) -> list[float]:

@@ -1,0 +1,169 @@
+"""`python -m realisid.train fit` on tiny models: the loss falls, checkpoints load, the training forward equals
+the ComfyUI control's, and a resumed run reproduces the uninterrupted one."""
+
+import comfy.model_sampling
+import numpy as np
+import pytest
+import torch
+
+from realisid import checkpoint
+from realisid.control import FaceCondition, RealisIDControl
+from realisid.identity_sources import clip_space, is_clip_space
+from realisid.train import sources
+from realisid.train.cli import main
+from realisid.train.loop import TrainConfig, Trainer, batch_indices, diffusion_loss, dropout_flags, model_targets
+from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
+from tests.helpers import tiny_host_models as tiny
+from tests.helpers import train_synthetic
+
+PROJECTOR = {"dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": 4, "ff_mult": 2}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tiny.register_tiny_families()
+    base = tiny.write_checkpoint(root / "base_sdxl.safetensors", "sdxl")
+    vision = tiny.write_clip_vision(root / "clip_vision.safetensors")
+    train_synthetic.write_dataset(root / "images", people=6)
+    opts = PrepareOptions(size=64, detect_size=256, min_face=8, hint_size=0)
+    prepare_cache(sources.from_folder(root / "images"), make_analyzer("embedded"), root / "cache", opts, progress=False)
+    return root, base, vision
+
+
+def _config(env, out, **kw):
+    root, base, vision = env
+    args = dict(base=str(base), cache=str(root / "cache"), out=str(out), identity_space="clip", clip_vision=str(vision),
+                steps=30, batch_size=2, lr=1e-3, crop_size=4, projector=PROJECTOR, save_every=0, log_every=10,
+                cache_latents=True, cpu=True)
+    return TrainConfig(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    trainer = Trainer(_config(env, out, overfit=True))
+    losses = trainer.fit()
+    return trainer, losses, out
+
+
+def test_loss_falls_when_fitting_one_batch(trained):
+    _, losses, _ = trained
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1e-3
+    assert losses[-1] < losses[0]
+
+
+def test_saved_checkpoint_loads_with_the_trained_weights(trained):
+    trainer, _, out = trained
+    loaded = checkpoint.load_realisid(str(out / "realisid-final.safetensors"))
+    assert is_clip_space(loaded.identity_space) and loaded.identity_space == clip_space(tiny.CLIP_VISION_HIDDEN, 257)
+    assert loaded.crop_size == 4 and loaded.base_family == "sdxl"
+    for key, value in trainer.model.nets.state_dict().items():
+        assert torch.equal(loaded.nets.state_dict()[key], value.cpu()), key
+
+
+def test_training_forward_equals_the_comfyui_control(trained):
+    """RealisIDControl.get_control (the sampling path) gives the residuals the trainer trained on."""
+    trainer, _, _ = trained
+    host, model = trainer.host, trainer.model
+    item = trainer.dataset[0]
+    ms = host.model_sampling
+    gen = torch.Generator().manual_seed(5)
+    x_noisy = torch.randn(1, 4, 8, 8, generator=gen) * 3
+    sigma = ms.sigmas[400:401].float()
+    identity = host.encode_identity_clip(item["face_crop"][None])
+    context, y = host.encode_captions([item["caption"]], (64, 64))
+    with torch.no_grad():
+        ours = trainer.forward_module(ms.calculate_input(sigma, x_noisy), ms.timestep(sigma).float(), identity,
+                                      item["hint"][None], item["box"][None], y, [False])
+        face = FaceCondition(p_id=model.project(identity)[0], landmark_hint=item["hint"], box=tuple(item["box"].tolist()))
+        control = RealisIDControl(model, [face])
+        control.pre_run(host.base, lambda p: ms.percent_to_sigma(p))
+        theirs = control.get_control(x_noisy, sigma, {"y": y}, 1, {})
+    for key in ("middle", "output"):
+        assert len(ours[key]) == len(theirs[key]) > 0
+        for a, b in zip(ours[key], theirs[key], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert max(t.abs().max() for t in ours["output"]) > 1e-4  # trained: the zero-convs are no longer zero
+
+
+def test_sample_images_run_through_comfyui_sampling(trained):
+    trainer, _, out = trained
+    trainer.cfg.sample_steps = 2
+    trainer.log_samples(7, count=1)
+    import cv2
+
+    png = cv2.imread(str(out / "samples" / "step0000007-0.png"))
+    assert png is not None and png.shape == (64, 64, 3)
+    assert trainer.model.nets.training and next(trainer.model.nets.parameters()).requires_grad
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses(env, tmp_path):
+    kw = dict(steps=4, save_every=2, drop_image=0.3, drop_text=0.3, drop_both=0.2, ema=0.9)
+    full = Trainer(_config(env, tmp_path / "a", **kw)).fit()
+    resumed = Trainer(_config(env, tmp_path / "b", resume=str(tmp_path / "a" / "state" / "step-0000002"), **kw)).fit()
+    assert len(full) == 4 and len(resumed) == 2
+    np.testing.assert_allclose(resumed, full[2:], rtol=0, atol=1e-6)
+    a = checkpoint.load_realisid(str(tmp_path / "a" / "realisid-final.safetensors")).nets.state_dict()
+    b = checkpoint.load_realisid(str(tmp_path / "b" / "realisid-final.safetensors")).nets.state_dict()
+    for key in a:  # the EMA weights (the main file) match too
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    assert (tmp_path / "a" / "realisid-final-raw.safetensors").is_file()
+
+
+def test_fit_cli_rejects_a_mismatched_identity_space(env, tmp_path, caplog):
+    root, base, _ = env
+    common = ["fit", "--base", str(base), "--cache", str(root / "cache"), "--out", str(tmp_path / "o"), "--cpu",
+              "--steps", "1"]
+    assert main([*common, "--identity-space", "clip"]) == 2
+    assert "--clip-vision" in caplog.text
+    assert main([*common, "--identity-space", "arcface"]) == 2
+    assert "dlib-resnet-128" in caplog.text and "insightface" in caplog.text
+
+
+def test_targets_follow_the_model_sampling_type():
+    x0, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    sigma = torch.tensor([0.5, 7.0])
+    for kind in (comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION):
+        class Sampling(comfy.model_sampling.ModelSamplingDiscrete, kind):
+            pass
+
+        ms = Sampling()
+        x = ms.noise_scaling(sigma, noise, x0)
+        target = model_targets(ms, sigma, x, x0)
+        s = sigma.view(-1, 1, 1, 1)
+        expected = noise if kind is comfy.model_sampling.EPS else (noise - s * x0) / (s**2 + 1).sqrt()
+        torch.testing.assert_close(target, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ms.calculate_denoised(sigma, target, x), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_face_loss_normalisation():
+    pred, target = torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)
+    target[1] *= 3.0
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, :, :2, :2] = 1  # 4 cells
+    mask[1, :, :1, :1] = 1  # 1 cell
+    loss, parts = diffusion_loss(pred, target, mask, 2.0, "area")
+    assert parts["mse"].item() == pytest.approx(5.0)  # (1 + 9) / 2
+    assert parts["face_mse"].item() == pytest.approx(5.0)  # per-sample means 1 and 9
+    assert loss.item() == pytest.approx(15.0)
+    _, parts = diffusion_loss(pred, target, mask, 1.0, "none")
+    assert parts["face_mse"].item() == pytest.approx((16 * 1 + 4 * 9) / 128)
+
+
+def test_batches_are_disjoint_across_ranks_and_cover_each_epoch():
+    n, batch, world = 10, 2, 2
+    seen = [batch_indices(n, 3, step, batch, rank, world) for step in range(3) for rank in range(world)]
+    flat = [i for b in seen for i in b]
+    assert sorted(flat[:n]) == list(range(n))  # the first epoch, split over 2 ranks, is a permutation
+    assert batch_indices(n, 3, 1, batch, 0, world) == seen[2]  # a pure function of the step (resume)
+
+
+def test_dropout_frequencies():
+    cfg = TrainConfig(base="", cache="", out="", drop_image=0.1, drop_text=0.2, drop_both=0.3)
+    image, text = dropout_flags(20000, cfg, torch.Generator().manual_seed(0))
+    image, text = np.array(image), np.array(text)
+    assert (image & text).mean() == pytest.approx(0.3, abs=0.015)
+    assert (image & ~text).mean() == pytest.approx(0.1, abs=0.01)
+    assert (text & ~image).mean() == pytest.approx(0.2, abs=0.015)

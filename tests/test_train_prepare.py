@@ -1,0 +1,116 @@
+"""`python -m realisid.train prepare`: the single-person filter, skip counts, resume, the three input kinds."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from realisid.train import sources
+from realisid.train.cli import main
+from realisid.train.prepare import box_mask
+from tests.helpers import train_synthetic
+
+ARGS = ["--size", "64", "--detect-size", "256", "--min-face", "8", "--hint-size", "32", "--no-progress"]
+KEPT = 6
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    expected = train_synthetic.write_dataset(folder, people=KEPT)
+    return folder, expected
+
+
+@pytest.fixture(scope="module")
+def cache(images, tmp_path_factory):
+    folder, _ = images
+    out = tmp_path_factory.mktemp("cache") / "c"
+    assert main(["prepare", "--images", str(folder), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def _stats(out):
+    return json.loads((out / "stats.json").read_text())
+
+
+def test_prepare_counts_every_skip_reason_and_never_aborts(images, cache):
+    _, expected = images
+    stats = _stats(cache)
+    assert stats["written"] == KEPT and stats["seen"] == KEPT + sum(expected.values())
+    assert {k: v for k, v in stats["skipped"].items() if v} == expected
+    rows = [json.loads(line) for line in (cache / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in rows) == [f"person{i:02d}.png" for i in range(KEPT)]
+    skipped = {json.loads(line)["key"]: json.loads(line)["reason"] for line in (cache / "skipped.jsonl").read_text().splitlines()}
+    assert skipped == {"corrupt.png": "corrupt", "uncaptioned.png": "no_caption", "noise.png": "no_face",
+                       "two_people.png": "multiple_faces", "small_face.png": "face_too_small"}
+
+
+def test_cached_sample_contents_are_consistent(cache):
+    row = json.loads((cache / "manifest.jsonl").read_text().splitlines()[0])
+    data = safetensors.numpy.load_file(str(cache / row["file"]))
+    assert data["image"].shape == (64, 64, 3) and data["image"].dtype == np.uint8
+    assert data["face_crop"].shape == (224, 224, 3) and data["hint"].shape == (32, 32, 3)
+    assert data["landmarks"].shape == (68, 2) and data["embedding"].shape == (128,)
+    box = data["box"]
+    np.testing.assert_allclose(box, row["box"], atol=1e-5)
+    assert box[2] - box[0] == pytest.approx(box[3] - box[1], abs=1e-5)  # square
+    np.testing.assert_array_equal(data["mask"], box_mask(box * 64, 64))
+    assert 0 < data["mask"].sum() < 64 * 64
+    inside = (data["landmarks"] > -0.2) & (data["landmarks"] < 1.2)  # landmarks sit in the face box (crop coords)
+    assert inside.mean() > 0.95
+    assert data["hint"].max() > 200 and data["face_crop"][0, 0].sum() == 0  # drawn lines; masked corner
+
+
+def test_resume_skips_decided_samples_and_takes_new_ones(images, tmp_path):
+    folder, _ = images
+    out = tmp_path / "c"
+    assert main(["prepare", "--images", str(folder), "--out", str(out), *ARGS]) == 0
+    assert main(["prepare", "--images", str(folder), "--out", str(out), *ARGS]) == 2  # refuses to overwrite
+    extra = folder.parent / (folder.name + "_plus")
+    extra.mkdir()
+    for p in folder.iterdir():
+        (extra / p.name).write_bytes(p.read_bytes())
+    rng = np.random.default_rng(7)
+    train_synthetic._write(extra / "person_new.png", train_synthetic.person_image(rng), "a new astronaut")
+    assert main(["prepare", "--images", str(extra), "--out", str(out), "--resume", *ARGS]) == 0
+    stats = _stats(out)
+    assert stats["run"]["seen"] == 1 and stats["run"]["written"] == 1 and stats["run"]["already_done"] == 11
+    assert stats["written"] == KEPT + 1 and stats["seen"] == 12
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == KEPT + 1
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_manifest_and_tar_shards_give_the_same_samples(images, tmp_path):
+    folder, _ = images
+    manifest = train_synthetic.write_manifest(folder)
+    assert main(["prepare", "--manifest", str(manifest), "--out", str(tmp_path / "m"), *ARGS]) == 0
+    members = []
+    for p in sorted(folder.glob("*.png")):
+        members.append((f"{p.stem}.png", p.read_bytes()))
+        if p.with_suffix(".txt").exists():
+            members.append((f"{p.stem}.txt", p.with_suffix(".txt").read_bytes()))
+    _tar(tmp_path / "shard-000.tar", members[: len(members) // 2])
+    _tar(tmp_path / "shard-001.tar", members[len(members) // 2:])
+    (tmp_path / "shard-002.tar").write_bytes(b"not a tar")  # a broken shard is skipped, not fatal
+    pattern = str(tmp_path / "shard-{000..002}.tar")
+    assert main(["prepare", "--shards", pattern, "--out", str(tmp_path / "s"), *ARGS]) == 0
+    m, s = _stats(tmp_path / "m"), _stats(tmp_path / "s")
+    assert m["written"] == s["written"] == KEPT
+    assert m["skipped"]["multiple_faces"] == s["skipped"]["multiple_faces"] == 1
+    assert s["skipped"]["no_caption"] == 1  # uncaptioned.png has no .txt member
+
+
+def test_brace_expansion_and_member_keys():
+    assert sources.expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
+    assert sources.expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
+    assert sources._split_member("dir/0001.seg.jpg") == ("dir/0001", "seg.jpg")
