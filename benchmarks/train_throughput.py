@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--id-dim", type=int, default=1280, help="identity source width (1280 = CLIP ViT-H/14)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--checkpoint-unet", action="store_true", help="recompute the frozen UNet in backward")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -120,7 +121,7 @@ def run(args) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from realisid.train.loop import BranchForward, StepInputs, TrainConfig, set_branch_checkpointing, step_loss
+    from realisid.train.loop import BranchForward, StepInputs, TrainConfig, step_loss
 
     args.size = args.size or ((1024 if args.family == "sdxl" else 512) if args.real_size else 64)
     args.crop_size = args.crop_size or (64 if args.real_size else 4)
@@ -128,11 +129,10 @@ def run(args) -> dict:
         args.id_tokens, args.id_dim = (args.id_tokens, args.id_dim) if args.real_size else (1, 16)
     acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
     base, model, unet_config = build(args)
-    set_branch_checkpointing(model.nets, args.grad_checkpointing)
-    forward = BranchForward(model)
+    forward = BranchForward(model, checkpointed=args.grad_checkpointing)
     opt = torch.optim.AdamW([p for p in model.nets.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-2)
     forward, opt = acc.prepare(forward, opt)
-    cfg = TrainConfig(base="", cache="", out="")
+    cfg = TrainConfig(base="", cache="", out="", checkpoint_unet=args.checkpoint_unet)
     b, h = args.batch_size, args.size // 8
     dev = acc.device
     ms = base.model_sampling
@@ -175,7 +175,7 @@ def run(args) -> dict:
     result = {
         "family": args.family, "real_size": args.real_size, "image_size": args.size, "batch_size": b,
         "crop_size": args.crop_size, "mixed_precision": args.mixed_precision,
-        "grad_checkpointing": args.grad_checkpointing, "device": str(dev),
+        "grad_checkpointing": args.grad_checkpointing, "checkpoint_unet": args.checkpoint_unet, "device": str(dev),
         "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "trainable_params": sum(p.numel() for p in model.nets.parameters() if p.requires_grad),
         "steps": args.steps, "seconds": round(seconds, 3), "images_per_s": round(b * args.steps / seconds, 3),

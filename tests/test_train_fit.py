@@ -1,6 +1,8 @@
 """`python -m realisid.train fit` on tiny models: the loss falls, checkpoints load, the training forward equals
 the ComfyUI control's, and a resumed run reproduces the uninterrupted one."""
 
+import json
+
 import comfy.model_sampling
 import numpy as np
 import pytest
@@ -11,7 +13,14 @@ from realisid.control import FaceCondition, RealisIDControl
 from realisid.identity_sources import clip_space, is_clip_space
 from realisid.train import sources
 from realisid.train.cli import main
-from realisid.train.loop import TrainConfig, Trainer, batch_indices, diffusion_loss, dropout_flags, model_targets
+from realisid.train.loop import (
+    TrainConfig,
+    Trainer,
+    batch_indices,
+    diffusion_loss,
+    dropout_flags,
+    model_targets,
+)
 from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
 from tests.helpers import tiny_host_models as tiny
 from tests.helpers import train_synthetic
@@ -88,6 +97,31 @@ def test_training_forward_equals_the_comfyui_control(trained):
     assert max(t.abs().max() for t in ours["output"]) > 1e-4  # trained: the zero-convs are no longer zero
 
 
+def test_checkpointed_unet_and_branches_give_the_same_loss_and_grads(trained):
+    trainer, _, _ = trained
+    batch = trainer._batch(0)
+
+    def loss_and_grad(unet_ckpt: bool, branch_ckpt: bool):
+        trainer.cfg.checkpoint_unet = unet_ckpt
+        trainer.accelerator.unwrap_model(trainer.forward_module).checkpointed = branch_ckpt
+        trainer.progress.generator.manual_seed(11)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss, _ = trainer.compute_loss(batch)
+        loss.backward()
+        grad = trainer.model.local_net.input_blocks[1][0].in_layers[2].weight.grad.clone()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad
+
+    try:
+        plain, both = loss_and_grad(False, False), loss_and_grad(True, True)
+    finally:
+        trainer.cfg.checkpoint_unet = False
+        trainer.accelerator.unwrap_model(trainer.forward_module).checkpointed = False
+    torch.testing.assert_close(both[0], plain[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(both[1], plain[1], atol=1e-6, rtol=1e-5)
+    assert plain[1].abs().max() > 0
+
+
 def test_sample_images_run_through_comfyui_sampling(trained):
     trainer, _, out = trained
     trainer.cfg.sample_steps = 2
@@ -120,6 +154,23 @@ def test_fit_cli_rejects_a_mismatched_identity_space(env, tmp_path, caplog):
     assert "--clip-vision" in caplog.text
     assert main([*common, "--identity-space", "arcface"]) == 2
     assert "dlib-resnet-128" in caplog.text and "insightface" in caplog.text
+
+
+def test_fit_cli_trains_saves_and_resumes_latest(env, tmp_path):
+    root, base, _ = env
+    out = tmp_path / "cli"
+    common = ["fit", "--base", str(base), "--cache", str(root / "cache"), "--out", str(out), "--cpu",
+              "--identity-space", "embedding", "--crop-size", "4", "--projector", json.dumps(PROJECTOR),
+              "--batch-size", "1", "--save-every", "2", "--log-every", "1", "--lr", "1e-3"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert (out / "state" / "latest").read_text() == "step-0000002"
+    first = checkpoint.load_realisid(str(out / "realisid-step0000002.safetensors"))
+    assert first.identity_space == "dlib-resnet-128"
+    assert main([*common, "--steps", "4", "--resume", "latest"]) == 0
+    assert (out / "state" / "latest").read_text() == "step-0000004"
+    last = checkpoint.load_realisid(str(out / "realisid-final.safetensors"))
+    key = "projector.proj_in.weight"
+    assert not torch.equal(first.nets.state_dict()[key], last.nets.state_dict()[key])  # it trained on
 
 
 def test_targets_follow_the_model_sampling_type():

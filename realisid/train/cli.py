@@ -49,6 +49,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--drop-both", type=float, default=0.05)
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--grad-checkpointing", action="store_true", help="checkpoint the trainable ControlNets")
+    p.add_argument("--checkpoint-unet", action="store_true",
+                   help="also recompute the frozen UNet's activations in backward (less memory, ~30%% slower)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay (e.g. 0.9999); 0 disables EMA")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
@@ -127,7 +129,8 @@ def config_from_args(args):
         clip_vision=args.clip_vision, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, lambda_face=args.lambda_face, face_loss_norm=args.face_loss_norm,
         drop_image=args.drop_image, drop_text=args.drop_text, drop_both=args.drop_both,
-        mixed_precision=args.mixed_precision, grad_checkpointing=args.grad_checkpointing, grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision, grad_checkpointing=args.grad_checkpointing,
+        checkpoint_unet=args.checkpoint_unet, grad_accum=args.grad_accum,
         ema=args.ema, save_every=args.save_every, sample_every=args.sample_every, sample_steps=args.sample_steps,
         resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,

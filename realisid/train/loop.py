@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from realisid import checkpoint
@@ -52,6 +53,7 @@ class TrainConfig:
     drop_both: float = 0.05
     mixed_precision: str = "no"
     grad_checkpointing: bool = False
+    checkpoint_unet: bool = False  # recompute the frozen UNet's activations in backward (non-reentrant)
     grad_accum: int = 1
     ema: float = 0.0
     save_every: int = 500
@@ -62,7 +64,6 @@ class TrainConfig:
     crop_size: int = checkpoint.DEFAULT_CROP_SIZE
     projector: dict = field(default_factory=dict)  # overrides of identity.DEFAULT_CONFIG
     log_every: int = 10
-    num_workers: int = 0
     max_grad_norm: float = 1.0
     text_cache_size: int = 4096
     overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
@@ -92,22 +93,35 @@ class BranchForward(nn.Module):
 
     Each sample has its own face, and branch_residuals applies a face list to every batch entry, so the batch
     runs entry by entry (K=1, B=1) and the residuals are concatenated. Same code as sampling, one call per entry.
+    checkpointed: each entry's branch pass is recomputed in backward (torch.utils.checkpoint, non-reentrant), so
+    the ControlNets' attention activations are not kept either (their own use_checkpoint covers ResBlocks only).
     """
 
-    def __init__(self, model: checkpoint.RealisIDModel):
+    def __init__(self, model: checkpoint.RealisIDModel, checkpointed: bool = False):
         super().__init__()
         self.nets = model.nets  # the same modules the RealisIDModel uses
         self.model = model
+        self.checkpointed = checkpointed
+
+    def _entry(self, x_in, timesteps, p_id, hint, y, box, null_identity):
+        face = FaceCondition(p_id=p_id, landmark_hint=hint, box=box)
+        out = branch_residuals(self.model, x_in, timesteps, [face], y=y, null_identity=null_identity)
+        return tuple(out["middle"]), tuple(out["output"])
 
     def forward(self, x_in, timesteps, identity, hints, boxes, y, drop_identity: list[bool]) -> dict:
         p_id = self.model.project(identity)
-        parts = []
+        middles, outputs = [], []
         for i in range(x_in.shape[0]):
-            face = FaceCondition(p_id=p_id[i], landmark_hint=hints[i], box=tuple(float(v) for v in boxes[i]))
-            parts.append(branch_residuals(self.model, x_in[i:i + 1], timesteps[i:i + 1], [face],
-                                          y=None if y is None else y[i:i + 1], null_identity=drop_identity[i]))
-        return {key: [torch.cat(ts) for ts in zip(*(p[key] for p in parts), strict=True)]
-                for key in ("input", "middle", "output")}
+            args = (x_in[i:i + 1], timesteps[i:i + 1], p_id[i], hints[i], None if y is None else y[i:i + 1],
+                    tuple(float(v) for v in boxes[i]), bool(drop_identity[i]))
+            if self.checkpointed and torch.is_grad_enabled():
+                middle, output = torch.utils.checkpoint.checkpoint(self._entry, *args, use_reentrant=False)
+            else:
+                middle, output = self._entry(*args)
+            middles.append(middle)
+            outputs.append(output)
+        return {"input": [], "middle": [torch.cat(ts) for ts in zip(*middles, strict=True)],
+                "output": [torch.cat(ts) for ts in zip(*outputs, strict=True)]}
 
 
 class EMA:
@@ -233,6 +247,26 @@ class StepInputs:
     mask: torch.Tensor  # (B, 1, h, w) face box at latent resolution
 
 
+_CONTROL_KEYS = ("input", "middle", "output")
+
+
+def unet_forward(unet, x, timesteps, context, y, control: dict, checkpointed: bool = False) -> torch.Tensor:
+    """The frozen UNet with the residuals. Checkpointed: torch.utils.checkpoint (non-reentrant) with the control
+    dict rebuilt inside, since the UNet pops it (ComfyUI's own use_checkpoint fails on frozen weights)."""
+    extra = {} if y is None else {"y": y}
+    if not checkpointed:
+        return unet(x, timesteps, context=context, control=control, transformer_options={}, **extra)
+    counts = [len(control.get(k, [])) for k in _CONTROL_KEYS]
+    flat = [t for k in _CONTROL_KEYS for t in control.get(k, [])]
+
+    def run(x, timesteps, context, *residuals):
+        it = iter(residuals)
+        rebuilt = {k: [next(it) for _ in range(n)] for k, n in zip(_CONTROL_KEYS, counts, strict=True)}
+        return unet(x, timesteps, context=context, control=rebuilt, transformer_options={}, **extra)
+
+    return torch.utils.checkpoint.checkpoint(run, x, timesteps, context, *flat, use_reentrant=False)
+
+
 def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainConfig, autocast, compute_dtype):
     """Noise with the base's model_sampling, run branches + frozen UNet, return (loss, parts)."""
     x_noisy = model_sampling.noise_scaling(s.sigma, s.noise, s.x0)
@@ -240,9 +274,9 @@ def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainCon
     timesteps = model_sampling.timestep(s.sigma).float()
     with autocast():
         control = forward_module(x_in, timesteps, s.identity, s.hints, s.boxes, s.y, s.drop_identity)
-        extra = {} if s.y is None else {"y": s.y.to(compute_dtype)}
-        pred = unet(x_in.to(compute_dtype), timesteps, context=s.context.to(compute_dtype), control=control,
-                    transformer_options={}, **extra)
+        y = None if s.y is None else s.y.to(compute_dtype)
+        pred = unet_forward(unet, x_in.to(compute_dtype), timesteps, s.context.to(compute_dtype), y, control,
+                            cfg.checkpoint_unet)
     target = model_targets(model_sampling, s.sigma, x_noisy, s.x0)
     return diffusion_loss(pred, target, s.mask, cfg.lambda_face, cfg.face_loss_norm)
 
@@ -262,8 +296,7 @@ class Trainer:
         self.dataset = CachedFaceDataset(cfg.cache, cfg.crop_size * LATENT_DOWNSCALE)
         self._check_spaces()
         self.model = self._build_model()
-        set_branch_checkpointing(self.model.nets, cfg.grad_checkpointing)
-        self.forward_module = BranchForward(self.model)
+        self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
         params = [p for p in self.model.nets.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.forward_module, self.optimizer = acc.prepare(self.forward_module, optimizer)
@@ -282,8 +315,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         log_with = "tensorboard" if _has_tensorboard() else None
-        # reentrant checkpointing + one branch call per sample re-enters the same params: static graph for DDP
-        ddp = DistributedDataParallelKwargs(static_graph=self.cfg.grad_checkpointing)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
         acc = Accelerator(mixed_precision=self.cfg.mixed_precision, gradient_accumulation_steps=self.cfg.grad_accum,
                           log_with=log_with, cpu=self.cfg.cpu or os.environ.get("ACCELERATE_USE_CPU") == "1",
                           project_config=ProjectConfiguration(project_dir=str(self.cfg.out), logging_dir=str(
