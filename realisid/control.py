@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from realisid import geometry
 
 GLOBAL_MODES = ("per_person", "union")
+PREPARED_OPTIONS = ("feather", "crop_size")  # baked into PreparedFaces once, not passed per step
 
 
 @dataclasses.dataclass
@@ -40,6 +41,7 @@ class PreparedFaces:
     p_id: torch.Tensor  # (K, N, C)
     local_hint: torch.Tensor | None  # (K, 3, S*8, S*8)
     global_hint: torch.Tensor  # (K, 1, H*8, W*8)
+    placement: geometry.BoxPlacement | None = None  # crop and paste grids of the local branch
 
 
 def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
@@ -51,7 +53,8 @@ def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int], device, dtype,
-                  null_identity: bool = False, need_local: bool = True, crop_size: int | None = None) -> PreparedFaces:
+                  null_identity: bool = False, need_local: bool = True, crop_size: int | None = None,
+                  feather: float = 0.0) -> PreparedFaces:
     """Stack the faces' boxes, p_id, landmark hints (S*8 px) and box masks (H*8 x W*8 px) on device/dtype."""
     if not faces:
         raise ValueError("RealisID needs at least one face condition")
@@ -61,15 +64,19 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
         p_id = model.null_identity(1).expand(len(faces), -1, -1)
     else:
         p_id = torch.stack([f.p_id.reshape(-1, f.p_id.shape[-1]) for f in faces])
-    local_hint = None
+    boxes_latent = geometry.frac_to_latent(boxes_frac, latent_hw)
+    local_hint = placement = None
     if need_local:
         if any(f.landmark_hint is None for f in faces):
             raise ValueError("the local branch needs a landmark_hint for every face")
-        size = (crop_size or model.crop_size) * geometry.LATENT_DOWNSCALE
-        local_hint = torch.stack([_resize_hint(f.landmark_hint, size) for f in faces]).to(device, dtype)
+        s = crop_size or model.crop_size
+        local_hint = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE)
+                                  for f in faces]).to(device, dtype)
+        levels = _level_map(s, latent_hw, len(model.unet_config["channel_mult"]))
+        placement = geometry.place_boxes(boxes_latent, latent_hw, s, levels.values(), feather, dtype, device)
     global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
-    return PreparedFaces(boxes_latent=geometry.frac_to_latent(boxes_frac, latent_hw).to(device),
-                         p_id=p_id.to(device, dtype), local_hint=local_hint, global_hint=global_hint.to(device, dtype))
+    return PreparedFaces(boxes_latent=boxes_latent.to(device), p_id=p_id.to(device, dtype), local_hint=local_hint,
+                         global_hint=global_hint.to(device, dtype), placement=placement)
 
 
 def _level_map(crop_size: int, latent_hw: tuple[int, int], levels: int) -> dict[int, tuple[int, int]]:
@@ -91,26 +98,16 @@ def _run_branch(net, x, hint, timesteps, context, y):
     return net(x=x, hint=hint, timesteps=timesteps, context=context, **extra)
 
 
-def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, feather: float = 0.0,
-                    crop_size: int | None = None) -> dict:
-    """Sum over faces of the relocated local-branch residuals at full-image scale."""
+def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None) -> dict:
+    """Sum over faces of the relocated local-branch residuals at full-image scale (grids from prep.placement)."""
     b, k = x_in.shape[0], prep.boxes_latent.shape[0]
-    s = crop_size or model.crop_size
-    crops = geometry.crop_and_resize(x_in, prep.boxes_latent, s)
+    placement = prep.placement
+    crops = geometry.crop_placed(x_in, placement)
     out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
                       _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
-    levels = len(model.unet_config["channel_mult"])
-    sizes = _level_map(s, tuple(x_in.shape[-2:]), levels)
-    result = {}
-    for key, tensors in out.items():
-        result[key] = [_relocate_sum(r, prep.boxes_latent, tuple(x_in.shape[-2:]), sizes[r.shape[-1]], k, feather)
-                       for r in tensors]
-    return result
-
-
-def _relocate_sum(r, boxes, latent_hw, out_hw, k, feather):
-    pasted = geometry.relocate(r, boxes, latent_hw, out_hw, feather=feather)
-    return pasted.reshape(k, -1, *pasted.shape[1:]).sum(dim=0)
+    sizes = _level_map(crops.shape[-1], tuple(x_in.shape[-2:]), len(model.unet_config["channel_mult"]))
+    return {key: [geometry.paste_placed(r, placement, sizes[r.shape[-1]], sum_faces=True) for r in tensors]
+            for key, tensors in out.items()}
 
 
 def global_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, mode: str = "per_person") -> dict:
@@ -137,16 +134,16 @@ def _combine(local: dict | None, global_: dict | None, local_strength: float, gl
 
 
 def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None, local_strength=1.0,
-                            global_strength=1.0, global_mode="per_person", feather=0.0, use_local=True,
-                            use_global=True, crop_size: int | None = None) -> dict:
-    """branch_residuals on already prepared faces (the cached path of RealisIDControl)."""
+                            global_strength=1.0, global_mode="per_person", use_local=True, use_global=True) -> dict:
+    """branch_residuals on already prepared faces (the cached path of RealisIDControl; crop size and feather
+    are baked into prep.placement)."""
     use_local = use_local and model.local_net is not None
     use_global = use_global and model.global_net is not None
     if not (use_local or use_global):
         raise ValueError("no RealisID branch to run (both disabled or absent from the model)")
     if model.has_adm and y is None:
         raise ValueError("this RealisID model is for an SDXL-style base and needs y (pooled text + sizes)")
-    local = local_residuals(model, x_in, timesteps, prep, y, feather, crop_size) if use_local else None
+    local = local_residuals(model, x_in, timesteps, prep, y) if use_local else None
     global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode) if use_global else None
     return _combine(local, global_, local_strength, global_strength)
 
@@ -164,10 +161,10 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
     dtype = model.manual_cast_dtype or dtype
     need_local = use_local and model.local_net is not None
     prep = prepare_faces(model, faces, tuple(x_in.shape[-2:]), x_in.device, dtype, null_identity, need_local,
-                         crop_size)
+                         crop_size, feather)
     return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
                                    None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
-                                   global_mode, feather, use_local, use_global, crop_size)
+                                   global_mode, use_local, use_global)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):
@@ -201,7 +198,8 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         if self._prepared_key != key:
             need_local = self.options["use_local"] and self.model.local_net is not None
             self._prepared = prepare_faces(self.model, self.faces, key[2], x_noisy.device, dtype,
-                                           not self.identity_enabled, need_local, self.options["crop_size"])
+                                           not self.identity_enabled, need_local, self.options["crop_size"],
+                                           self.options["feather"])
             self._prepared_key = key
         return self._prepared
 
@@ -221,7 +219,8 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         y = cond.get("y") if self.model.has_adm else None
         y = None if y is None else comfy.model_base.convert_tensor(y, dtype, x_noisy.device)
         prep = self._prepare(x_noisy, dtype)
-        control = residuals_from_prepared(self.model, x_in, ms.timestep(t).to(dtype), prep, y, **self.options)
+        options = {k: v for k, v in self.options.items() if k not in PREPARED_OPTIONS}
+        control = residuals_from_prepared(self.model, x_in, ms.timestep(t).to(dtype), prep, y, **options)
         return self.control_merge(control, prev, output_dtype=None)
 
     def copy(self) -> RealisIDControl:

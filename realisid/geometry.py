@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,21 +84,81 @@ def _crop_grid(boxes: torch.Tensor, hw: tuple[int, int], size: int) -> torch.Ten
     return torch.stack([gx, gy], dim=-1)
 
 
+@dataclass(frozen=True)
+class BoxPlacement:
+    """Per-step constants of K boxes on one latent size: where to crop and where to paste at each scale.
+
+    Built once per face set (the control caches it across steps), so a denoising step runs only grid_sample and
+    a multiply per residual, with no grid arithmetic and no host-device synchronisation.
+    """
+
+    k: int
+    crop_grid: torch.Tensor | None  # (K, S, S, 2), compute dtype
+    crop_inside: torch.Tensor | None  # (K, 1, S, S): 0 where the crop samples outside the image
+    paste: dict  # out_hw -> (grid (K, h, w, 2), mask (K, 1, h, w))
+
+
+def place_boxes(boxes, latent_hw: tuple[int, int], crop_size: int | None = None, out_sizes=(), feather: float = 0.0,
+                dtype: torch.dtype = torch.float32, device=None) -> BoxPlacement:
+    """Crop grid (S x S over each box) and, for every residual size in `out_sizes`, the inverse grid and mask.
+
+    `boxes` are (K, 4) latent units; a residual of size out_hw sees them scaled by out_hw / latent_hw exactly.
+    """
+    boxes = _as_boxes(torch.as_tensor(boxes, dtype=torch.float64).cpu(), None)
+    crop_grid = crop_inside = None
+    if crop_size is not None:
+        grid = _crop_grid(boxes, latent_hw, crop_size)
+        crop_inside = (grid.abs() <= 1.0).all(dim=-1)[:, None].to(device=device, dtype=dtype)
+        crop_grid = grid.to(device=device, dtype=dtype)
+    paste = {}
+    for out_hw in dict.fromkeys(tuple(hw) for hw in out_sizes):
+        scale = torch.tensor([out_hw[1] / latent_hw[1], out_hw[0] / latent_hw[0]] * 2, dtype=torch.float64)
+        scaled = boxes * scale
+        mask = box_mask_latent(scaled, out_hw[0], out_hw[1], soft=True, feather=feather)
+        paste[out_hw] = (_relocate_grid(scaled, out_hw).to(device=device, dtype=dtype),
+                         mask.to(device=device, dtype=dtype))
+    return BoxPlacement(boxes.shape[0], crop_grid, crop_inside, paste)
+
+
+def _per_face(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(K*B, C, h, w) face-major -> (K, B*C, h, w): one grid per face serves all its batch entries."""
+    kb, c, h, w = t.shape
+    if kb % k:
+        raise ValueError(f"residual batch {kb} is not a multiple of the number of boxes {k}")
+    return t.reshape(k, (kb // k) * c, h, w)
+
+
+def crop_placed(latent: torch.Tensor, placement: BoxPlacement) -> torch.Tensor:
+    """(B, C, H, W) -> (K*B, C, S, S) face-major crops; zero outside the image, edge-clamped inside."""
+    b, c, h, w = latent.shape
+    k, grid = placement.k, placement.crop_grid
+    src = latent.reshape(1, b * c, h, w).expand(k, -1, -1, -1)
+    out = F.grid_sample(src, grid.to(latent.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = out * placement.crop_inside.to(latent.dtype)
+    return out.reshape(k * b, c, *out.shape[-2:])
+
+
+def paste_placed(residual: torch.Tensor, placement: BoxPlacement, out_hw: tuple[int, int],
+                 sum_faces: bool = False) -> torch.Tensor:
+    """(K*B, C, s, s) crop residuals pasted into zeros of out_hw; (K*B, ...) or, with sum_faces, (B, ...)."""
+    grid, mask = placement.paste[tuple(out_hw)]
+    k = placement.k
+    src = _per_face(residual, k)
+    pasted = F.grid_sample(src, grid.to(residual.dtype), mode="bilinear", padding_mode="border",
+                           align_corners=False) * mask.to(residual.dtype)
+    if sum_faces:
+        pasted = pasted.sum(dim=0, keepdim=True)
+    return pasted.reshape(-1, residual.shape[1], *pasted.shape[-2:])
+
+
 def crop_and_resize(latent: torch.Tensor, boxes, size: int) -> torch.Tensor:
     """Crop each box (latent units, (K,4) xyxy) from (B,C,H,W) and resize bilinearly to S x S.
 
     Returns (K*B, C, S, S), face-major (row k*B + b). Samples outside the image are zero; inside, the image edge
     is clamped (so a constant latent crops to a constant wherever the box covers the image).
     """
-    b, c, h, w = latent.shape
-    boxes = _as_boxes(boxes, latent.device)
-    k = boxes.shape[0]
-    grid = _crop_grid(boxes, (h, w), size)  # (K,S,S,2), float64
-    inside = ((grid.abs() <= 1.0).all(dim=-1)).to(latent.dtype)  # (K,S,S)
-    grid = grid.to(latent.dtype).repeat_interleave(b, dim=0)
-    src = latent.repeat(k, 1, 1, 1)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * inside.repeat_interleave(b, dim=0)[:, None]
+    placement = place_boxes(boxes, tuple(latent.shape[-2:]), size, dtype=latent.dtype, device=latent.device)
+    return crop_placed(latent, placement)
 
 
 def _edge_coverage(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
@@ -156,15 +217,5 @@ def relocate(residual: torch.Tensor, boxes, latent_hw: tuple[int, int], out_hw: 
     `boxes` are (K,4) latent units; out_hw is this residual level's full-image size. Bilinear inverse map via
     grid_sample (edge clamped inside the box), multiplied by the anti-aliased box mask: exactly 0 outside the box.
     """
-    kb = residual.shape[0]
-    boxes = _as_boxes(boxes, residual.device)
-    k = boxes.shape[0]
-    if kb % k:
-        raise ValueError(f"residual batch {kb} is not a multiple of the number of boxes {k}")
-    scale = torch.tensor([out_hw[1] / latent_hw[1], out_hw[0] / latent_hw[0]] * 2, dtype=torch.float64,
-                         device=residual.device)
-    scaled = boxes * scale
-    grid = _relocate_grid(scaled, out_hw).to(residual.dtype).repeat_interleave(kb // k, dim=0)
-    pasted = F.grid_sample(residual, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mask = box_mask_latent(scaled, out_hw[0], out_hw[1], soft=True, feather=feather, device=residual.device)
-    return pasted * mask.to(residual.dtype).repeat_interleave(kb // k, dim=0)
+    placement = place_boxes(boxes, latent_hw, None, [out_hw], feather, dtype=residual.dtype, device=residual.device)
+    return paste_placed(residual, placement, out_hw)
