@@ -85,13 +85,11 @@ def boot_host(args: argparse.Namespace) -> None:
     """Make ComfyUI importable (as the tests' host does); --cpu semantics only for --device cpu."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    # bind `tests` to this repo before ComfyUI's folder (which has its own tests/ package) joins sys.path
     from realisid import comfy_host
+    from tests.helpers import host
 
-    root = args.comfyui_dir
-    if not root:
-        from tests.helpers import host
-
-        root = str(host.comfyui_dir())
+    root = args.comfyui_dir or str(host.comfyui_dir())
     comfy_host.boot(root, cpu=args.device == "cpu")
     args.comfyui_dir = root
 

@@ -98,24 +98,37 @@ def _run_branch(net, x, hint, timesteps, context, y):
     return net(x=x, hint=hint, timesteps=timesteps, context=context, **extra)
 
 
-def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None) -> dict:
-    """Sum over faces of the relocated local-branch residuals at full-image scale (grids from prep.placement)."""
+def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, paired: bool = False) -> dict:
+    """Sum over faces of the relocated local-branch residuals at full-image scale (grids from prep.placement).
+
+    paired: face k belongs to batch entry k only (the trainer's batches: one person per image), one pass of batch B.
+    """
     b, k = x_in.shape[0], prep.boxes_latent.shape[0]
     placement = prep.placement
-    crops = geometry.crop_placed(x_in, placement)
-    out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
-                      _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
+    crops = geometry.crop_placed(x_in, placement, paired)
+    if paired:
+        out = _run_branch(model.local_net, crops, prep.local_hint, timesteps, prep.p_id, y)
+    else:
+        out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
+                          _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
     sizes = _level_map(crops.shape[-1], tuple(x_in.shape[-2:]), len(model.unet_config["channel_mult"]))
-    return {key: [geometry.paste_placed(r, placement, sizes[r.shape[-1]], sum_faces=True) for r in tensors]
-            for key, tensors in out.items()}
+    return {key: [geometry.paste_placed(r, placement, sizes[r.shape[-1]], sum_faces=not paired, paired=paired)
+                  for r in tensors] for key, tensors in out.items()}
 
 
-def global_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, mode: str = "per_person") -> dict:
-    """Global-branch residuals: mean over per-person passes, or one pass with the union mask and mean p_id."""
+def global_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, mode: str = "per_person",
+                     paired: bool = False) -> dict:
+    """Global-branch residuals: mean over per-person passes, or one pass with the union mask and mean p_id.
+
+    paired: person k belongs to batch entry k only, so each entry runs once with its own mask and p_id.
+    """
     if mode not in GLOBAL_MODES:
         raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {mode!r}")
     b = x_in.shape[0]
     hint, p_id = prep.global_hint, prep.p_id
+    if paired:
+        geometry.check_paired(hint.shape[0], b)
+        return _run_branch(model.global_net, x_in, hint, timesteps, p_id, y)
     if mode == "union":
         hint, p_id = hint.amax(dim=0, keepdim=True), p_id.mean(dim=0, keepdim=True)
     k = hint.shape[0]
@@ -134,7 +147,8 @@ def _combine(local: dict | None, global_: dict | None, local_strength: float, gl
 
 
 def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None, local_strength=1.0,
-                            global_strength=1.0, global_mode="per_person", use_local=True, use_global=True) -> dict:
+                            global_strength=1.0, global_mode="per_person", use_local=True, use_global=True,
+                            paired: bool = False) -> dict:
     """branch_residuals on already prepared faces (the cached path of RealisIDControl; crop size and feather
     are baked into prep.placement)."""
     use_local = use_local and model.local_net is not None
@@ -143,19 +157,20 @@ def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None,
         raise ValueError("no RealisID branch to run (both disabled or absent from the model)")
     if model.has_adm and y is None:
         raise ValueError("this RealisID model is for an SDXL-style base and needs y (pooled text + sizes)")
-    local = local_residuals(model, x_in, timesteps, prep, y) if use_local else None
-    global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode) if use_global else None
+    local = local_residuals(model, x_in, timesteps, prep, y, paired) if use_local else None
+    global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode, paired) if use_global else None
     return _combine(local, global_, local_strength, global_strength)
 
 
 def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: list[FaceCondition], y=None,
                      null_identity: bool = False, local_strength: float = 1.0, global_strength: float = 1.0,
                      global_mode: str = "per_person", feather: float = 0.0, use_local: bool = True,
-                     use_global: bool = True, crop_size: int | None = None) -> dict:
+                     use_global: bool = True, crop_size: int | None = None, paired: bool = False) -> dict:
     """THE RealisID forward: {"input": [], "middle": [...], "output": [...]} residuals for the base UNet.
 
     x_in: (B, 4, H, W) model input (already scaled by model_sampling.calculate_input); timesteps: (B,) model
-    timesteps; y: (B, adm) for SDXL-style bases. Each face's p_id is used for every batch entry.
+    timesteps; y: (B, adm) for SDXL-style bases. Every face acts on every batch entry (sampling: K people in
+    each image); paired=True binds face k to batch entry k alone (training: one person per image, K == B).
     """
     dtype = next(model.local_net.parameters() if model.local_net is not None else model.global_net.parameters()).dtype
     dtype = model.manual_cast_dtype or dtype
@@ -164,7 +179,7 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
                          crop_size, feather)
     return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
                                    None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
-                                   global_mode, use_local, use_global)
+                                   global_mode, use_local, use_global, paired)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):

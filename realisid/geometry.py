@@ -128,10 +128,18 @@ def _per_face(t: torch.Tensor, k: int) -> torch.Tensor:
     return t.reshape(k, (kb // k) * c, h, w)
 
 
-def crop_placed(latent: torch.Tensor, placement: BoxPlacement) -> torch.Tensor:
-    """(B, C, H, W) -> (K*B, C, S, S) face-major crops; zero outside the image, edge-clamped inside."""
+def crop_placed(latent: torch.Tensor, placement: BoxPlacement, paired: bool = False) -> torch.Tensor:
+    """(B, C, H, W) -> (K*B, C, S, S) face-major crops; zero outside the image, edge-clamped inside.
+
+    paired: box k belongs to batch entry k only (K == B, the trainer's batches) -> (B, C, S, S).
+    """
     b, c, h, w = latent.shape
     k, grid = placement.k, placement.crop_grid
+    if paired:
+        check_paired(k, b)
+        out = F.grid_sample(latent, grid.to(latent.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out * placement.crop_inside.to(latent.dtype)
     src = latent.reshape(1, b * c, h, w).expand(k, -1, -1, -1)
     out = F.grid_sample(src, grid.to(latent.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     out = out * placement.crop_inside.to(latent.dtype)
@@ -139,16 +147,28 @@ def crop_placed(latent: torch.Tensor, placement: BoxPlacement) -> torch.Tensor:
 
 
 def paste_placed(residual: torch.Tensor, placement: BoxPlacement, out_hw: tuple[int, int],
-                 sum_faces: bool = False) -> torch.Tensor:
-    """(K*B, C, s, s) crop residuals pasted into zeros of out_hw; (K*B, ...) or, with sum_faces, (B, ...)."""
+                 sum_faces: bool = False, paired: bool = False) -> torch.Tensor:
+    """(K*B, C, s, s) crop residuals pasted into zeros of out_hw; (K*B, ...) or, with sum_faces, (B, ...).
+
+    paired: residual row k is box k's only (K == B) -> (B, C, h, w).
+    """
     grid, mask = placement.paste[tuple(out_hw)]
     k = placement.k
+    if paired:
+        check_paired(k, residual.shape[0])
+        return F.grid_sample(residual, grid.to(residual.dtype), mode="bilinear", padding_mode="border",
+                             align_corners=False) * mask.to(residual.dtype)
     src = _per_face(residual, k)
     pasted = F.grid_sample(src, grid.to(residual.dtype), mode="bilinear", padding_mode="border",
                            align_corners=False) * mask.to(residual.dtype)
     if sum_faces:
         pasted = pasted.sum(dim=0, keepdim=True)
     return pasted.reshape(-1, residual.shape[1], *pasted.shape[-2:])
+
+
+def check_paired(k: int, b: int) -> None:
+    if k != b:
+        raise ValueError(f"paired mode needs one box per batch entry, got {k} boxes for a batch of {b}")
 
 
 def crop_and_resize(latent: torch.Tensor, boxes, size: int) -> torch.Tensor:

@@ -52,6 +52,19 @@ def test_batched_faces_equal_sum_of_single_face_local_runs(sdxl):
 
 
 @torch.no_grad()
+def test_paired_mode_equals_each_entry_with_its_own_face(sdxl):
+    """The trainer's batches: face k acts on batch entry k only, in one pass per branch."""
+    _, model, faces = sdxl
+    x, ts, y = _inputs(batch=2, seed=5)
+    paired = branch_residuals(model, x, ts, faces, y=y, paired=True)
+    alone = [branch_residuals(model, x[i:i + 1], ts[i:i + 1], [faces[i]], y=y[i:i + 1]) for i in range(2)]
+    _close(paired, {k: [torch.cat(ts_) for ts_ in zip(*(a[k] for a in alone), strict=True)]
+                    for k in ("middle", "output")})
+    with pytest.raises(ValueError, match="one box per batch entry"):
+        branch_residuals(model, x[:1], ts[:1], faces, y=y[:1], paired=True)
+
+
+@torch.no_grad()
 def test_global_per_person_is_mean_of_single_person_runs_and_union_differs(sdxl):
     _, model, faces = sdxl
     x, ts, y = _inputs()
@@ -219,3 +232,107 @@ def test_sd15_model_runs_without_y():
     out = _sample(base, _attach(pos, RealisIDControl(model, faces)), neg)
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
     assert not torch.allclose(out, _sample(base, pos, neg))
+
+
+# ---- locality of the local branch --------------------------------------------------------------------------------
+
+BIG = 16  # latent side for the locality tests: the 8-cell crop of a 8x8-cell box samples cell centres exactly
+
+
+def _local(model, x, face, box):
+    y = torch.randn(x.shape[0], T.ADM_CHANNELS, generator=torch.Generator().manual_seed(9))
+    moved = FaceCondition(face.p_id, face.landmark_hint, box)
+    return branch_residuals(model, x, torch.full((x.shape[0],), 400.0), [moved], y=y, use_global=False)
+
+
+@torch.no_grad()
+def test_latent_outside_the_box_does_not_change_that_face_local_residuals(sdxl):
+    _, model, faces = sdxl
+    box = (0.25, 0.25, 0.75, 0.75)  # latent cells [4, 12) x [4, 12)
+    x = torch.randn(2, 4, BIG, BIG, generator=torch.Generator().manual_seed(4))
+    changed = x.clone()
+    keep = torch.zeros(BIG, BIG, dtype=torch.bool)
+    keep[3:13, 3:13] = True  # the box plus one cell: bilinear sampling may read the neighbours
+    changed[..., ~keep] = torch.randn(2, 4, int((~keep).sum()), generator=torch.Generator().manual_seed(8)) * 5
+    a, b = _local(model, x, faces[0], box), _local(model, changed, faces[0], box)
+    for key in ("middle", "output"):
+        for u, v in zip(a[key], b[key], strict=True):
+            assert u.abs().max() > 1e-4
+            assert torch.equal(u, v), key
+    # control: changing the latent INSIDE the box does change them
+    inside = x.clone()
+    inside[..., 6:10, 6:10] += 3.0
+    assert not torch.allclose(_local(model, inside, faces[0], box)["output"][0], a["output"][0], atol=1e-4)
+
+
+@torch.no_grad()
+def test_moving_the_box_with_its_content_moves_the_residuals(sdxl):
+    _, model, faces = sdxl
+    box = (0.25, 0.25, 0.75, 0.75)
+    dx, dy = 4, 2  # latent cells; even, so every UNet level (16, 8) sees an integer shift
+    moved_box = (box[0] + dx / BIG, box[1] + dy / BIG, box[2] + dx / BIG, box[3] + dy / BIG)
+    x = torch.randn(1, 4, BIG, BIG, generator=torch.Generator().manual_seed(5))
+    x_moved = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))  # the box content travels with the box
+    a, b = _local(model, x, faces[0], box), _local(model, x_moved, faces[0], moved_box)
+    for key in ("middle", "output"):
+        for u, v in zip(a[key], b[key], strict=True):
+            f = u.shape[-1] / BIG
+            shifted = torch.roll(u, shifts=(int(dy * f), int(dx * f)), dims=(-2, -1))
+            torch.testing.assert_close(v, shifted, atol=1e-6, rtol=0)
+            support = geometry.box_mask([moved_box], *v.shape[-2:], soft=True)[0, 0] > 0
+            assert v[..., ~support].abs().max() == 0 and v[..., support].abs().max() > 1e-4
+            assert not torch.allclose(u, v)  # it did move
+
+
+# ---- K = 1: the multi-face node equals the single-face nodes chained ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def node_setup(pack_node_ids, models_dir):
+    import comfy.clip_vision
+    import comfy.sd
+    import nodes
+
+    from realisid import checkpoint
+    from tests.test_nodes import astronaut_image
+
+    mapping = nodes.NODE_CLASS_MAPPINGS
+    realisid_model = checkpoint.load_realisid(str(models_dir / "realisid" / "tiny_realisid_sdxl.safetensors"))
+    clip_vision = comfy.clip_vision.load(str(models_dir / "clip_vision" / "tiny_clip_vision.safetensors"))
+    base = comfy.sd.load_checkpoint_guess_config(str(models_dir / "checkpoints" / "tiny_sdxl.safetensors"),
+                                                 output_vae=False, output_clip=False)[0]
+    analyzer = mapping["RealisIDFaceAnalysis"].execute("embedded (MTCNN + dlib, offline)", "CPU")[0]
+    faces = mapping["RealisIDFaceEncoder"].execute(astronaut_image(), analyzer, realisid_model, "largest", 0, "error",
+                                                   "each image is a different person", clip_vision)[0]
+    return mapping, realisid_model, base, faces
+
+
+@torch.no_grad()
+def test_one_face_composite_equals_local_then_global_chained(node_setup):
+    from tests.helpers import tiny_host_models as tiny
+
+    mapping, realisid_model, base, faces = node_setup
+    gen = torch.Generator().manual_seed(12)
+    positive = [[torch.randn(1, 7, tiny.SDXL_CONTEXT_DIM, generator=gen), {"pooled_output": torch.zeros(1, 64)}]]
+    negative = [[torch.zeros(1, 7, tiny.SDXL_CONTEXT_DIM), {}]]
+    layout = mapping["RealisIDLayoutFromNumbers"].execute(128, 128, 0.4, 0.45, 0.5)[0]
+    multi = mapping["RealisIDMultiFaceComposite"].execute(positive, negative, realisid_model, faces, layout, 0.8, 1.3,
+                                                          0.0, 1.0, 0, "per_person", 0.0)
+    local = mapping["RealisIDLocalBranchApply"].execute(positive, negative, realisid_model, faces, layout, 0.8, 0.0,
+                                                        1.0, 0, 0.0)
+    chain = mapping["RealisIDGlobalLocationApply"].execute(local[0], local[1], realisid_model, faces, layout, 1.3,
+                                                           0.0, 1.0, "per_person")
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    cond = {"c_crossattn": torch.randn(2, 7, tiny.SDXL_CONTEXT_DIM, generator=gen),
+            "y": torch.randn(2, tiny.SDXL_ADM_CHANNELS, generator=gen)}
+    sigma = torch.full((2,), 2.5)
+    for side in (0, 1):  # positive (identity) and negative (null identity)
+        one, chained = multi[side][0][1]["control"], chain[side][0][1]["control"]
+        assert isinstance(chained.previous_controlnet, RealisIDControl) and one.previous_controlnet is None
+        for c in (one, chained):
+            _pre_run(c, base)
+        want = one.get_control(x, sigma, cond, 1, {})
+        got = chained.get_control(x, sigma, cond, 1, {})
+        _close(got, want, atol=1e-6)
+        assert want["output"][0].abs().max() > 1e-3
+        for c in (one, chained):
+            c.cleanup()

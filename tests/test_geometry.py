@@ -1,5 +1,6 @@
 """Geometry: square boxes, exact crop/relocate against independent references, scale consistency, padding."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,92 @@ def test_box_mask_soft_vs_hard_and_rejects_empty_box():
     assert soft2[0, 0, 0, 1].item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="empty box"):
         g.box_mask([[0.5, 0.0, 0.5, 1.0]], 4, 4)
+
+
+# ---- independent naive references (plain Python loops, float64) -------------------------------------------------
+
+def _bilinear_clamped(img, u, v):
+    """Value of img (h, w) at pixel coordinate (u, v) (cell centres at integers), coordinates clamped to the edge."""
+    h, w = img.shape
+    u, v = min(max(u, 0.0), w - 1.0), min(max(v, 0.0), h - 1.0)
+    j0, i0 = int(u // 1), int(v // 1)
+    j1, i1 = min(j0 + 1, w - 1), min(i0 + 1, h - 1)
+    fu, fv = u - j0, v - i0
+    top = img[i0, j0] * (1 - fu) + img[i0, j1] * fu
+    bottom = img[i1, j0] * (1 - fu) + img[i1, j1] * fu
+    return top * (1 - fv) + bottom * fv
+
+
+def _naive_relocate(res, box, out_hw):
+    """res (C, s, s) of a box already in out_hw units -> (C, h, w): per cell centre, bilinear inverse map x coverage."""
+    c, s, _ = res.shape
+    h, w = out_hw
+    x0, y0, x1, y1 = box
+    out = np.zeros((c, h, w))
+    for i in range(h):
+        for j in range(w):
+            cover = (min(j + 1, x1) - max(j, x0)) * (min(i + 1, y1) - max(i, y0))
+            if min(j + 1, x1) <= max(j, x0) or min(i + 1, y1) <= max(i, y0):
+                continue  # no overlap: exactly zero
+            u = (j + 0.5 - x0) / (x1 - x0) * s - 0.5
+            v = (i + 0.5 - y0) / (y1 - y0) * s - 0.5
+            for ch in range(c):
+                out[ch, i, j] = _bilinear_clamped(res[ch], u, v) * min(max(cover, 0.0), 1.0)
+    return out
+
+
+def _naive_crop(latent, box, size):
+    """latent (C, H, W), box in latent units -> (C, S, S): zero where the sample leaves the image, else clamped."""
+    c, h, w = latent.shape
+    x0, y0, x1, y1 = box
+    out = np.zeros((c, size, size))
+    for p in range(size):
+        for q in range(size):
+            x = x0 + (q + 0.5) / size * (x1 - x0)
+            y = y0 + (p + 0.5) / size * (y1 - y0)
+            if not (0.0 <= x <= w and 0.0 <= y <= h):
+                continue
+            for ch in range(c):
+                out[ch, p, q] = _bilinear_clamped(latent[ch], x - 0.5, y - 0.5)
+    return out
+
+
+LATENT_HW = (16, 16)
+FRACTIONAL_BOXES = [(2.3, 3.7, 9.1, 10.5), (7.6, 0.4, 15.2, 9.9)]
+
+
+@pytest.mark.parametrize("crop", [8, 12])
+def test_relocate_equals_naive_reference_at_every_scale(crop):
+    """Full, 1/2 and 1/4 scale, two fractional boxes: relocate and the cached place+paste path match the loops."""
+    gen = torch.Generator().manual_seed(0)
+    scales = [(crop, LATENT_HW), (crop // 2, (8, 8)), (crop // 4, (4, 4))]
+    placement = g.place_boxes(FRACTIONAL_BOXES, LATENT_HW, None, [hw for _, hw in scales], dtype=torch.float64)
+    for s, out_hw in scales:
+        res = torch.randn(2, 3, s, s, generator=gen, dtype=torch.float64)  # K=2 faces, B=1, C=3
+        factor = out_hw[0] / LATENT_HW[0]
+        refs = [_naive_relocate(res[k].numpy(), [v * factor for v in box], out_hw)
+                for k, box in enumerate(FRACTIONAL_BOXES)]
+        got = g.relocate(res, FRACTIONAL_BOXES, LATENT_HW, out_hw)
+        cached = g.paste_placed(res, placement, out_hw)
+        summed = g.paste_placed(res, placement, out_hw, sum_faces=True)
+        for k in range(2):
+            np.testing.assert_allclose(got[k].numpy(), refs[k], atol=1e-6, rtol=0)
+            np.testing.assert_allclose(cached[k].numpy(), refs[k], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(summed[0].numpy(), refs[0] + refs[1], atol=1e-6, rtol=0)
+        # exactly zero outside every (scaled) box
+        outside = g.box_mask_latent(torch.tensor(FRACTIONAL_BOXES) * factor, *out_hw).sum(0)[0] == 0
+        assert outside.any() and torch.all(summed[0][:, outside] == 0)
+        assert np.abs(refs[0]).max() > 0.1  # the reference is not trivially zero
+
+
+def test_crop_and_resize_equals_naive_reference_including_off_image_box():
+    gen = torch.Generator().manual_seed(1)
+    latent = torch.randn(2, 3, *LATENT_HW, generator=gen, dtype=torch.float64)
+    boxes = [*FRACTIONAL_BOXES, (-3.5, 11.2, 5.3, 19.7)]  # the last leaves the image at the left and bottom
+    got = g.crop_and_resize(latent, boxes, 10)
+    assert got.shape == (3 * 2, 3, 10, 10)
+    for k, box in enumerate(boxes):
+        for b in range(2):
+            ref = _naive_crop(latent[b].numpy(), box, 10)
+            np.testing.assert_allclose(got[k * 2 + b].numpy(), ref, atol=1e-6, rtol=0)
+    assert torch.all(got[4:, :, :, :2] == 0) and got[4:, :, 0, 5].abs().min() > 0  # zero off the image only

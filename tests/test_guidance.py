@@ -341,3 +341,30 @@ def test_legacy_apply_to_uncond_gives_negative_the_null_identity(tiny):
     assert guider.original_conds["positive"][0]["control"] is control
     assert not any(e["control_apply_to_uncond"] for k in ("positive", "positive_text") for e in guider.original_conds[k])
     assert negative[0][1] == {} and positive[0][1]["control_apply_to_uncond"] is True
+
+
+def test_full_delay_never_uses_the_identity_and_equals_zero_id_scale(tiny):
+    """id_delay = 1: no step ever runs the identity control, and the samples are bit-identical to li = 0."""
+    model, cnet = tiny
+    calls = []
+    positive, negative, _ = _make_conds(cnet, calls)
+    guider = RealisIDGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_scales(text_scale=5.0, id_scale=4.0, id_delay=1.0)
+    delayed, _ = _sample(guider, steps=2)
+    assert calls and not any(identity for identity, _, _ in calls)  # the null-identity copies did run
+    assert len({round(s, 5) for _, s, _ in calls}) == 2  # at every step
+
+    calls.clear()
+    reference = RealisIDGuider(model)
+    reference.set_conds(positive, negative)
+    reference.set_scales(text_scale=5.0, id_scale=0.0, id_delay=0.0)
+    no_id, _ = _sample(reference, steps=2)
+    assert torch.equal(delayed, no_id)
+
+    calls.clear()
+    early = RealisIDGuider(model)
+    early.set_conds(positive, negative)
+    early.set_scales(text_scale=5.0, id_scale=4.0, id_delay=0.0)
+    with_id, _ = _sample(early, steps=2)
+    assert any(identity for identity, _, _ in calls) and not torch.allclose(with_id, no_id, atol=1e-4)

@@ -71,3 +71,25 @@ def test_bundled_workflow_runs_through_the_server(server):
     entry = server.run_prompt(prompt)
     saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     assert len(saved) == 1 and saved[0]["filename"].startswith("realisid")
+
+
+def test_ksampler_workflow_on_tiny_sdxl_saves_an_image_of_the_latent_size(server):
+    from PIL import Image
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sdxl.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of a person"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 96, "height": 64, "batch_size": 2}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 1, "steps": 2, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "ksampler"}},
+    }
+    entry = server.run_prompt(prompt)
+    images = entry["outputs"]["7"]["images"]
+    assert len(images) == 2
+    for image in images:
+        path = server.base_dir / "output" / image["subfolder"] / image["filename"]
+        assert Image.open(path).size == (96, 64)

@@ -68,6 +68,7 @@ def test_saved_checkpoint_loads_with_the_trained_weights(trained):
     loaded = checkpoint.load_realisid(str(out / "realisid-final.safetensors"))
     assert is_clip_space(loaded.identity_space) and loaded.identity_space == clip_space(tiny.CLIP_VISION_HIDDEN, 257)
     assert loaded.crop_size == 4 and loaded.base_family == "sdxl"
+    assert loaded.config["box_expand"] == 1.0 and loaded.config["hint"] == "landmarks68"  # what inference redraws
     for key, value in trainer.model.nets.state_dict().items():
         assert torch.equal(loaded.nets.state_dict()[key], value.cpu()), key
 
@@ -218,3 +219,20 @@ def test_dropout_frequencies():
     assert (image & text).mean() == pytest.approx(0.3, abs=0.015)
     assert (image & ~text).mean() == pytest.approx(0.1, abs=0.01)
     assert (text & ~image).mean() == pytest.approx(0.2, abs=0.015)
+
+
+def test_trained_checkpoint_runs_in_the_comfyui_nodes(trained, run_prompt, models_dir):
+    """The trainer's file, as users get it, drives the bundled single-person workflow through ComfyUI."""
+    import shutil
+
+    from tests.helpers.host import REPO
+    from tests.test_workflows import shrink_for_cpu
+
+    _, _, out = trained
+    shutil.copy(out / "realisid-final.safetensors", models_dir / "realisid" / "trained_tiny.safetensors")
+    prompt = shrink_for_cpu(json.loads((REPO / "workflows" / "api" / "realisid_single_person.json").read_text()))
+    loader = next(n for n in prompt.values() if n["class_type"] == "RealisIDModelLoader")
+    loader["inputs"]["model_name"] = "trained_tiny.safetensors"
+    result = run_prompt(prompt)
+    saved = [img for ui in result.outputs.values() for img in ui.get("images", []) if img["type"] == "output"]
+    assert len(saved) == 1

@@ -89,12 +89,13 @@ class TrainConfig:
 
 # ---- pieces --------------------------------------------------------------------------------------------------------
 class BranchForward(nn.Module):
-    """The trainable networks as ONE module (what accelerate wraps in DDP); forward = branch_residuals per sample.
+    """The trainable networks as ONE module (what accelerate wraps in DDP); forward = branch_residuals, paired.
 
-    Each sample has its own face, and branch_residuals applies a face list to every batch entry, so the batch
-    runs entry by entry (K=1, B=1) and the residuals are concatenated. Same code as sampling, one call per entry.
-    checkpointed: each entry's branch pass is recomputed in backward (torch.utils.checkpoint, non-reentrant), so
-    the ControlNets' attention activations are not kept either (their own use_checkpoint covers ResBlocks only).
+    Each sample has its own face: `paired=True` binds face i to batch entry i, so the whole batch runs as one
+    local pass and one global pass, through the same code as sampling. Image dropout swaps in the null identity
+    (the projection of a zero source), as the guidance does at inference.
+    checkpointed: the branch pass is recomputed in backward (torch.utils.checkpoint, non-reentrant), so the
+    ControlNets' attention activations are not kept either (their own use_checkpoint covers ResBlocks only).
     """
 
     def __init__(self, model: checkpoint.RealisIDModel, checkpointed: bool = False):
@@ -103,25 +104,24 @@ class BranchForward(nn.Module):
         self.model = model
         self.checkpointed = checkpointed
 
-    def _entry(self, x_in, timesteps, p_id, hint, y, box, null_identity):
-        face = FaceCondition(p_id=p_id, landmark_hint=hint, box=box)
-        out = branch_residuals(self.model, x_in, timesteps, [face], y=y, null_identity=null_identity)
+    def _residuals(self, x_in, timesteps, p_id, hints, y, boxes):
+        faces = [FaceCondition(p_id=p_id[i], landmark_hint=hints[i], box=tuple(float(v) for v in boxes[i]))
+                 for i in range(x_in.shape[0])]
+        out = branch_residuals(self.model, x_in, timesteps, faces, y=y, paired=True)
         return tuple(out["middle"]), tuple(out["output"])
 
     def forward(self, x_in, timesteps, identity, hints, boxes, y, drop_identity: list[bool]) -> dict:
         p_id = self.model.project(identity)
-        middles, outputs = [], []
-        for i in range(x_in.shape[0]):
-            args = (x_in[i:i + 1], timesteps[i:i + 1], p_id[i], hints[i], None if y is None else y[i:i + 1],
-                    tuple(float(v) for v in boxes[i]), bool(drop_identity[i]))
-            if self.checkpointed and torch.is_grad_enabled():
-                middle, output = torch.utils.checkpoint.checkpoint(self._entry, *args, use_reentrant=False)
-            else:
-                middle, output = self._entry(*args)
-            middles.append(middle)
-            outputs.append(output)
-        return {"input": [], "middle": [torch.cat(ts) for ts in zip(*middles, strict=True)],
-                "output": [torch.cat(ts) for ts in zip(*outputs, strict=True)]}
+        dropped = torch.tensor([bool(d) for d in drop_identity], device=p_id.device)
+        if bool(dropped.any()):
+            null = self.model.null_identity(1).to(p_id)
+            p_id = torch.where(dropped[:, None, None], null, p_id)
+        args = (x_in, timesteps, p_id, hints, y, boxes)
+        if self.checkpointed and torch.is_grad_enabled():
+            middle, output = torch.utils.checkpoint.checkpoint(self._residuals, *args, use_reentrant=False)
+        else:
+            middle, output = self._residuals(*args)
+        return {"input": [], "middle": list(middle), "output": list(output)}
 
 
 class EMA:
@@ -353,8 +353,19 @@ class Trainer:
         model = checkpoint.build_realisid_model(self.host.unet_config, base_state_dict=self.host.unet.state_dict(),
                                                 identity_space=space, projector_config=projector,
                                                 crop_size=self.cfg.crop_size)
+        model.config.update(self._hint_conventions())
         model.nets.to(self.accelerator.device).train()
         return model
+
+    def _hint_conventions(self) -> dict:
+        """The box squaring and landmark layout of the cache, saved in the checkpoint so inference draws the same."""
+        rows = self.dataset.rows
+        expands = {row.get("box_expand", 1.0) for row in rows}
+        hints = {row.get("hint", "landmarks68") for row in rows}
+        if len(expands) > 1 or len(hints) > 1:
+            raise ValueError(f"the cache mixes box_expand {sorted(expands)} / hint layouts {sorted(hints)}: prepare "
+                             "it with one setting")
+        return {"box_expand": float(expands.pop()), "hint": hints.pop()}
 
     # data -----------------------------------------------------------------------------------------------------------
     def _batch(self, micro_step: int) -> dict:

@@ -147,7 +147,9 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict,
         tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)
     if record.embedding is not None:
         tensors["embedding"] = np.asarray(record.embedding, np.float32)
-    fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4)}
+    fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4),
+              # what inference must reproduce: how the box was squared and which landmark layout the hint draws
+              "box_expand": opts.box_expand, "hint": "landmarks68" if len(landmarks) == 68 else "kps5"}
     return tensors, fields
 
 
