@@ -117,3 +117,15 @@ def test_analyze_batch_passes_image_index():
     out = analyze_batch(Stub(), [np.full((4, 4, 3), n, np.uint8) for n in (2, 0, 1)])
     assert [len(x) for x in out] == [2, 0, 1]
     assert [r.image_index for r in out[0] + out[2]] == [0, 0, 2]
+
+
+def test_merge_averages_the_raw_embedding_norms():
+    from realisid.faces import merge_records
+    from realisid.faces.record import FaceRecord
+
+    base = dict(box=[0, 0, 10, 10], score=0.9, kps=np.zeros((5, 2)), space="arcface-antelopev2-512")
+    a = FaceRecord(embedding=np.eye(4)[0], embedding_norm=20.0, **base)
+    b = FaceRecord(embedding=np.eye(4)[1], embedding_norm=24.0, **base)
+    merged = merge_records([a, b])
+    assert merged.embedding_norm == pytest.approx(22.0)
+    np.testing.assert_allclose(merged.embedding, np.array([1, 1, 0, 0]) / np.sqrt(2), atol=1e-6)

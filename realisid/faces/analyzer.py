@@ -55,7 +55,8 @@ def merge_records(records: Sequence[FaceRecord]) -> FaceRecord:
     if any(rec.embedding is None for rec in records):
         raise ValueError("merge_records: every record needs an embedding (some backends skip it for a face)")
     mean = np.mean(np.stack([rec.embedding for rec in records]), axis=0)
-    return first.replace(embedding=l2_normalise(mean))
+    norms = [rec.embedding_norm for rec in records if rec.embedding_norm]
+    return first.replace(embedding=l2_normalise(mean), embedding_norm=float(np.mean(norms)) if norms else None)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
