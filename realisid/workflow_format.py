@@ -61,8 +61,7 @@ def is_link(value) -> bool:
 def api_to_ui(prompt: dict, info: dict) -> dict:
     """Render an API prompt as a UI graph (version 0.4) with a simple left-to-right layout."""
     ids = {node_id: i + 1 for i, node_id in enumerate(prompt)}
-    columns = _columns(prompt)
-    per_column: dict[int, int] = defaultdict(int)
+    places = _layout(prompt, info)
     ui_nodes, links = [], []
     out_links: dict[tuple[int, int], list[int]] = defaultdict(list)
     for node_id, node in prompt.items():
@@ -72,7 +71,6 @@ def api_to_ui(prompt: dict, info: dict) -> dict:
                 out_links[(ids[value[0]], value[1])].append(len(links))
     for order, (node_id, node) in enumerate(prompt.items()):
         spec = info[node["class_type"]]
-        column = columns[node_id]
         ui_inputs, widgets = [], []
         for name, input_spec in _ordered_inputs(spec):
             value = node["inputs"].get(name)
@@ -84,12 +82,11 @@ def api_to_ui(prompt: dict, info: dict) -> dict:
         outputs = [{"name": spec["output_name"][i], "type": _type_name(kind), "slot_index": i,
                     "links": out_links.get((ids[node_id], i), [])} for i, kind in enumerate(spec["output"])]
         ui_nodes.append({
-            "id": ids[node_id], "type": node["class_type"], "pos": [40 + 380 * column, 40 + 260 * per_column[column]],
-            "size": [340, 120 + 26 * len(widgets)], "flags": {}, "order": order, "mode": 0,
+            "id": ids[node_id], "type": node["class_type"], "pos": list(places[node_id][:2]),
+            "size": list(places[node_id][2:]), "flags": {}, "order": order, "mode": 0,
             "inputs": ui_inputs, "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
             "widgets_values": widgets, "title": node.get("_meta", {}).get("title", node["class_type"]),
         })
-        per_column[column] += 1
     ui_links = [[lid, src, slot, dst, _input_slot(ui_nodes[dst - 1], name), ui_nodes[src - 1]["outputs"][slot]["type"]]
                 for lid, src, slot, dst, name in links]
     return {"last_node_id": len(ui_nodes), "last_link_id": len(ui_links), "nodes": ui_nodes, "links": ui_links,
@@ -111,6 +108,38 @@ def _default(spec: list):
     if isinstance(spec[0], list):
         return spec[0][0] if spec[0] else ""
     return options.get("options", [""])[0] if spec[0] == "COMBO" else None
+
+
+NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 60, 40
+IMAGE_PREVIEW_HEIGHT = 320  # LoadImage shows the picture under its widgets
+
+
+def _node_height(node: dict, spec: dict) -> int:
+    inputs = _ordered_inputs(spec)
+    widgets = sum(1 + len(_widget_extras(s)) for _, s in inputs if is_widget(s))
+    sockets = max(len(spec["output"]), sum(1 for _, s in inputs if not is_widget(s)))
+    preview = IMAGE_PREVIEW_HEIGHT if any(_widget_extras(s) == ["image"] for _, s in inputs) else 0
+    return 40 + 22 * sockets + 24 * widgets + preview
+
+
+def _layout(prompt: dict, info: dict) -> dict[str, tuple[int, int, int, int]]:
+    """(x, y, w, h) per node: columns by depth, each source node just left of its first consumer, stacked."""
+    columns = _columns(prompt)
+    consumers: dict[str, list[str]] = defaultdict(list)
+    for node_id, node in prompt.items():
+        for value in node["inputs"].values():
+            if is_link(value):
+                consumers[value[0]].append(node_id)
+    for node_id, node in prompt.items():
+        if consumers[node_id] and not any(is_link(v) for v in node["inputs"].values()):
+            columns[node_id] = max(0, min(columns[c] for c in consumers[node_id]) - 1)
+    next_y: dict[int, int] = defaultdict(int)
+    places = {}
+    for node_id, node in prompt.items():
+        column, height = columns[node_id], _node_height(node, info[node["class_type"]])
+        places[node_id] = (40 + (NODE_WIDTH + COLUMN_GAP) * column, 40 + next_y[column], NODE_WIDTH, height)
+        next_y[column] += height + ROW_GAP
+    return places
 
 
 def _columns(prompt: dict) -> dict[str, int]:

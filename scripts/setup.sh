@@ -58,4 +58,5 @@ grep -v '^onnxruntime' "$REPO/requirements.txt" > "$REALISID_HOME/pack-requireme
 "${PIP[@]}" --no-deps "insightface>=0.7.3"
 "$PY" -c "import torch, torchvision, insightface, cv2; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 echo "$COMFYUI_DIR" > "$REALISID_HOME/comfyui-dir"
+bash "$HERE/setup_browser.sh"  # Debian's chromium + chromedriver for tests/test_frontend.py
 log "ready: VENV=$VENV COMFYUI_DIR=$COMFYUI_DIR"

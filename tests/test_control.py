@@ -290,8 +290,8 @@ def test_moving_the_box_with_its_content_moves_the_residuals(sdxl):
 def node_setup(pack_node_ids, models_dir):
     import comfy.clip_vision
     import comfy.sd
-    import nodes
 
+    import nodes
     from realisid import checkpoint
     from tests.test_nodes import astronaut_image
 

@@ -82,3 +82,55 @@ def test_masked_crop_pads_outside_image_with_zeros():
     # the left third of the square (x < 0 in the image) is black even inside the face ellipse
     assert crop[30, 5:15].max() == 0
     assert crop[30, 30].tolist() == [255, 255, 255]
+
+
+def synthetic_landmarks68() -> np.ndarray:
+    """A hand-made 68-point layout on a 128 px crop whose parts are straight strokes far from one another."""
+    pts = np.zeros((68, 2), np.float32)
+    pts[0:17] = np.stack([10 + 7 * np.arange(17), np.full(17, 100)], 1)  # jaw: y = 100, x 10..122
+    pts[17:22] = np.stack([np.full(5, 20), 10 + 8 * np.arange(5)], 1)  # right brow: x = 20, y 10..42
+    pts[22:27] = np.stack([np.full(5, 60), 10 + 8 * np.arange(5)], 1)  # left brow: x = 60
+    pts[27:31] = np.stack([np.full(4, 100), 10 + 8 * np.arange(4)], 1)  # nose bridge: x = 100, y 10..34
+    pts[31:36] = np.stack([30 + 8 * np.arange(5), np.full(5, 60)], 1)  # nose base: y = 60, x 30..62
+    pts[36:42] = [(80, 60), (84, 56), (88, 56), (92, 60), (88, 64), (84, 64)]  # right eye hexagon
+    pts[42:48] = [(100, 60), (104, 56), (108, 56), (112, 60), (108, 64), (104, 64)]  # left eye hexagon
+    pts[48:54] = np.stack([20 + 8 * np.arange(6), np.full(6, 75)], 1)  # outer lips: top edge y = 75 ...
+    pts[54:60] = np.stack([60 - 8 * np.arange(6), np.full(6, 85)], 1)  # ... back along y = 85 (closed)
+    pts[60:68] = np.stack([70 + 6 * np.arange(8), np.full(8, 90)], 1)  # inner lips: y = 90, x 70..112
+    return pts
+
+
+def test_landmarks68_exact_colours_at_hand_checked_pixels():
+    img = np.round(render_landmarks68(synthetic_landmarks68(), SIZE, thickness=3) * 255).astype(int)
+    colour = {name: list(rgb) for name, _, _, _, rgb in LANDMARK68_PARTS}
+    hand_checked = {  # (x, y) on each stroke, between two of its points -> that part's exact colour
+        "jaw": [(45, 100), (13, 100), (119, 100), (45, 99), (45, 101)],
+        "right_brow": [(20, 30), (20, 14)],
+        "left_brow": [(60, 30)],
+        "nose_bridge": [(100, 22)],
+        "nose_base": [(42, 60)],
+        "right_eye": [(86, 56), (86, 64)],
+        "left_eye": [(106, 56)],
+        "outer_lips": [(32, 75), (32, 85), (20, 80)],  # (20, 80): the closing segment 59 -> 48
+        "inner_lips": [(85, 90)],
+    }
+    for part, pixels in hand_checked.items():
+        for x, y in pixels:
+            assert img[y, x].tolist() == colour[part], (part, x, y, img[y, x])
+    for x, y in [(5, 120), (127, 0), (40, 45), (90, 80), (70, 100 - 6), (96, 60)]:  # far from every stroke
+        assert img[y, x].tolist() == [0, 0, 0], (x, y, img[y, x])
+    # eyes are closed polylines: the closing segment 41 -> 36, (84, 64) -> (80, 60), passes (82, 62)
+    assert img[62, 82].tolist() == colour["right_eye"]
+
+
+def test_kps5_limbs_and_dots_exact_colours():
+    kps = np.array([[40, 50], [88, 50], [64, 72], [46, 96], [82, 96]], np.float32)
+    img = np.round(render_kps5(kps, SIZE) * 255).astype(int)
+    for a, b in ((0, 2), (1, 2), (3, 2), (4, 2)):  # limb midpoints: the outer point's colour at 60 %
+        x, y = np.round((kps[a] + kps[b]) / 2).astype(int)
+        assert img[y, x].tolist() == [round(c * 0.6) for c in KPS5_COLOURS[a]], (a, x, y)
+    for (x, y), colour in zip(kps.astype(int), KPS5_COLOURS, strict=True):
+        assert img[y, x].tolist() == list(colour)  # dots are drawn over the limbs at full brightness
+        assert img[y, x + 1].tolist() == list(colour)  # radius 2.5 px at 128 px
+    for x, y in [(0, 0), (120, 10), (10, 120), (64, 20)]:
+        assert img[y, x].tolist() == [0, 0, 0]

@@ -96,6 +96,19 @@ def test_an_unknown_node_type_is_reported_missing(page):
     assert any("RealisIDDoesNotExist" in text for text in state["dialogs"]), state["dialogs"]
 
 
+def test_a_changed_widget_value_shows_in_the_frontends_prompt(page):
+    """Negative control for the twin comparison, end to end: one widget value edited in the UI file."""
+    name = "realisid_single_person"
+    workflow = json.loads((UI_DIR / f"{name}.json").read_text())
+    node = next(n for n in workflow["nodes"] if n["type"] == "EmptyLatentImage")
+    node["widgets_values"][0] += 64
+    page.load(json.dumps(workflow))
+    twin = json.loads((API_DIR / f"{name}.json").read_text())
+    width = twin[str(node["id"])]["inputs"]["width"]
+    assert api_differences(page.api_prompt(), twin) == [
+        f"{node['id']}:EmptyLatentImage.width: frontend {width + 64} vs twin {width}"]
+
+
 def test_api_differences_sees_a_changed_widget_value():
     """The comparison itself can fail: a changed value, a changed class and an extra input are all reported."""
     twin = {"1": {"class_type": "A", "inputs": {"x": 0.3, "clip": ["2", 0]}}, "2": {"class_type": "B", "inputs": {}}}

@@ -29,8 +29,8 @@ def write_tiny_realisid_sd15(path):
 def setup(pack_node_ids, models_dir, tmp_path_factory):
     """Node classes, both RealisID models, and the astronaut encoded ONCE (both models share the identity space)."""
     import comfy.clip_vision
-    import nodes
 
+    import nodes
     from realisid import checkpoint
 
     mapping = nodes.NODE_CLASS_MAPPINGS
