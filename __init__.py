@@ -9,6 +9,9 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.append(_PACK_DIR)
 
-from .nodes import comfy_entrypoint  # noqa: E402
+# pytest imports this file as a plain module (no parent package) when the checkout's folder name is not a valid
+# identifier; there is no node system to register with then.
+if __package__:
+    from .nodes import comfy_entrypoint  # noqa: F401
 
-__all__ = ["comfy_entrypoint"]
+    __all__ = ["comfy_entrypoint"]
