@@ -74,6 +74,24 @@ def _stage_input_file(class_type: str, name: str, value):
     return value
 
 
+def stage_example_inputs(prompt: dict) -> list[str]:
+    """Copy the bundled example images a workflow names into ComfyUI's input folder when they are not there."""
+    import folder_paths
+
+    examples = comfy_host.PACK_DIR / "workflows" / "inputs"
+    staged = []
+    for node in prompt.values():
+        name = node["inputs"].get("image") if node["class_type"] == "LoadImage" else None
+        if not isinstance(name, str):
+            continue
+        target = pathlib.Path(folder_paths.get_input_directory()) / name
+        if not target.exists() and (examples / name).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(examples / name, target)
+            staged.append(name)
+    return staged
+
+
 def missing_models(prompt: dict) -> list[tuple[str, str]]:
     """(file, folder) pairs for every model file the prompt names that ComfyUI cannot find."""
     import folder_paths
@@ -131,6 +149,8 @@ def run(workflow: pathlib.Path, overrides: list[str], output: pathlib.Path) -> l
     output.mkdir(parents=True, exist_ok=True)
     folder_paths.set_output_directory(str(output.resolve()))
     prompt = apply_overrides(load_workflow(workflow), parse_set(overrides))
+    for name in stage_example_inputs(prompt):
+        log.info("copied the example input %s into ComfyUI's input folder", name)
     missing = missing_models(prompt)
     if missing:
         raise MissingModelsError(describe_missing(missing))
@@ -156,6 +176,16 @@ def _hook_progress(progress: _Progress) -> None:
     comfy.utils.set_progress_bar_global_hook(hook)
 
 
+def accelerator_available() -> bool:
+    """Whether ComfyUI would find a device other than the CPU (it does not fall back by itself)."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available())
+                or (xpu is not None and xpu.is_available()))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", type=pathlib.Path, help="workflow JSON (UI or API format)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
@@ -170,7 +200,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.comfyui is None:
         raise SystemExit("where is ComfyUI? pass --comfyui DIR or set COMFYUI_DIR")
-    comfy_host.boot(args.comfyui, cpu=args.cpu)
+    cpu = args.cpu or not accelerator_available()
+    if cpu and not args.cpu:
+        log.warning("no GPU is visible to torch: running on the CPU (slow at real model sizes)")
+    comfy_host.boot(args.comfyui, cpu=cpu)
     if args.extra_model_paths:
         import utils.extra_config
 

@@ -61,7 +61,8 @@ def test_cli_runs_a_ui_workflow_and_writes_the_image(tmp_path, pack_node_ids):
     workflow.write_text(json.dumps(workflow_format.api_to_ui(LAYOUT_PROMPT, info)))
     out = tmp_path / "out"
     env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir())}
-    proc = subprocess.run([sys.executable, "-m", "realisid", "run", str(workflow), "--cpu", "--output", str(out),
+    # no --cpu: the runner must notice that this torch has no GPU and fall back by itself
+    proc = subprocess.run([sys.executable, "-m", "realisid", "run", str(workflow), "--output", str(out),
                            "--set", "Face.size=0.25"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = list(out.glob("runner*.png"))
@@ -81,3 +82,18 @@ def test_cli_lists_missing_models_and_exits_2(tmp_path):
                            str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "sd_xl_base_1.0.safetensors  ->  " in proc.stderr and "checkpoints" in proc.stderr
+
+
+def test_example_inputs_are_staged_into_the_input_folder(tmp_path, pack_node_ids):
+    import folder_paths
+
+    previous = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    try:
+        prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "astronaut.jpg"}},
+                  "2": {"class_type": "LoadImage", "inputs": {"image": "not_bundled.png"}}}
+        assert runner.stage_example_inputs(prompt) == ["astronaut.jpg"]
+        assert (tmp_path / "astronaut.jpg").read_bytes() == (REPO / "workflows" / "inputs" / "astronaut.jpg").read_bytes()
+        assert runner.stage_example_inputs(prompt) == []  # already there: nothing copied twice
+    finally:
+        folder_paths.set_input_directory(previous)
