@@ -26,6 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from real_shapes import REAL_UNET  # noqa: E402  (shared with the other benchmark)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 log = logging.getLogger("step_cost")
 
@@ -33,21 +36,6 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TEXT_TOKENS = 77
 ID_TOKENS = 16
 FACE_SIDE = 1.0 / 6.0  # face box side as a fraction of the image side
-# the UNet configs ComfyUI's detection produces for the real checkpoints (comfy/model_detection.py)
-REAL_UNET = {
-    "sdxl": dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-                 num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
-                 num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
-                 transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False,
-                 use_temporal_resblock=False),
-    "sd15": dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-                 adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-                 use_linear_in_transformer=False, context_dim=768, num_heads=8,
-                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_temporal_attention=False,
-                 use_temporal_resblock=False),
-}
 TARGETS = {"parts": 0.10, "local_batched": 0.5, "controlnet": 1.15, "memory": 1.2}
 
 

@@ -84,3 +84,19 @@ def test_bad_arguments_are_refused():
     module = _load_module()
     with pytest.raises(SystemExit):
         module.parse_args(["--repeats", "0"])
+
+
+def test_train_throughput_smoke(tmp_path):
+    """benchmarks/train_throughput.py runs a few tiny training steps and reports its figures (no timing asserted)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "train.json"
+    env = {**os.environ, "COMFYUI_DIR": str(host.comfyui_dir())}
+    proc = subprocess.run([sys.executable, str(host.REPO / "benchmarks" / "train_throughput.py"), "--steps", "2",
+                           "--warmup", "1", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
+    assert result["peak_memory_mb"] > 0 and result["batch_size"] == 2
