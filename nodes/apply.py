@@ -1,8 +1,9 @@
 """Local Branch Apply, Global Location Apply and Multi-Face Composite: RealisID's control onto conditioning.
 
 All three attach ONE RealisIDControl (shared model, per-face data) to copies of the conditioning, chained after
-any ControlNet already there. The negative gets the same control with the null identity, so plain CFG guides
-towards the identity and the RealisID Guider can separate text from identity.
+any ControlNet already there. The positive and the negative share it; it shows the identity to the positive only
+(realisid.control.identity_flags), so plain CFG guides towards the identity, and the RealisID Guider routes its
+three predictions through the same object in one UNet batch.
 """
 
 import logging
@@ -23,7 +24,8 @@ CATEGORY = "RealisID/apply"
 def common_inputs() -> list:
     return [
         io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (it keeps steering the UNet)."),
-        io.Conditioning.Input("negative", tooltip="Negative text conditioning; gets the control with no identity."),
+        io.Conditioning.Input("negative", tooltip="Negative text conditioning; the control acts on it with the null "
+                                                  "identity."),
         RealisIDModel.Input("realisid_model", tooltip="From RealisID Model Loader or the InstantID loader."),
         Faces.Input("faces", tooltip="Encoded people from RealisID Face Encoder; face i goes to layout box i."),
         Layout.Input("layout", tooltip="Where each face goes (RealisID Face Layout)."),
@@ -56,8 +58,9 @@ def apply_control(positive, negative, realisid_model, faces, layout, start_perce
     conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
     control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
                               crop_size=crop_size or None, **options)
-    return (conditioning.attach_control(positive, control),
-            conditioning.attach_control(negative, control.with_identity(False)))
+    links: dict = {}  # positive and negative share control objects: one UNet batch, identity routed per cond
+    return (conditioning.attach_control(positive, control, links),
+            conditioning.attach_control(negative, control, links))
 
 
 class LocalBranchApply(io.ComfyNode):

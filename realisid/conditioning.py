@@ -73,18 +73,23 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
     return conditions
 
 
-def attach_control(conditioning: list, control, previous_key: str = "control") -> list:
-    """A copy of `conditioning` whose entries carry `control` chained after their existing control."""
+def attach_control(conditioning: list, control, links: dict | None = None) -> list:
+    """A copy of `conditioning` whose entries carry `control` chained after their existing control.
+
+    `links` (previous control -> the copy chained after it) can be shared between the positive and the negative,
+    as core ControlNetApplyAdvanced does: entries that had the same previous control then share one control
+    object, so ComfyUI can evaluate them in one UNet batch (identity is routed per cond, see control.py).
+    """
+    links = {} if links is None else links
     out = []
-    cache: dict = {}
     for tensor, options in conditioning:
         options = options.copy()
-        previous = options.get(previous_key)
-        if previous not in cache:
+        previous = options.get("control")
+        if previous not in links:
             link = control.copy()
             link.set_previous_controlnet(previous)
-            cache[previous] = link
-        options[previous_key] = cache[previous]
+            links[previous] = link
+        options["control"] = links[previous]
         options["control_apply_to_uncond"] = False
         out.append([tensor, options])
     return out

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from realisid import geometry
 
 GLOBAL_MODES = ("per_person", "union")
+# transformer_options key: {cond index in a calc_cond_batch call: whether it sees the faces' identity}
+IDENTITY_ROUTING_KEY = "realisid_identity"
 PREPARED_OPTIONS = ("feather", "crop_size")  # baked into PreparedFaces once, not passed per step
 
 
@@ -182,12 +184,30 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
                                    global_mode, use_local, use_global, paired)
 
 
+def identity_flags(transformer_options: dict, chunks_fallback: int = 1) -> list[bool]:
+    """Per batch chunk of one UNet call: does it see the faces' identity (else the null identity)?
+
+    ComfyUI's CFG evaluates [positive, negative] (cond index 0 is the positive), so by default only index 0 does.
+    A guider that evaluates other conds routes them with transformer_options[IDENTITY_ROUTING_KEY] = {index: bool}
+    (the RealisID Guider's three predictions share one control object this way, and so one UNet batch).
+    """
+    chunks = transformer_options.get("cond_or_uncond")
+    if chunks is None:
+        return [True] * chunks_fallback
+    routing = transformer_options.get(IDENTITY_ROUTING_KEY)
+    return [bool(routing.get(c, False)) if routing is not None else c == 0 for c in chunks]
+
+
 class RealisIDControl(comfy.controlnet.ControlBase):
     """A ComfyUI control (goes in conditioning['control']) that adds RealisID's residuals.
 
     The RealisIDModel is shared by every copy (one copy of each branch whatever K). `self.strength` scales
-    everything (as core); local/global strengths scale the branches before that.
+    everything (as core); local/global strengths scale the branches before that. Which batch chunks see the
+    identity follows `identity_flags` (positive yes, negative no, unless a guider routes otherwise);
+    `with_identity(False)` makes a copy that never shows it.
     """
+
+    routes_identity = True  # the guidance routes identity per cond instead of copying this control
 
     def __init__(self, model, faces: list[FaceCondition], strength: float = 1.0,
                  timestep_percent_range: tuple[float, float] = (0.0, 1.0), local_strength: float = 1.0,
@@ -205,18 +225,17 @@ class RealisIDControl(comfy.controlnet.ControlBase):
                             feather=feather, use_local=use_local, use_global=use_global, crop_size=crop_size)
         self.identity_enabled = identity_enabled
         self.model_sampling_current = None
-        self._prepared_key = None
-        self._prepared = None
+        self._prepared: dict = {}  # (device, dtype, latent hw, identity) -> PreparedFaces, kept across steps
 
-    def _prepare(self, x_noisy: torch.Tensor, dtype) -> PreparedFaces:
-        key = (x_noisy.device, dtype, tuple(x_noisy.shape[-2:]), self.identity_enabled)
-        if self._prepared_key != key:
+    def _prepare(self, x_noisy: torch.Tensor, dtype, identity: bool) -> PreparedFaces:
+        key = (x_noisy.device, dtype, tuple(x_noisy.shape[-2:]), identity)
+        if key not in self._prepared:
+            if len(self._prepared) >= 2:  # a new latent size or device: the old entries are stale
+                self._prepared.clear()
             need_local = self.options["use_local"] and self.model.local_net is not None
-            self._prepared = prepare_faces(self.model, self.faces, key[2], x_noisy.device, dtype,
-                                           not self.identity_enabled, need_local, self.options["crop_size"],
-                                           self.options["feather"])
-            self._prepared_key = key
-        return self._prepared
+            self._prepared[key] = prepare_faces(self.model, self.faces, key[2], x_noisy.device, dtype, not identity,
+                                                need_local, self.options["crop_size"], self.options["feather"])
+        return self._prepared[key]
 
     def _outside_range(self, t) -> bool:
         r = self.timestep_range
@@ -233,10 +252,25 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         x_in = ms.calculate_input(t, x_noisy).to(dtype)
         y = cond.get("y") if self.model.has_adm else None
         y = None if y is None else comfy.model_base.convert_tensor(y, dtype, x_noisy.device)
-        prep = self._prepare(x_noisy, dtype)
-        options = {k: v for k, v in self.options.items() if k not in PREPARED_OPTIONS}
-        control = residuals_from_prepared(self.model, x_in, ms.timestep(t).to(dtype), prep, y, **options)
+        timesteps = ms.timestep(t).to(dtype)
+        chunk_flags = [self.identity_enabled and f for f in identity_flags(transformer_options, batched_number)]
+        rows = [f for f in chunk_flags for _ in range(x_noisy.shape[0] // len(chunk_flags))]
+        parts = []
+        for identity in (True, False):
+            index = [i for i, f in enumerate(rows) if f == identity]
+            if index:
+                parts.append((index, self._residuals(x_noisy, x_in, timesteps, y, dtype, identity, index, len(rows))))
+        control = parts[0][1] if len(parts) == 1 else _merge_rows(parts, len(rows))
         return self.control_merge(control, prev, output_dtype=None)
+
+    def _residuals(self, x_noisy, x_in, timesteps, y, dtype, identity: bool, index: list[int], rows: int) -> dict:
+        """Residuals of the batch rows in `index`, all with or all without the identity."""
+        options = {k: v for k, v in self.options.items() if k not in PREPARED_OPTIONS}
+        if len(index) < rows:
+            sel = torch.tensor(index, device=x_in.device)
+            x_in, timesteps, y = x_in[sel], timesteps[sel], None if y is None else y[sel]
+        return residuals_from_prepared(self.model, x_in, timesteps, self._prepare(x_noisy, dtype, identity), y,
+                                       **options)
 
     def copy(self) -> RealisIDControl:
         c = RealisIDControl(self.model, self.faces, identity_enabled=self.identity_enabled, **self.options)
@@ -262,10 +296,25 @@ class RealisIDControl(comfy.controlnet.ControlBase):
 
     def cleanup(self):
         self.model_sampling_current = None
-        self._prepared_key = self._prepared = None
+        self._prepared = {}
         super().cleanup()
 
     def inference_memory_requirements(self, dtype):
         # activations of the K-batched branch passes are covered by the sampler's own estimate, like core ControlNet
         return super().inference_memory_requirements(dtype)
 
+
+
+def _merge_rows(parts: list[tuple[list[int], dict]], rows: int) -> dict:
+    """Residual dicts computed for disjoint row sets -> one dict over all rows, in batch order."""
+    merged = {}
+    for key in ("input", "middle", "output"):
+        tensors = []
+        for level in range(len(parts[0][1].get(key, []))):
+            first = parts[0][1][key][level]
+            out = first.new_zeros((rows, *first.shape[1:]))
+            for index, part in parts:
+                out[torch.tensor(index, device=out.device)] = part[key][level]
+            tensors.append(out)
+        merged[key] = tensors
+    return merged

@@ -11,10 +11,13 @@ predictions ComfyUI's guiders work with. For the first ``id_delay`` fraction of 
 ``pred_t`` (FastComposer's delayed subject conditioning; method.md §5 item 14) and is not computed at all.
 
 "Null identity" (method.md §5 items 14-15): layout and location control stay on, only ``p_id`` becomes the null
-projection. Two hooks switch it, both found on a conditioning entry:
+projection. Three hooks switch it:
 
-* any link of the entry's ``'control'`` chain that has a callable ``with_identity(enabled)`` (``RealisIDControl``)
-  is replaced by ``with_identity(False)``;
+* controls that route identity per cond (``routes_identity``: ``RealisIDControl``) are shared by all three sets;
+  ``transformer_options["realisid_identity"]`` tells them that only the text+ID prediction sees the identity, so
+  the three predictions can run as ONE UNet batch (ComfyUI batches conds only when they share a control object);
+* any other link of an entry's ``'control'`` chain that has a callable ``with_identity(enabled)`` is replaced by
+  ``with_identity(False)`` in the no-identity sets;
 * an entry that carries ``'realisid_null_cross_attn'`` (tokens shaped like ``'cross_attn_controlnet'``) gets those
   tokens as its ``'cross_attn_controlnet'`` in the no-identity copy. This is the hook for controls that read the
   identity from the ControlNet cross-attention context (the InstantID path): set both keys on the positive entry.
@@ -27,6 +30,8 @@ import math
 
 import comfy.samplers
 import torch
+
+from realisid.control import IDENTITY_ROUTING_KEY
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,18 @@ def three_way_combine(eps_none: torch.Tensor, eps_t: torch.Tensor, eps_ti: torch
     return eps_none + lt * (eps_t - eps_none) + li * (eps_ti - eps_t)
 
 
-def _has_identity_switch(control) -> bool:
+def _carries_identity(control) -> bool:
     return callable(getattr(control, "with_identity", None))
 
 
-def _chain_has_identity(control) -> bool:
+def _has_identity_switch(control) -> bool:
+    """Needs a null-identity copy: carries identity and cannot be routed per cond (RealisIDControl can)."""
+    return _carries_identity(control) and not getattr(control, "routes_identity", False)
+
+
+def _chain_has(control, test) -> bool:
     while control is not None:
-        if _has_identity_switch(control):
+        if test(control):
             return True
         control = control.previous_controlnet
     return False
@@ -62,7 +72,7 @@ def control_without_identity(control, memo: dict | None = None):
     identity link is shared as is, so chains without identity come back as the very same object. ``memo`` (keyed by
     object id) makes a control shared by several entries map to one shared copy, so ComfyUI can still batch them.
     """
-    if control is None or not _chain_has_identity(control):
+    if control is None or not _chain_has(control, _has_identity_switch):
         return control
     memo = {} if memo is None else memo
     key = id(control)
@@ -91,7 +101,7 @@ def entry_without_identity(entry: dict, memo: dict | None = None) -> dict:
 
 
 def entry_has_identity(entry: dict) -> bool:
-    return _chain_has_identity(entry.get("control")) or entry.get(NULL_CROSS_ATTN_KEY) is not None
+    return _chain_has(entry.get("control"), _carries_identity) or entry.get(NULL_CROSS_ATTN_KEY) is not None
 
 
 def conditioning_without_identity(conds, memo: dict | None = None):
@@ -214,7 +224,7 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
         conds = [self.conds.get("negative"), self.conds.get("positive_text")]
         if use_id:
             conds.append(self.conds.get("positive"))
-        out = self._calc(conds, x, timestep, model_options)
+        out = self._calc(conds, x, timestep, self._routed(model_options))
 
         for fn in model_options.get("sampler_pre_cfg_function", []):  # they expect the [cond, uncond] pair
             pair = fn(
@@ -245,6 +255,14 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
                     "model_options": model_options}
             return list(model_options["sampler_calc_cond_batch_function"](args))
         return list(comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options))
+
+    @staticmethod
+    def _routed(model_options: dict) -> dict:
+        """model_options (copied) telling routed identity controls that only the text+ID prediction sees the ID,
+        so the three predictions can share one control object, and so one UNet batch."""
+        transformer_options = {**model_options.get("transformer_options", {}),
+                               IDENTITY_ROUTING_KEY: {_NONE: False, _TEXT: False, _TEXT_ID: True}}
+        return {**model_options, "transformer_options": transformer_options}
 
     def _text_guidance(self, pred_none, pred_t, x, timestep, model_options, conds):
         """``pred_none + lt * (pred_t - pred_none)``, or the model's sampler_cfg_function on that pair."""

@@ -14,10 +14,10 @@ the order down_blocks, up_blocks, mid_block. ComfyUI's blocks are enumerated fro
 (input_blocks, output_blocks, middle_block; transformer blocks in order inside each), so any SDXL-family UNet
 pairs with the file whose widths match it (checked).
 
-Which evaluations get the identity: a batch whose control chain carries a RealisID identity switch follows it
-(`identity_enabled`, so the guider's no-identity terms get the null tokens); otherwise the conditional chunk
-(cond_or_uncond 0) gets the faces' tokens and the others get the null tokens (the projection of a zero embedding,
-InstantID's unconditional input), always inside the boxes only.
+Which evaluations get the identity: `realisid.control.identity_flags`, the rule the RealisID control follows too:
+under plain CFG the positive (cond index 0) gets the faces' tokens and the negative the null tokens (the projection
+of a zero embedding, InstantID's unconditional input); the RealisID Guider routes its three predictions explicitly.
+Always inside the boxes only.
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from __future__ import annotations
 import math
 
 import comfy.ldm.modules.attention as comfy_attention
-import comfy.patcher_extension
 import torch
 
 from realisid import geometry
-
-WRAPPER_KEY = "realisid_instantid_ip"
-FLAGS_KEY = "realisid_ip_identity"
+from realisid.control import identity_flags
 
 
 def attn2_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
@@ -104,8 +101,7 @@ class RegionalIPAttention:
 
     def _identity_rows(self, batch, extra_options) -> torch.Tensor:
         """(B,) bool: which rows get the faces' tokens (the others get the null tokens)."""
-        chunks = extra_options.get("cond_or_uncond") or [0]
-        flags = extra_options.get(FLAGS_KEY) or [c == 0 for c in chunks]
+        flags = identity_flags(extra_options)
         per_chunk = batch // len(flags)
         return torch.tensor(flags, dtype=torch.bool).repeat_interleave(per_chunk)
 
@@ -136,26 +132,6 @@ class RegionalIPAttention:
                                                  attn_precision=extra_options.get("attn_precision"))
         mask = self._mask(t, extra_options, q.device, q.dtype)  # (K, T, 1)
         return (ip.reshape(n_faces, b, t, -1) * mask[:, None]).sum(dim=0) * self.weight
-
-
-def _identity_switch(control):
-    """The identity_enabled flag of the first RealisID-style link of a control chain, or None."""
-    while control is not None:
-        if hasattr(control, "identity_enabled") and callable(getattr(control, "with_identity", None)):
-            return bool(control.identity_enabled)
-        control = getattr(control, "previous_controlnet", None)
-    return None
-
-
-def _identity_flags_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                            **kwargs):
-    """APPLY_MODEL wrapper: tell the attn2 replacements which batch chunks carry the identity."""
-    transformer_options = dict(transformer_options or {})
-    switch = _identity_switch(control)
-    chunks = transformer_options.get("cond_or_uncond") or [0]
-    flags = [c == 0 for c in chunks] if switch is None else [switch] * len(chunks)
-    transformer_options[FLAGS_KEY] = flags
-    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
 def _project_kv(ip_adapter, index: int, tokens: torch.Tensor):
@@ -190,7 +166,4 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
         previous = existing.get(key) or existing.get(key[:2])
         fn = RegionalIPAttention(k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, previous)
         patched.set_model_attn2_replace(fn, key[0], key[1], key[2])
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 _identity_flags_wrapper)
     return patched

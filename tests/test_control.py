@@ -209,6 +209,31 @@ def test_cond_uncond_batch_matches_each_entry_alone(sdxl):
 
 
 @torch.no_grad()
+def test_identity_is_routed_per_cond_in_one_batch(sdxl):
+    """cond_or_uncond [0, 1]: the positive rows see the faces' p_id, the negative rows the null identity; a guider's
+    routing overrides that; each row equals that row computed alone with the matching identity."""
+    from realisid.control import IDENTITY_ROUTING_KEY
+
+    base, model, faces = sdxl
+    control = RealisIDControl(model, faces)
+    null_control = control.with_identity(False)
+    for c in (control, null_control):
+        _pre_run(c, base)
+    x, cond, sigma = torch.randn(4, 4, 8, 8), _cond(4, seed=4), torch.full((4,), 3.0)
+    cases = (({"cond_or_uncond": [0, 1]}, [True, True, False, False]),
+             ({"cond_or_uncond": [0, 1], IDENTITY_ROUTING_KEY: {0: False, 1: True}}, [False, False, True, True]))
+    for options, rows in cases:
+        batched = control.get_control(x, sigma, cond, 2, options)
+        for i, identity in enumerate(rows):
+            one = {"c_crossattn": cond["c_crossattn"][i:i + 1], "y": cond["y"][i:i + 1]}
+            alone = (control if identity else null_control).get_control(x[i:i + 1], sigma[i:i + 1], one, 1, {})
+            _close({k: [t[i:i + 1] for t in v] for k, v in batched.items() if k != "input"}, alone)
+    # the identity matters where cross-attention has acted (the middle block), so the routing check can fail
+    assert not torch.allclose(null_control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]})["middle"][0][:2],
+                              control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]})["middle"][0][:2])
+
+
+@torch.no_grad()
 def test_with_identity_false_uses_null_identity_and_keeps_original(sdxl):
     base, model, faces = sdxl
     control = RealisIDControl(model, faces, global_mode="union")

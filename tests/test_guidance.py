@@ -368,3 +368,36 @@ def test_full_delay_never_uses_the_identity_and_equals_zero_id_scale(tiny):
     early.set_scales(text_scale=5.0, id_scale=4.0, id_delay=0.0)
     with_id, _ = _sample(early, steps=2)
     assert any(identity for identity, _, _ in calls) and not torch.allclose(with_id, no_id, atol=1e-4)
+
+
+def test_realisid_control_runs_the_three_predictions_as_one_unet_batch():
+    """With the real RealisIDControl (identity routed per cond) the guider's predictions share one control object:
+    one UNet call per step, 2 conds during the delay and 3 after it (the values: tests/test_sampling_matrix.py)."""
+    from realisid.conditioning import attach_control
+    from realisid.control import FaceCondition, RealisIDControl
+    from tests.helpers import tiny_realisid as T
+
+    base, model = T.tiny_base_model("sdxl"), T.tiny_realisid_model("sdxl")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        face = FaceCondition(model.project(torch.randn(1, T.SOURCE_DIM, generator=gen))[0],
+                             torch.rand(3, 32, 32, generator=gen), (0.2, 0.2, 0.7, 0.7))
+    positive, negative = T.tiny_conditioning("sdxl")
+    links: dict = {}
+    control = RealisIDControl(model, [face])
+    positive, negative = attach_control(positive, control, links), attach_control(negative, control, links)
+    assert positive[0][1]["control"] is negative[0][1]["control"]
+
+    log = []
+
+    def wrapper(apply_model, args):
+        log.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    patched = base.clone()
+    patched.set_model_unet_function_wrapper(wrapper)
+    guider = RealisIDGuider(patched)
+    guider.set_conds(positive, negative)
+    guider.set_scales(text_scale=4.0, id_scale=3.0, id_delay=0.2)
+    _sample(guider, steps=10)
+    assert [sorted(chunks) for chunks in log] == [[0, 1]] * 2 + [[0, 1, 2]] * 8  # one UNet call per step

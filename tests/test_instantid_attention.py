@@ -124,19 +124,14 @@ def test_uncond_rows_get_the_null_identity(base, iid):
     assert not torch.allclose(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_identity_follows_the_realisid_control_switch():
-    from realisid.control import RealisIDControl
+def test_identity_rows_follow_the_cond_routing(base, iid):
+    """Plain CFG: the positive (cond 0) gets the faces, the negative the null tokens; a guider's routing wins."""
+    from realisid.control import IDENTITY_ROUTING_KEY
 
-    seen = {}
-
-    def executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        seen["flags"] = transformer_options[instantid_attention.FLAGS_KEY]
-
-    ctrl = RealisIDControl(tr.tiny_realisid_model("sdxl"), [])
-    for control, expected in ((None, [True, False]), (ctrl, [True, True]), (ctrl.with_identity(False), [False, False])):
-        instantid_attention._identity_flags_wrapper(executor, None, None, control=control,
-                                                    transformer_options={"cond_or_uncond": [0, 1]})
-        assert seen["flags"] == expected
+    fn = _replace_fn(_patched(base, iid))
+    assert fn._identity_rows(4, {"cond_or_uncond": [0, 1]}).tolist() == [True, True, False, False]
+    routed = {"cond_or_uncond": [0, 1, 2], IDENTITY_ROUTING_KEY: {0: False, 1: False, 2: True}}
+    assert fn._identity_rows(3, routed).tolist() == [False, False, True]
 
 
 def test_sigma_gate_and_zero_weight_leave_plain_attention(base, iid):
