@@ -8,13 +8,13 @@ three predictions through the same object in one UNet batch.
 
 import logging
 
-import numpy as np
 import torch
 from comfy_api.latest import io
 
-from realisid import conditioning, drawing
+from realisid import conditioning
 from realisid.control import GLOBAL_MODES, RealisIDControl
 
+from .preview import layout_preview
 from .types import Faces, Layout, RealisIDModel
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,10 @@ class MultiFaceComposite(io.ComfyNode):
         return io.NodeOutput(pos, neg, mapping_preview(layout, faces))
 
 
-def mapping_preview(layout, faces, max_side: int = 768) -> torch.Tensor:
-    """The layout at preview size with each box labelled by the person bound to it."""
-    scale = min(1.0, max_side / max(layout.width, layout.height))
-    w, h = max(8, round(layout.width * scale)), max(8, round(layout.height * scale))
-    canvas = np.full((h, w, 3), 0.5, np.float32)
+def mapping_preview(layout, faces) -> torch.Tensor:
+    """The layout with each box labelled by the person bound to it."""
     labels = [faces[i].label or f"person {i}" if i < len(faces) else f"box {i}: no face" for i in range(len(layout))]
-    return torch.from_numpy(drawing.draw_boxes(canvas, layout.pixel_boxes(w, h), labels))[None]
+    return layout_preview(layout, labels=labels)
 
 
 NODES = [LocalBranchApply, GlobalLocationApply, MultiFaceComposite]

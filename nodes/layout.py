@@ -6,9 +6,14 @@ from realisid import layout as layouts
 from realisid.faces import select_faces
 
 from .faces import images_to_uint8
+from .preview import layout_preview
 from .types import FaceAnalyzer, Layout
 
 CATEGORY = "RealisID/layout"
+
+
+def with_preview(layout) -> io.NodeOutput:
+    return io.NodeOutput(layout, layout_preview(layout))
 
 
 class LayoutFromNumbers(io.ComfyNode):
@@ -33,13 +38,14 @@ class LayoutFromNumbers(io.ComfyNode):
                 Layout.Input("previous", optional=True,
                              tooltip="Faces placed so far; this face is appended after them."),
             ],
-            outputs=[Layout.Output(display_name="layout")],
+            outputs=[Layout.Output(display_name="layout"),
+                     io.Image.Output(display_name="preview", tooltip="The boxes (and pose drivers) so far.")],
         )
 
     @classmethod
     def execute(cls, width, height, x, y, size, previous=None) -> io.NodeOutput:
         face = layouts.layout_from_numbers(width, height, [(x, y, size)])
-        return io.NodeOutput(previous.appended(face) if previous is not None else face)
+        return with_preview(previous.appended(face) if previous is not None else face)
 
 
 class LayoutFromMask(io.ComfyNode):
@@ -55,12 +61,13 @@ class LayoutFromMask(io.ComfyNode):
                 io.Float.Input("expand", default=1.0, min=0.5, max=3.0, step=0.05,
                                tooltip="Scale each box around its centre (1 = the blob's bounding square)."),
             ],
-            outputs=[Layout.Output(display_name="layout")],
+            outputs=[Layout.Output(display_name="layout"),
+                     io.Image.Output(display_name="preview", tooltip="The boxes (and pose drivers) so far.")],
         )
 
     @classmethod
     def execute(cls, mask, expand) -> io.NodeOutput:
-        return io.NodeOutput(layouts.layout_from_mask(mask[0].cpu().numpy(), expand=expand))
+        return with_preview(layouts.layout_from_mask(mask[0].cpu().numpy(), expand=expand))
 
 
 class LayoutFromPhoto(io.ComfyNode):
@@ -85,7 +92,8 @@ class LayoutFromPhoto(io.ComfyNode):
                 io.Boolean.Input("copy_pose", default=True,
                                  tooltip="Also reproduce each detected face's pose and expression."),
             ],
-            outputs=[Layout.Output(display_name="layout")],
+            outputs=[Layout.Output(display_name="layout"),
+                     io.Image.Output(display_name="preview", tooltip="The boxes (and pose drivers) so far.")],
         )
 
     @classmethod
@@ -97,7 +105,7 @@ class LayoutFromPhoto(io.ComfyNode):
                                       "place the faces with RealisID Face Layout (numbers) or (mask)")
         records = select_faces(found, "left_to_right", 0, None)
         h, w = rgb.shape[:2]
-        return io.NodeOutput(layouts.layout_from_boxes([r.box for r in records], w, h, width, height, expand,
+        return with_preview(layouts.layout_from_boxes([r.box for r in records], w, h, width, height, expand,
                                                        records if copy_pose else None))
 
 
@@ -116,7 +124,8 @@ class LayoutDrivers(io.ComfyNode):
                                                 "leave the rest unchanged."),
                 FaceAnalyzer.Input("face_analysis", tooltip="From RealisID Face Analysis."),
             ],
-            outputs=[Layout.Output(display_name="layout")],
+            outputs=[Layout.Output(display_name="layout"),
+                     io.Image.Output(display_name="preview", tooltip="The boxes (and pose drivers) so far.")],
         )
 
     @classmethod
@@ -127,7 +136,7 @@ class LayoutDrivers(io.ComfyNode):
             if not found:
                 raise layouts.LayoutError(f"no face found in driving image {i}: use a photo with a visible face")
             drivers.append(select_faces(found, "largest")[0])
-        return io.NodeOutput(layout.with_drivers(drivers))
+        return with_preview(layout.with_drivers(drivers))
 
 
 NODES = [LayoutFromNumbers, LayoutFromMask, LayoutFromPhoto, LayoutDrivers]

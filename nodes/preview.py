@@ -33,18 +33,25 @@ class LayoutPreview(io.ComfyNode):
 
     @classmethod
     def execute(cls, layout, image=None, faces=None) -> io.NodeOutput:
-        if image is None:
-            canvas = np.full((layout.height, layout.width, 3), 0.5, np.float32)
-        else:
-            canvas = image[0].cpu().numpy().astype(np.float32)
-        h, w = canvas.shape[:2]
-        boxes = layout.pixel_boxes(w, h)
-        for i, (slot, box) in enumerate(zip(layout.slots, boxes, strict=True)):
-            driver = slot.driver if slot.driver is not None else (faces[i].record if faces and i < len(faces) else None)
-            if driver is not None:
-                canvas = overlay_hint(canvas, driver, box)
-        drawn = drawing.draw_boxes(canvas, boxes)
-        return io.NodeOutput(torch.from_numpy(drawn)[None])
+        return io.NodeOutput(layout_preview(layout, image, faces))
+
+
+def layout_preview(layout, image=None, faces=None, labels=None, max_side: int = 768) -> torch.Tensor:
+    """IMAGE (1, H, W, 3): the layout's boxes, indices (or labels) and pose drivers' landmark maps over `image`, or
+    over a grey canvas of the layout's aspect ratio (at most max_side pixels) when there is no image."""
+    if image is None:
+        scale = min(1.0, max_side / max(layout.width, layout.height))
+        canvas = np.full((max(8, round(layout.height * scale)), max(8, round(layout.width * scale)), 3), 0.5,
+                         np.float32)
+    else:
+        canvas = image[0, ..., :3].cpu().numpy().astype(np.float32)
+    h, w = canvas.shape[:2]
+    boxes = layout.pixel_boxes(w, h)
+    for i, (slot, box) in enumerate(zip(layout.slots, boxes, strict=True)):
+        driver = slot.driver if slot.driver is not None else (faces[i].record if faces and i < len(faces) else None)
+        if driver is not None:
+            canvas = overlay_hint(canvas, driver, box)
+    return torch.from_numpy(drawing.draw_boxes(canvas, boxes, labels))[None]
 
 
 def overlay_hint(canvas: np.ndarray, record, box) -> np.ndarray:

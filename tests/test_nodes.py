@@ -199,3 +199,13 @@ def test_layout_from_photo_and_drivers(nodes_by_id, encoded):
     assert driver.kps[0, 0] > 512 - faces[0].record.kps[1, 0] - 8  # the mirrored face drives the pose
     preview = nodes_by_id["RealisIDLayoutPreview"].execute(driven, None, faces)[0]
     assert preview.shape == (1, 256, 256, 3) and float(preview.std()) > 0.01
+
+
+def test_layout_nodes_output_a_preview_of_their_boxes(nodes_by_id):
+    from realisid.drawing import face_colour
+
+    layout, preview = nodes_by_id["RealisIDLayoutFromNumbers"].execute(1024, 512, 0.25, 0.5, 0.5)
+    assert preview.shape == (1, 384, 768, 3)  # the layout's aspect ratio, at most 768 px
+    # face 0's box spans x 128..384, y 128..384 of 1024x512, i.e. 96..288 at the preview's 0.75 scale
+    assert torch.allclose(preview[0, 200, 96], torch.tensor(face_colour(0)), atol=0.05)
+    assert torch.allclose(preview[0, 10, 700], torch.full((3,), 0.5), atol=0.01)  # untouched canvas
