@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from realisid.control import FaceCondition
+from realisid.faces import check_space
 from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
 from realisid.layout import FaceLayout, LayoutError
 
@@ -57,10 +58,7 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
         raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per "
                           "person (face i goes to box i, see the preview)")
     for face in faces:
-        if face.space != model.identity_space:
-            from realisid.faces import check_space
-
-            check_space(face.space, model.identity_space)
+        check_space(face.space, model.identity_space)
     size = 8 * (crop_size or model.crop_size)
     kind = hint_kind(model)
     expand = float(model.config.get("box_expand", 1.0))
