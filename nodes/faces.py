@@ -61,9 +61,13 @@ class FaceAnalysis(io.ComfyNode):
 def detect_people(analyzer, images: list[np.ndarray], selection: str, index: int, on_no_face: str,
                   references: str) -> list[list]:
     """Per person, the records of that person (one per reference image that shows them)."""
+    import comfy.utils
+
     people = []
+    bar = comfy.utils.ProgressBar(len(images))
     for i, image in enumerate(images):
         found = analyzer.analyze(image, image_index=i)
+        bar.update(1)
         found = apply_no_face_policy(found, on_no_face, image_index=i, backend=type(analyzer).__name__)
         if not found:
             if found is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..faces.analyzer import FaceAnalyzer
 from ..faces.errors import NoFaceError
@@ -299,8 +300,8 @@ def run_evaluation(plan: EvalPlan, generator: Generator, analyzer: FaceAnalyzer,
     refs = ReferenceFaces(analyzer)
     cases = plan.cases()
     rows: list[dict] = []
-    for n, case in enumerate(cases, 1):
-        log.info("case %d/%d: %s", n, len(cases), case.case_id)
+    for n, case in enumerate(tqdm(cases, desc="evaluate", unit="case"), 1):
+        log.debug("case %d/%d: %s", n, len(cases), case.case_id)
         images = list(generator(case))
         for i, image in enumerate(images):
             image = _as_rgb_uint8(image, case.case_id)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 from torch import nn
+from tqdm import tqdm
 
 from realisid import checkpoint
 from realisid.control import FaceCondition, branch_residuals
@@ -64,6 +65,7 @@ class TrainConfig:
     crop_size: int = checkpoint.DEFAULT_CROP_SIZE
     projector: dict = field(default_factory=dict)  # overrides of identity.DEFAULT_CONFIG
     log_every: int = 10
+    progress: bool = True  # tqdm bar on the main process
     max_grad_norm: float = 1.0
     text_cache_size: int = 4096
     overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
@@ -421,6 +423,8 @@ class Trainer:
             log.info("training %d params on %d samples, %d process(es), device %s", _count(self.model.nets),
                      len(self.dataset), acc.num_processes, acc.device)
         start = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.progress.step, desc="fit", unit="step",
+                   disable=not (acc.is_main_process and cfg.progress))
         while self.progress.step < cfg.steps:
             step_loss = 0.0
             for k in range(cfg.grad_accum):
@@ -440,7 +444,10 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model.nets)
             losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
             self._after_step(step_loss, parts, start)
+        bar.close()
         acc.wait_for_everyone()
         if acc.is_main_process:
             self.save_model(self.out / "realisid-final.safetensors")
