@@ -87,8 +87,12 @@ class RealisIDModel:
 
     def project(self, identity_source: torch.Tensor) -> torch.Tensor:
         """Identity source ((B, N, E) tokens or (B, E) vector) -> p_id (B, num_queries, context_dim)."""
-        ref = next(self.projector.parameters())
-        p_id = self.projector(identity_source.to(device=ref.device, dtype=ref.dtype))
+        tensors = {**dict(self.projector.named_parameters()), **dict(self.projector.named_buffers())}
+        ref = next(iter(tensors.values()))
+        if len({t.device for t in tensors.values()}) == 1:
+            p_id = self.projector(identity_source.to(device=ref.device, dtype=ref.dtype))
+        else:  # ComfyUI's memory manager left the (plain torch) projector partly offloaded: lowvram / partial unload
+            p_id = call_on_device(self.projector, tensors, identity_source.to(ref.dtype), self.load_device)
         return p_id.to(self.dtype)
 
     def null_identity(self, batch: int = 1) -> torch.Tensor:
@@ -96,6 +100,13 @@ class RealisIDModel:
         cfg = self.config["projector"]
         zeros = torch.zeros(batch, int(cfg["source_tokens"]), int(cfg["embedding_dim"]))
         return self.project(zeros)
+
+
+def call_on_device(module: nn.Module, tensors: dict, x: torch.Tensor, device) -> torch.Tensor:
+    """module(x) with every parameter/buffer in `tensors` copied to `device` for this call (the module is untouched,
+    so ComfyUI's record of where its weights live stays true)."""
+    moved = {name: t.to(device) for name, t in tensors.items()}
+    return torch.func.functional_call(module, moved, (x.to(device),))
 
 
 def build_realisid_model(unet_config: dict, base_state_dict: dict | None = None, identity_space: str = "unknown",

@@ -39,7 +39,7 @@ class FaceCondition:
 class PreparedFaces:
     """Per-step constants of a face list on one device/dtype/latent size (cached by RealisIDControl)."""
 
-    boxes_latent: torch.Tensor  # (K, 4) latent units, float64
+    boxes_latent: torch.Tensor  # (K, 4) latent units, float64, kept on the CPU (MPS has no float64)
     p_id: torch.Tensor  # (K, N, C)
     local_hint: torch.Tensor | None  # (K, 3, S*8, S*8)
     global_hint: torch.Tensor  # (K, 1, H*8, W*8)
@@ -77,7 +77,7 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
         levels = _level_map(s, latent_hw, len(model.unet_config["channel_mult"]))
         placement = geometry.place_boxes(boxes_latent, latent_hw, s, levels.values(), feather, dtype, device)
     global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
-    return PreparedFaces(boxes_latent=boxes_latent.to(device), p_id=p_id.to(device, dtype), local_hint=local_hint,
+    return PreparedFaces(boxes_latent=boxes_latent, p_id=p_id.to(device, dtype), local_hint=local_hint,
                          global_hint=global_hint.to(device, dtype), placement=placement)
 
 

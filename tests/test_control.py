@@ -361,3 +361,37 @@ def test_one_face_composite_equals_local_then_global_chained(node_setup):
         assert want["output"][0].abs().max() > 1e-3
         for c in (one, chained):
             c.cleanup()
+
+
+# ---- device placement on accelerators (the "meta" device stands in for a GPU / MPS here) ---------------------------
+
+
+def test_prepared_faces_send_only_the_compute_dtype_to_the_device(sdxl):
+    """MPS has no float64: everything prepare_faces puts on the compute device must be in the compute dtype."""
+    from realisid.control import prepare_faces
+
+    _, model, faces = sdxl
+    device = torch.device("meta")
+    prep = prepare_faces(model, faces, (T.LATENT, T.LATENT), device, torch.float16)
+    placed = [prep.p_id, prep.local_hint, prep.global_hint, prep.placement.crop_grid, prep.placement.crop_inside]
+    placed += [t for pair in prep.placement.paste.values() for t in pair]
+    assert all(t.device == device and t.dtype == torch.float16 for t in placed)
+    assert prep.boxes_latent.device.type == "cpu" and prep.boxes_latent.shape == (len(faces), 4)
+
+
+def test_projection_works_when_the_projector_is_partly_offloaded():
+    """ComfyUI's lowvram load / partial unload moves leaf modules only: a plain-torch projector can be split across
+    devices (Resampler.latents sits on a non-leaf module). project() must still run, on the load device."""
+    from realisid.checkpoint import call_on_device
+
+    model = T.tiny_realisid_model("sdxl", with_global=False)
+    src = torch.randn(2, T.SOURCE_DIM, generator=torch.Generator().manual_seed(0))
+    proj = model.projector
+    tensors = {**dict(proj.named_parameters()), **dict(proj.named_buffers())}
+    with torch.no_grad():
+        torch.testing.assert_close(call_on_device(proj, tensors, src, torch.device("cpu")), proj(src))
+        proj.latents = torch.nn.Parameter(proj.latents.detach().to("meta"))  # first parameter elsewhere
+        model.load_device = torch.device("meta")
+        p_id = model.project(src)
+    assert p_id.device.type == "meta" and p_id.shape == (2, 4, T.CONTEXT_DIM)
+    assert proj.latents.device.type == "meta" and proj.proj_in.weight.device.type == "cpu"  # module untouched

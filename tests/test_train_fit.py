@@ -236,3 +236,38 @@ def test_trained_checkpoint_runs_in_the_comfyui_nodes(trained, run_prompt, model
     result = run_prompt(prompt)
     saved = [img for ui in result.outputs.values() for img in ui.get("images", []) if img["type"] == "output"]
     assert len(saved) == 1
+
+
+def test_logged_throughput_counts_only_the_steps_this_run_made():
+    """A run resumed at step 1000 that made one step of 2 images in ~2 s reports ~1 img/s, not ~500."""
+    import time
+    from types import SimpleNamespace
+
+    logged = {}
+    trainer = object.__new__(Trainer)
+    trainer.cfg = SimpleNamespace(log_every=1, batch_size=2, grad_accum=1, save_every=0, sample_every=0)
+    trainer.accelerator = SimpleNamespace(num_processes=1, is_main_process=False,
+                                          log=lambda values, step: logged.update(values, step=step))
+    trainer.progress = SimpleNamespace(step=1001)
+    parts = {"mse": torch.tensor(0.5), "face_mse": torch.tensor(0.25)}
+    trainer._after_step(1.0, parts, (time.perf_counter() - 2.0, 1000))
+    assert logged["step"] == 1001
+    assert logged["images_per_s"] == pytest.approx(1.0, rel=0.2)
+
+
+def test_sample_images_share_the_control_with_the_negative(trained, monkeypatch):
+    """Previews follow the inference convention: the negative carries the same control (null identity there),
+    so CFG does not amplify the branches' location/pose signal."""
+    import comfy.sample
+
+    trainer, _, _ = trained
+    seen = []
+
+    def fake_sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent, **kw):
+        seen.append((positive[0][1].get("control"), negative[0][1].get("control")))
+        return latent
+
+    monkeypatch.setattr(comfy.sample, "sample", fake_sample)
+    trainer.sample_images(count=1)
+    (pos, neg), = seen
+    assert isinstance(pos, RealisIDControl) and neg is pos

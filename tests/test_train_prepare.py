@@ -114,3 +114,34 @@ def test_brace_expansion_and_member_keys():
     assert sources.expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert sources.expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
     assert sources._split_member("dir/0001.seg.jpg") == ("dir/0001", "seg.jpg")
+
+
+class _OneFace:
+    """A stub analyzer: one fixed face (68 landmarks on a circle-ish layout) in a 128 px detection image."""
+
+    def analyze(self, rgb):
+        from realisid.faces.record import FaceRecord
+
+        rng = np.random.default_rng(0)
+        lm = np.stack([rng.uniform(44, 84, 68), rng.uniform(40, 88, 68)], axis=1)
+        lm[0:17] = np.stack([np.linspace(44, 84, 17), 40 + 48 * np.sin(np.linspace(0, np.pi, 17))], axis=1)
+        kps = np.array([[54, 56], [74, 56], [64, 66], [56, 76], [72, 76]], np.float32)
+        return [FaceRecord(box=np.array([44, 40, 84, 88], np.float32), score=0.99, kps=kps, landmarks68=lm,
+                           image_size=rgb.shape[1::-1])]
+
+
+def test_identity_crop_matches_inference_whatever_the_box_expand():
+    """The CLIP identity crop is what inference feeds the encoder (identity_sources: masked_face_crop at the
+    record's own square box); --box-expand widens the location box and the hint crop only."""
+    from realisid.faces.identity_input import masked_face_crop
+    from realisid.train.prepare import PrepareOptions, build_sample, centre_square
+
+    rgb = np.random.default_rng(1).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+    analyzer = _OneFace()
+    opts = PrepareOptions(size=128, detect_size=128, min_face=8, box_expand=1.5, hint_size=32)
+    tensors, fields = build_sample(rgb, analyzer, opts)
+    detect = centre_square(rgb, 128)
+    record = analyzer.analyze(detect)[0]
+    np.testing.assert_array_equal(tensors["face_crop"], masked_face_crop(detect, record, 224))
+    assert fields["box_expand"] == 1.5  # the location box is still the expanded square
+    np.testing.assert_allclose(tensors["box"], record.square_box(1.5) / 128, atol=1e-6)

@@ -422,7 +422,7 @@ class Trainer:
         if acc.is_main_process:
             log.info("training %d params on %d samples, %d process(es), device %s", _count(self.model.nets),
                      len(self.dataset), acc.num_processes, acc.device)
-        start = time.perf_counter()
+        start = (time.perf_counter(), self.progress.step)  # a resumed run counts only the steps it runs
         bar = tqdm(total=cfg.steps, initial=self.progress.step, desc="fit", unit="step",
                    disable=not (acc.is_main_process and cfg.progress))
         while self.progress.step < cfg.steps:
@@ -454,10 +454,12 @@ class Trainer:
         acc.end_training()
         return losses
 
-    def _after_step(self, loss: float, parts: dict, start: float) -> None:
+    def _after_step(self, loss: float, parts: dict, start: tuple[float, int]) -> None:
         acc, cfg, step = self.accelerator, self.cfg, self.progress.step
         if step % cfg.log_every == 0 or step == 1:
-            rate = step * cfg.batch_size * cfg.grad_accum * acc.num_processes / max(time.perf_counter() - start, 1e-9)
+            t0, step0 = start
+            images = (step - step0) * cfg.batch_size * cfg.grad_accum * acc.num_processes
+            rate = images / max(time.perf_counter() - t0, 1e-9)
             acc.log({"loss": loss, "mse": float(parts["mse"]), "face_mse": float(parts["face_mse"]),
                      "images_per_s": rate}, step=step)
             if acc.is_main_process:
@@ -525,7 +527,8 @@ class Trainer:
             face = FaceCondition(p_id=p_id[i], landmark_hint=batch["hint"][i], box=tuple(batch["box"][i].tolist()))
             control = RealisIDControl(self.model, [face])
             positive = self._conditioning(it["caption"], h, w, control)
-            negative = self._conditioning("", h, w, None)
+            # the negative shares the control and sees the null identity (control.identity_flags), as at inference
+            negative = self._conditioning("", h, w, control)
             latent = torch.zeros(1, 4, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE)
             noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed + i))
             out = comfy.sample.sample(self.host.patcher, noise, self.cfg.sample_steps, 5.0, "euler", "normal",

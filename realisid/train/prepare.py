@@ -141,7 +141,9 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict,
         "mask": box_mask(box * opts.size, opts.size),
         "box": box,
         "landmarks": landmarks,
-        "face_crop": masked_face_crop(detect, record, FACE_CROP_SIZE, opts.box_expand),
+        # the identity crop is the record's own square box, as at inference (identity_sources.encode_person);
+        # box_expand widens the location box and the hint crop only
+        "face_crop": masked_face_crop(detect, record, FACE_CROP_SIZE),
     }
     if opts.hint_size > 0:
         tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)
