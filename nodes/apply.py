@@ -1,9 +1,8 @@
 """Local Branch Apply, Global Location Apply and Multi-Face Composite: RealisID's control onto conditioning.
 
 All three attach ONE RealisIDControl (shared model, per-face data) to copies of the conditioning, chained after
-any ControlNet already there. The positive and the negative share it; it shows the identity to the positive only
-(realisid.control.identity_flags), so plain CFG guides towards the identity, and the RealisID Guider routes its
-three predictions through the same object in one UNet batch.
+any ControlNet already there; the negative gets its null-identity twin, so every guider guides towards the
+identity, and the RealisID Guider puts the twin back to evaluate its three predictions in one UNet batch.
 """
 
 import logging
@@ -58,9 +57,7 @@ def apply_control(positive, negative, realisid_model, faces, layout, start_perce
     conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
     control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
                               crop_size=crop_size or None, **options)
-    links: dict = {}  # positive and negative share control objects: one UNet batch, identity routed per cond
-    return (conditioning.attach_control(positive, control, links),
-            conditioning.attach_control(negative, control, links))
+    return conditioning.attach_with_null_twin(positive, negative, control)
 
 
 class LocalBranchApply(io.ComfyNode):

@@ -74,9 +74,8 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
 def attach_control(conditioning: list, control, links: dict | None = None) -> list:
     """A copy of `conditioning` whose entries carry `control` chained after their existing control.
 
-    `links` (previous control -> the copy chained after it) can be shared between the positive and the negative,
-    as core ControlNetApplyAdvanced does: entries that had the same previous control then share one control
-    object, so ComfyUI can evaluate them in one UNet batch (identity is routed per cond, see control.py).
+    `links` maps a previous control to the copy chained after it: entries with the same previous control share
+    one link (as core ControlNetApplyAdvanced does), and a caller can pre-fill it.
     """
     links = {} if links is None else links
     out = []
@@ -91,3 +90,15 @@ def attach_control(conditioning: list, control, links: dict | None = None) -> li
         options["control_apply_to_uncond"] = False
         out.append([tensor, options])
     return out
+
+
+def attach_with_null_twin(positive: list, negative: list, control) -> tuple[list, list]:
+    """(positive, negative) copies: the positive carries `control`, the negative its null-identity twin.
+
+    Where a negative entry has the same previous control as a positive one, its link is `with_identity(False)` of
+    that positive link, so the RealisID Guider can recognise the pair (identity_twin) and batch them.
+    """
+    links: dict = {}
+    positive = attach_control(positive, control, links)
+    twins = {previous: link.with_identity(False) for previous, link in links.items()}
+    return positive, attach_control(negative, control.with_identity(False), twins)

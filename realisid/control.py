@@ -184,30 +184,35 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
                                    global_mode, use_local, use_global, paired)
 
 
-def identity_flags(transformer_options: dict, chunks_fallback: int = 1) -> list[bool]:
-    """Per batch chunk of one UNet call: does it see the faces' identity (else the null identity)?
+def identity_flags(transformer_options: dict, chunks_fallback: int = 1, by_index: bool = False) -> list[bool]:
+    """Per batch chunk of one UNet call: may it see the faces' identity (else the null identity)?
 
-    ComfyUI's CFG evaluates [positive, negative] (cond index 0 is the positive), so by default only index 0 does.
-    A guider that evaluates other conds routes them with transformer_options[IDENTITY_ROUTING_KEY] = {index: bool}
-    (the RealisID Guider's three predictions share one control object this way, and so one UNet batch).
+    A guider that evaluates several conds through ONE control object routes them with
+    transformer_options[IDENTITY_ROUTING_KEY] = {cond index: bool} (the RealisID Guider: its three predictions then
+    share one UNet batch). Without routing, a RealisID control decides by itself (`identity_enabled`: the negative
+    carries a null-identity twin), so every guider is right; `by_index` is for model-level patches that have no
+    control object (InstantID's IP-Adapter): ComfyUI's convention, cond index 0 = the positive.
     """
     chunks = transformer_options.get("cond_or_uncond")
     if chunks is None:
         return [True] * chunks_fallback
     routing = transformer_options.get(IDENTITY_ROUTING_KEY)
-    return [bool(routing.get(c, False)) if routing is not None else c == 0 for c in chunks]
+    if routing is not None:
+        return [bool(routing.get(c, False)) for c in chunks]
+    return [c == 0 for c in chunks] if by_index else [True] * len(chunks)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):
     """A ComfyUI control (goes in conditioning['control']) that adds RealisID's residuals.
 
     The RealisIDModel is shared by every copy (one copy of each branch whatever K). `self.strength` scales
-    everything (as core); local/global strengths scale the branches before that. Which batch chunks see the
-    identity follows `identity_flags` (positive yes, negative no, unless a guider routes otherwise);
-    `with_identity(False)` makes a copy that never shows it.
+    everything (as core); local/global strengths scale the branches before that. The negative carries a
+    `with_identity(False)` twin, so any guider shows the identity to the positive only; the RealisID Guider puts
+    the twin back and routes the rows per cond (`identity_flags`) to evaluate all predictions in one batch.
     """
 
     routes_identity = True  # the guidance routes identity per cond instead of copying this control
+    identity_twin = None  # for a with_identity() copy: the object it mirrors
 
     def __init__(self, model, faces: list[FaceCondition], strength: float = 1.0,
                  timestep_percent_range: tuple[float, float] = (0.0, 1.0), local_strength: float = 1.0,
@@ -278,10 +283,15 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         return c
 
     def with_identity(self, enabled: bool) -> RealisIDControl:
-        """A copy that uses the faces' p_id (True) or the model's null identity (False); chain is shared."""
+        """A copy that uses the faces' p_id (True) or the model's null identity (False); chain is shared.
+
+        The copy remembers `identity_twin` (this object), so a guider that routes identity per cond can put the
+        twin back and evaluate both in one UNet batch.
+        """
         c = self.copy()
         c.identity_enabled = bool(enabled)
         c.previous_controlnet = self.previous_controlnet
+        c.identity_twin = self
         return c
 
     def get_models(self):

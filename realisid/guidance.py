@@ -13,7 +13,8 @@ predictions ComfyUI's guiders work with. For the first ``id_delay`` fraction of 
 "Null identity" (method.md §5 items 14-15): layout and location control stay on, only ``p_id`` becomes the null
 projection. Three hooks switch it:
 
-* controls that route identity per cond (``routes_identity``: ``RealisIDControl``) are shared by all three sets;
+* controls that route identity per cond (``routes_identity``: ``RealisIDControl``) are shared by all three sets
+  (a negative carrying such a control's null twin gets the control itself back);
   ``transformer_options["realisid_identity"]`` tells them that only the text+ID prediction sees the identity, so
   the three predictions can run as ONE UNet batch (ComfyUI batches conds only when they share a control object);
 * any other link of an entry's ``'control'`` chain that has a callable ``with_identity(enabled)`` is replaced by
@@ -124,6 +125,27 @@ def conditioning_has_identity(conds) -> bool:
     return any(entry_has_identity(item if isinstance(item, dict) else item[1]) for item in conds)
 
 
+def _share_identity_twins(negative, positive):
+    """Negative entries whose control is the null-identity twin of a positive entry's routed control get that
+    control back: routing then gives them the null identity, and ComfyUI can batch all predictions together."""
+    routed = {id(c): c for c in (_options(item).get("control") for item in positive)
+              if c is not None and getattr(c, "routes_identity", False)}
+    out = []
+    for item in negative:
+        control = _options(item).get("control")
+        twin = getattr(control, "identity_twin", None)
+        if twin is not None and id(twin) in routed and not getattr(control, "identity_enabled", True):
+            options = {**_options(item), "control": twin}
+            item = options if isinstance(item, dict) else [item[0], options] + list(item[2:])
+        out.append(item)
+    return out
+
+
+def _options(item) -> dict:
+    """The options dict of a conditioning entry in either form ([tensor, dict] or the converted dict)."""
+    return item if isinstance(item, dict) else item[1]
+
+
 def _without_apply_to_uncond(conds):
     """Entries copied with ``control_apply_to_uncond`` off: ComfyUI would copy the REAL control into the other sets."""
     return [[c[0], {**c[1], "control_apply_to_uncond": False}] + list(c[2:]) for c in conds]
@@ -191,6 +213,7 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
             )
         memo = {}  # shared, so a control applied to both positive and negative gets one null-identity copy
         positive_text = conditioning_without_identity(positive, memo)
+        negative = _share_identity_twins(negative, positive)
         negative = _fill_uncond_controls(positive_text, conditioning_without_identity(negative, memo))
         self.inner_set_conds(
             {

@@ -14,10 +14,10 @@ the order down_blocks, up_blocks, mid_block. ComfyUI's blocks are enumerated fro
 (input_blocks, output_blocks, middle_block; transformer blocks in order inside each), so any SDXL-family UNet
 pairs with the file whose widths match it (checked).
 
-Which evaluations get the identity: `realisid.control.identity_flags`, the rule the RealisID control follows too:
-under plain CFG the positive (cond index 0) gets the faces' tokens and the negative the null tokens (the projection
-of a zero embedding, InstantID's unconditional input); the RealisID Guider routes its three predictions explicitly.
-Always inside the boxes only.
+Which evaluations get the identity: `realisid.control.identity_flags(..., by_index=True)`: ComfyUI's convention
+(cond index 0 is the positive; the patch has no control object to ask), or the RealisID Guider's explicit routing.
+The others get the null tokens (the projection of a zero embedding, InstantID's unconditional input). Always
+inside the boxes only.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class RegionalIPAttention:
 
     def _identity_rows(self, batch, extra_options) -> torch.Tensor:
         """(B,) bool: which rows get the faces' tokens (the others get the null tokens)."""
-        flags = identity_flags(extra_options)
+        flags = identity_flags(extra_options, by_index=True)
         per_chunk = batch // len(flags)
         return torch.tensor(flags, dtype=torch.bool).repeat_interleave(per_chunk)
 

@@ -210,8 +210,8 @@ def test_cond_uncond_batch_matches_each_entry_alone(sdxl):
 
 @torch.no_grad()
 def test_identity_is_routed_per_cond_in_one_batch(sdxl):
-    """cond_or_uncond [0, 1]: the positive rows see the faces' p_id, the negative rows the null identity; a guider's
-    routing overrides that; each row equals that row computed alone with the matching identity."""
+    """Without routing the control object decides (every row of the identity control sees p_id); a guider's routing
+    picks the rows per cond; each row equals that row computed alone with the matching identity."""
     from realisid.control import IDENTITY_ROUTING_KEY
 
     base, model, faces = sdxl
@@ -220,7 +220,7 @@ def test_identity_is_routed_per_cond_in_one_batch(sdxl):
     for c in (control, null_control):
         _pre_run(c, base)
     x, cond, sigma = torch.randn(4, 4, 8, 8), _cond(4, seed=4), torch.full((4,), 3.0)
-    cases = (({"cond_or_uncond": [0, 1]}, [True, True, False, False]),
+    cases = (({"cond_or_uncond": [0, 1]}, [True, True, True, True]),
              ({"cond_or_uncond": [0, 1], IDENTITY_ROUTING_KEY: {0: False, 1: True}}, [False, False, True, True]))
     for options, rows in cases:
         batched = control.get_control(x, sigma, cond, 2, options)
@@ -231,6 +231,24 @@ def test_identity_is_routed_per_cond_in_one_batch(sdxl):
     # the identity matters where cross-attention has acted (the middle block), so the routing check can fail
     assert not torch.allclose(null_control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]})["middle"][0][:2],
                               control.get_control(x, sigma, cond, 2, {"cond_or_uncond": [0, 1]})["middle"][0][:2])
+
+
+@torch.no_grad()
+def test_identity_follows_the_control_object_whatever_the_cond_index(sdxl):
+    """Guiders order their conds differently (DualCFGGuider evaluates [negative, middle, positive]): without routing,
+    the positive's control shows the identity and the negative's null twin never does, at any index."""
+    base, model, faces = sdxl
+    control = RealisIDControl(model, faces)
+    twin = control.with_identity(False)
+    assert twin.identity_twin is control and not twin.identity_enabled
+    for c in (control, twin):
+        _pre_run(c, base)
+    x, cond, sigma = torch.randn(1, 4, 8, 8), _cond(1, seed=6), torch.full((1,), 3.0)
+    reference = {c: c.get_control(x, sigma, cond, 1, {}) for c in (control, twin)}
+    for index in (0, 1, 2):
+        for c in (control, twin):
+            _close(c.get_control(x, sigma, cond, 1, {"cond_or_uncond": [index]}), reference[c])
+    assert not torch.allclose(reference[control]["middle"][0], reference[twin]["middle"][0])
 
 
 @torch.no_grad()

@@ -371,9 +371,9 @@ def test_full_delay_never_uses_the_identity_and_equals_zero_id_scale(tiny):
 
 
 def test_realisid_control_runs_the_three_predictions_as_one_unet_batch():
-    """With the real RealisIDControl (identity routed per cond) the guider's predictions share one control object:
-    one UNet call per step, 2 conds during the delay and 3 after it (the values: tests/test_sampling_matrix.py)."""
-    from realisid.conditioning import attach_control
+    """With the real RealisIDControl the guider puts the negative's null twin back and routes identity per cond, so
+    its predictions share one control object: one UNet call per step, 2 conds during the delay and 3 after it (the values: tests/test_sampling_matrix.py)."""
+    from realisid.conditioning import attach_with_null_twin
     from realisid.control import FaceCondition, RealisIDControl
     from tests.helpers import tiny_realisid as T
 
@@ -383,10 +383,8 @@ def test_realisid_control_runs_the_three_predictions_as_one_unet_batch():
         face = FaceCondition(model.project(torch.randn(1, T.SOURCE_DIM, generator=gen))[0],
                              torch.rand(3, 32, 32, generator=gen), (0.2, 0.2, 0.7, 0.7))
     positive, negative = T.tiny_conditioning("sdxl")
-    links: dict = {}
-    control = RealisIDControl(model, [face])
-    positive, negative = attach_control(positive, control, links), attach_control(negative, control, links)
-    assert positive[0][1]["control"] is negative[0][1]["control"]
+    positive, negative = attach_with_null_twin(positive, negative, RealisIDControl(model, [face]))
+    assert negative[0][1]["control"].identity_twin is positive[0][1]["control"]  # what the apply nodes attach
 
     log = []
 

@@ -127,8 +127,9 @@ def test_apply_chains_on_copies_of_the_conditioning(nodes_by_id, encoded, realis
     assert [positive[0][1], negative[0][1]] == before and previous.previous_controlnet is None
     control = pos[0][1]["control"]
     assert isinstance(control, RealisIDControl) and control.previous_controlnet is previous
-    negative_control = neg[0][1]["control"]  # no previous control there, so its own link; identity routed per cond
+    negative_control = neg[0][1]["control"]  # no previous control there: its own null-identity link
     assert isinstance(negative_control, RealisIDControl) and negative_control.previous_controlnet is None
+    assert not negative_control.identity_enabled
     assert pos[0][1]["control_apply_to_uncond"] is False
     assert mapping.shape == (1, 128, 128, 3)
 

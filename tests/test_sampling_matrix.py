@@ -124,5 +124,6 @@ def test_all_sampling_paths_work_and_mutate_nothing(setup, models_dir, family):
     assert_conditioning_unchanged(neg, states[1])
     for control, state in zip(controls, states[2], strict=True):
         assert control_state(control) == state
-    # one shared control (one UNet batch for cond and uncond); it shows the identity to the positive only
-    assert controls[0] is controls[1] and controls[0].identity_enabled
+    # the negative carries the positive control's null-identity twin (right under any guider)
+    assert controls[1].identity_twin is controls[0] and controls[0].identity_enabled
+    assert not controls[1].identity_enabled
