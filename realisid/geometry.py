@@ -108,15 +108,15 @@ def place_boxes(boxes, latent_hw: tuple[int, int], crop_size: int | None = None,
     crop_grid = crop_inside = None
     if crop_size is not None:
         grid = _crop_grid(boxes, latent_hw, crop_size)
-        crop_inside = (grid.abs() <= 1.0).all(dim=-1)[:, None].to(device=device, dtype=dtype)
-        crop_grid = grid.to(device=device, dtype=dtype)
+        crop_inside = (grid.abs() <= 1.0).all(dim=-1)[:, None].to(device=device, dtype=sample_dtype(dtype))
+        crop_grid = grid.to(device=device, dtype=sample_dtype(dtype))
     paste = {}
     for out_hw in dict.fromkeys(tuple(hw) for hw in out_sizes):
         scale = torch.tensor([out_hw[1] / latent_hw[1], out_hw[0] / latent_hw[0]] * 2, dtype=torch.float64)
         scaled = boxes * scale
         mask = box_mask_latent(scaled, out_hw[0], out_hw[1], soft=True, feather=feather)
-        paste[out_hw] = (_relocate_grid(scaled, out_hw).to(device=device, dtype=dtype),
-                         mask.to(device=device, dtype=dtype))
+        paste[out_hw] = (_relocate_grid(scaled, out_hw).to(device=device, dtype=sample_dtype(dtype)),
+                         mask.to(device=device, dtype=sample_dtype(dtype)))
     return BoxPlacement(boxes.shape[0], crop_grid, crop_inside, paste)
 
 
@@ -135,15 +135,16 @@ def crop_placed(latent: torch.Tensor, placement: BoxPlacement, paired: bool = Fa
     """
     b, c, h, w = latent.shape
     k, grid = placement.k, placement.crop_grid
+    work = sample_dtype(latent.dtype)
+    inside = placement.crop_inside.to(work)
     if paired:
         check_paired(k, b)
-        out = F.grid_sample(latent, grid.to(latent.dtype), mode="bilinear", padding_mode="border",
+        out = F.grid_sample(latent.to(work), grid.to(work), mode="bilinear", padding_mode="border",
                             align_corners=False)
-        return out * placement.crop_inside.to(latent.dtype)
-    src = latent.reshape(1, b * c, h, w).expand(k, -1, -1, -1)
-    out = F.grid_sample(src, grid.to(latent.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    out = out * placement.crop_inside.to(latent.dtype)
-    return out.reshape(k * b, c, *out.shape[-2:])
+        return (out * inside).to(latent.dtype)
+    src = latent.to(work).reshape(1, b * c, h, w).expand(k, -1, -1, -1)
+    out = F.grid_sample(src, grid.to(work), mode="bilinear", padding_mode="border", align_corners=False) * inside
+    return out.reshape(k * b, c, *out.shape[-2:]).to(latent.dtype)
 
 
 def paste_placed(residual: torch.Tensor, placement: BoxPlacement, out_hw: tuple[int, int],
@@ -154,16 +155,23 @@ def paste_placed(residual: torch.Tensor, placement: BoxPlacement, out_hw: tuple[
     """
     grid, mask = placement.paste[tuple(out_hw)]
     k = placement.k
+    work = sample_dtype(residual.dtype)
+    grid, mask = grid.to(work), mask.to(work)
     if paired:
         check_paired(k, residual.shape[0])
-        return F.grid_sample(residual, grid.to(residual.dtype), mode="bilinear", padding_mode="border",
-                             align_corners=False) * mask.to(residual.dtype)
-    src = _per_face(residual, k)
-    pasted = F.grid_sample(src, grid.to(residual.dtype), mode="bilinear", padding_mode="border",
-                           align_corners=False) * mask.to(residual.dtype)
+        out = F.grid_sample(residual.to(work), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return (out * mask).to(residual.dtype)
+    src = _per_face(residual.to(work), k)
+    pasted = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False) * mask
     if sum_faces:
         pasted = pasted.sum(dim=0, keepdim=True)
-    return pasted.reshape(-1, residual.shape[1], *pasted.shape[-2:])
+    return pasted.reshape(-1, residual.shape[1], *pasted.shape[-2:]).to(residual.dtype)
+
+
+def sample_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype crops and pastes are sampled in: bf16's 8-bit mantissa would misplace a grid coordinate by up to
+    half a latent cell at 128 cells, so bf16 tensors are sampled in float32 (fp16 and fp32 as they are)."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def check_paired(k: int, b: int) -> None:

@@ -204,3 +204,18 @@ def test_crop_and_resize_equals_naive_reference_including_off_image_box():
             ref = _naive_crop(latent[b].numpy(), box, 10)
             np.testing.assert_allclose(got[k * 2 + b].numpy(), ref, atol=1e-6, rtol=0)
     assert torch.all(got[4:, :, :, :2] == 0) and got[4:, :, 0, 5].abs().min() > 0  # zero off the image only
+
+
+def test_bf16_crops_and_pastes_are_placed_as_exactly_as_float32():
+    """bf16 grids would shift samples by a fraction of a cell; the placement samples bf16 tensors in float32."""
+    torch.manual_seed(0)
+    latent = torch.randn(1, 4, 128, 128)
+    box = [[37.3, 61.7, 59.9, 84.3]]
+    ref = g.crop_and_resize(latent, box, 64)
+    got = g.crop_and_resize(latent.bfloat16(), box, 64)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=0.03, rtol=0.02)  # only the bf16 rounding of the values
+    res = torch.randn(1, 4, 64, 64)
+    ref = g.relocate(res, box, (128, 128), (128, 128))
+    torch.testing.assert_close(g.relocate(res.bfloat16(), box, (128, 128), (128, 128)).float(), ref, atol=0.03,
+                               rtol=0.02)
