@@ -57,7 +57,7 @@ def load_core_extras(names: tuple[str, ...] = ("nodes_custom_sampler.py", "nodes
 
     extras = pathlib.Path(nodes.__file__).parent / "comfy_extras"
     for name in names:
-        if not _extra_loaded(name):
+        if name not in _LOADED_EXTRAS:
             asyncio.run(nodes.load_custom_node(str(extras / name), module_parent="comfy_extras"))
             _LOADED_EXTRAS.add(name)
 
@@ -70,10 +70,6 @@ def load_all_extras() -> None:
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-
-
-def _extra_loaded(name: str) -> bool:
-    return name in _LOADED_EXTRAS
 
 
 @dataclass
