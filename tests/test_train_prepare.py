@@ -134,14 +134,45 @@ def test_identity_crop_matches_inference_whatever_the_box_expand():
     """The CLIP identity crop is what inference feeds the encoder (identity_sources: masked_face_crop at the
     record's own square box); --box-expand widens the location box and the hint crop only."""
     from realisid.faces.identity_input import masked_face_crop
-    from realisid.train.prepare import PrepareOptions, build_sample, centre_square
+    from realisid.train.prepare import PrepareOptions, build_sample
 
     rgb = np.random.default_rng(1).integers(0, 255, (128, 160, 3), dtype=np.uint8)
     analyzer = _OneFace()
     opts = PrepareOptions(size=128, detect_size=128, min_face=8, box_expand=1.5, hint_size=32)
     tensors, fields = build_sample(rgb, analyzer, opts)
-    detect = centre_square(rgb, 128)
-    record = analyzer.analyze(detect)[0]
-    np.testing.assert_array_equal(tensors["face_crop"], masked_face_crop(detect, record, 224))
+    record = analyzer.analyze(rgb)[0]  # the whole photo is analysed (its short side is already 128)
+    np.testing.assert_array_equal(tensors["face_crop"], masked_face_crop(rgb, record, 224))
     assert fields["box_expand"] == 1.5  # the location box is still the expanded square
-    np.testing.assert_allclose(tensors["box"], record.square_box(1.5) / 128, atol=1e-6)
+    # the box [28, 28, 100, 100] fits the centre crop (x from 16), which is therefore kept
+    np.testing.assert_allclose(tensors["box"], (record.square_box(1.5) - [16, 0, 16, 0]) / 128, atol=1e-6)
+    np.testing.assert_array_equal(tensors["image"], rgb[:, 16:144])
+
+
+def test_face_window_moves_least_from_the_centre():
+    from realisid.train.prepare import face_square_offset
+
+    assert face_square_offset(512, 256, 300, 400) == 144  # the centre window [128, 384) misses 400: moved by 16
+    assert face_square_offset(512, 256, 200, 300) == 128  # already inside the centre window: the centre crop
+    assert face_square_offset(512, 256, 10, 110) == 10  # a head at the top: the window starts at it
+    assert face_square_offset(512, 256, 0, 400) == 72  # larger than the window: centred on the face
+    assert face_square_offset(512, 256, 480, 520) == 256  # clamped to the image
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_portrait_keeps_the_head_a_centre_crop_cuts_off():
+    """Issue 12: a full-body portrait's face lies outside its centre square. The training image keeps it, and
+    the face the detector finds again in the stored training image is where the stored box says."""
+    from realisid.train.prepare import PrepareOptions, build_sample, make_analyzer
+
+    rgb = train_synthetic.portrait(np.random.default_rng(3))
+    analyzer = make_analyzer("embedded")
+    tensors, _ = build_sample(rgb, analyzer, PrepareOptions(size=256, detect_size=256, min_face=8, hint_size=0))
+    again = [f for f in analyzer.analyze(tensors["image"]) if f.score >= 0.9]
+    assert len(again) == 1
+    assert _iou(again[0].square_box() / 256, tensors["box"]) > 0.7

@@ -40,7 +40,13 @@ def _fit_parser(sub) -> None:
     p.add_argument("--clip-vision", help="CLIP-vision model file (identity space clip)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=4, help="per process")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=1e-5, help="LR of the branches (they start from the base UNet)")
+    p.add_argument("--projector-lr", type=float, default=None,
+                   help="LR of the identity projector, trained from scratch (default: --lr)")
+    p.add_argument("--lr-warmup", type=int, default=0, help="optimizer steps of linear LR warm-up")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="after the warm-up: constant, or decay to --lr-min-ratio x LR at the last step")
+    p.add_argument("--lr-min-ratio", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--lambda-face", type=float, default=1.0)
     p.add_argument("--face-loss-norm", choices=("area", "none"), default="area")
@@ -55,14 +61,21 @@ def _fit_parser(sub) -> None:
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay (e.g. 0.9999); 0 disables EMA")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--keep-last", type=int, default=0, help="keep only the newest N states and step files (0: all)")
+    p.add_argument("--export-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="dtype of the RealisID files written (bf16 halves them; the state stays fp32)")
     p.add_argument("--sample-every", type=int, default=0, help="0 disables sample images")
     p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--sample-count", type=int, default=2, help="preview images per sampling")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", help="a state folder (OUT/state/step-N) or 'latest'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-size", type=int, default=64, help="local branch crop side in latent cells")
     p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
     p.add_argument("--text-cache-size", type=int, default=4096)
+    p.add_argument("--max-text-chunks", type=int, default=3, help="captions are cut to this many 77-token chunks")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers reading the cache (0: none)")
+    p.add_argument("--prefetch", type=int, default=2, help="batches each worker reads ahead")
     p.add_argument("--cache-latents", action="store_true", help="keep VAE latents in memory (small data sets)")
     p.add_argument("--overfit", action="store_true", help="sanity check: train on one fixed batch (the loss must fall)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU")
@@ -127,6 +140,10 @@ def config_from_args(args):
     return TrainConfig(
         base=args.base, cache=args.cache, out=args.out, identity_space=args.identity_space,
         clip_vision=args.clip_vision, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        projector_lr=args.projector_lr, lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule,
+        lr_min_ratio=args.lr_min_ratio, keep_last=args.keep_last, export_dtype=args.export_dtype,
+        sample_count=args.sample_count, max_text_chunks=args.max_text_chunks, workers=args.workers,
+        prefetch=args.prefetch,
         weight_decay=args.weight_decay, lambda_face=args.lambda_face, face_loss_norm=args.face_loss_norm,
         drop_image=args.drop_image, drop_text=args.drop_text, drop_both=args.drop_both,
         mixed_precision=args.mixed_precision, grad_checkpointing=args.grad_checkpointing,

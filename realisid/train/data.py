@@ -1,8 +1,14 @@
-"""Read the prepared cache as a torch Dataset (CPU tensors; the frozen encoders run in the loop)."""
+"""Read the prepared cache: a torch Dataset of compact CPU items, the step-keyed batch order, the DataLoader.
+
+Items stay uint8 on the host (image, mask, hint); `to_device` turns them into floats on the training device, so a
+step moves a quarter of the bytes and the host does no per-step float work at full resolution.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from realisid.train.prepare import render_hint
+
+TENSOR_KEYS = ("image", "mask", "box", "hint", "face_crop", "embedding")
 
 
 def read_manifest(cache: str | Path) -> list[dict]:
@@ -29,8 +37,13 @@ def read_manifest(cache: str | Path) -> list[dict]:
     return rows
 
 
+def hint_uint8(unit_points: np.ndarray, size: int) -> np.ndarray:
+    """The landmark hint as uint8 (size, size, 3): render_hint's canvas is uint8 / 255, so this is lossless."""
+    return np.round(render_hint(unit_points, size) * 255.0).astype(np.uint8)
+
+
 class CachedFaceDataset(torch.utils.data.Dataset):
-    """Items: image (3, S, S) in [0, 1], mask (1, S, S), box (4,) fractions, hint (3, H, H) in [0, 1] with
+    """Items: image (3, S, S) uint8, mask (1, S, S) uint8, box (4,) fractions, hint (3, H, H) uint8 with
     H = hint_size (re-rendered from the landmarks when the cache holds another size), face_crop (224, 224, 3)
     uint8, embedding (D,) (zeros of length 0 when the cache has none), caption str, index int."""
 
@@ -50,15 +63,13 @@ class CachedFaceDataset(torch.utils.data.Dataset):
         data = safetensors.numpy.load_file(str(self.cache / row["file"]))
         hint = data.get("hint")
         if hint is None or hint.shape[0] != self.hint_size:
-            hint_t = torch.from_numpy(render_hint(data["landmarks"], self.hint_size))
-        else:
-            hint_t = torch.from_numpy(hint).float() / 255.0
+            hint = hint_uint8(data["landmarks"], self.hint_size)
         embedding = data.get("embedding", np.zeros(0, np.float32))
         return {
-            "image": torch.from_numpy(data["image"]).permute(2, 0, 1).float() / 255.0,
-            "mask": torch.from_numpy(data["mask"]).float()[None],
+            "image": torch.from_numpy(data["image"]).permute(2, 0, 1).contiguous(),
+            "mask": torch.from_numpy(data["mask"])[None],
             "box": torch.from_numpy(data["box"]).float(),
-            "hint": hint_t.permute(2, 0, 1).contiguous(),
+            "hint": torch.from_numpy(hint).permute(2, 0, 1).contiguous(),
             "face_crop": torch.from_numpy(data["face_crop"]),
             "embedding": torch.from_numpy(np.asarray(embedding, np.float32)),
             "caption": row.get("caption", ""),
@@ -66,6 +77,66 @@ class CachedFaceDataset(torch.utils.data.Dataset):
         }
 
 
+def collate(items: list[dict]) -> dict:
+    batch = {k: torch.stack([it[k] for it in items]) for k in TENSOR_KEYS}
+    batch["caption"] = [it["caption"] for it in items]
+    batch["index"] = [int(it["index"]) for it in items]
+    return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    """The uint8 image / hint / mask as float32 in [0, 1] on `device` (converted there, after the copy)."""
+    out = dict(batch)
+    for key in ("image", "hint", "mask"):
+        t = batch[key].to(device, non_blocking=True)
+        out[key] = t.float() / 255.0 if key != "mask" else t.float()
+    out["embedding"] = batch["embedding"].to(device, non_blocking=True)
+    return out
+
+
 def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """(B, 1, H, W) pixel box mask -> (B, 1, h, w) latent-resolution mask (area average: soft edge cells)."""
     return F.adaptive_avg_pool2d(mask, latent_hw) if mask.shape[-2:] != latent_hw else mask
+
+
+# ---- batch order ---------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)  # a micro-batch spans at most two epochs
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batch_indices(n: int, seed: int, micro_step: int, batch: int, rank: int, world: int) -> list[int]:
+    """Sample indices of one rank's micro-batch: epochs are seeded permutations, ranks take disjoint slices.
+
+    A pure function of the step, so a resumed run sees exactly the batches the uninterrupted run would have; each
+    epoch's permutation is drawn once (O(n) per epoch, not per sample)."""
+    out = []
+    start = (micro_step * world + rank) * batch
+    for pos in range(start, start + batch):
+        epoch, offset = divmod(pos, n)
+        out.append(int(epoch_permutation(n, seed, epoch)[offset]))
+    return out
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """The batch sampler of one rank: batch_indices of micro-steps start, start + 1, ... (for ever; the loop
+    stops). `fixed` repeats micro-step `start` (--overfit)."""
+
+    def __init__(self, n: int, seed: int, start: int, batch: int, rank: int, world: int, fixed: bool = False):
+        self.args = (n, seed, batch, rank, world)
+        self.start, self.fixed = start, fixed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, seed, batch, rank, world = self.args
+        micro = self.start
+        while True:
+            yield batch_indices(n, seed, micro, batch, rank, world)
+            micro += 0 if self.fixed else 1
+
+
+def make_loader(dataset: CachedFaceDataset, sampler: StepBatches, workers: int, prefetch: int,
+                pin_memory: bool) -> torch.utils.data.DataLoader:
+    """Workers read and decode items ahead of the step (prefetch batches each); order is the sampler's."""
+    extra = {"prefetch_factor": prefetch} if workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       pin_memory=pin_memory, **extra)

@@ -33,7 +33,7 @@ class FrozenHost:
     """The base model's frozen pieces on `device`. `base` is the comfy BaseModel (model_sampling, encode_adm)."""
 
     def __init__(self, ckpt_path: str, device: torch.device, weight_dtype: torch.dtype = torch.float32,
-                 clip_vision_path: str | None = None, text_cache_size: int = 4096):
+                 clip_vision_path: str | None = None, text_cache_size: int = 4096, max_text_chunks: int = 3):
         import comfy.sd
 
         patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
@@ -50,6 +50,8 @@ class FrozenHost:
         self.clip_vision = self._load_clip_vision(clip_vision_path) if clip_vision_path else None
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         self._text_cache_size = max(1, int(text_cache_size))
+        self.max_text_chunks = max(1, int(max_text_chunks))
+        self._warned_long_caption = False
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -95,12 +97,34 @@ class FrozenHost:
             self._text_cache.pop(oldest)
         return value
 
+    def chunk_tokens(self) -> int:
+        """Tokens per text-encoder chunk (77 for CLIP): the empty caption is exactly one chunk."""
+        return self.encode_caption("")[0].shape[1]
+
+    def capped_context(self, cond: torch.Tensor) -> torch.Tensor:
+        """The first `max_text_chunks` chunks of a context (each chunk is encoded on its own, so this is a clean
+        cut: the caption as if it were that long)."""
+        limit = self.max_text_chunks * self.chunk_tokens()
+        if cond.shape[1] <= limit:
+            return cond
+        if not self._warned_long_caption:
+            log.warning("captions longer than %d text-encoder chunks are cut to that (--max-text-chunks)",
+                        self.max_text_chunks)
+            self._warned_long_caption = True
+        return cond[:, :limit]
+
     def encode_captions(self, captions: list[str], image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Batch context (B, T, C) (lengths repeated to their lcm, as ComfyUI batches conds) and SDXL y (B, adm)."""
+        """Batch context (B, T, C) and SDXL y (B, adm).
+
+        Contexts of different chunk counts are repeated to the lcm of the counts, as ComfyUI batches conds:
+        repeating all of a caption's tokens k times leaves cross-attention unchanged, so each sample trains on
+        what its caption alone gives at inference. Counts are capped at `max_text_chunks` first, so a batch's
+        context never exceeds lcm(1..cap) chunks (6 for the default 3; uncapped, five lengths meant 60)."""
         encoded = [self.encode_caption(c) for c in captions]
-        lengths = [c.shape[1] for c, _ in encoded]
-        lcm = math.lcm(*lengths)
-        context = torch.cat([c.repeat(1, lcm // c.shape[1], 1) for c, _ in encoded]).to(self.device)
+        conds = [self.capped_context(c) for c, _ in encoded]
+        chunk = self.chunk_tokens()
+        lcm = math.lcm(*(c.shape[1] // chunk for c in conds)) * chunk
+        context = torch.cat([c.repeat(1, lcm // c.shape[1], 1) for c in conds]).to(self.device)
         if not self.has_adm:
             return context, None
         h, w = image_hw

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,21 @@ from realisid import checkpoint
 from realisid.control import FaceCondition, branch_residuals
 from realisid.geometry import LATENT_DOWNSCALE
 from realisid.identity_sources import clip_space
-from realisid.train.data import CachedFaceDataset, latent_mask
+from realisid.train import previews
+from realisid.train.data import (
+    CachedFaceDataset,
+    StepBatches,
+    batch_indices,
+    collate,
+    latent_mask,
+    make_loader,
+    to_device,
+)
+from realisid.train.ema import EMA
 from realisid.train.host import FrozenHost
+from realisid.train.optim import SCHEDULES, lr_factor, param_groups, set_lrs
+from realisid.train.outputs import EXPORT_DTYPES, file_sha256, rotate, write_realisid
+from realisid.train.rng import step_generator
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +61,10 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 4
     lr: float = 1e-5
+    projector_lr: float | None = None  # the projector starts from scratch: its own LR (None: --lr)
+    lr_warmup: int = 0  # optimizer steps of linear warm-up
+    lr_schedule: str = "constant"  # after warm-up: constant, cosine or linear decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.0
     weight_decay: float = 1e-2
     lambda_face: float = 1.0
     face_loss_norm: str = "area"
@@ -58,8 +77,11 @@ class TrainConfig:
     grad_accum: int = 1
     ema: float = 0.0
     save_every: int = 500
+    keep_last: int = 0  # resumable states and step files kept (0: all)
+    export_dtype: str = "fp32"  # dtype of the RealisID files written (fp32, bf16, fp16)
     sample_every: int = 0
     sample_steps: int = 20
+    sample_count: int = 2
     resume: str | None = None
     seed: int = 0
     crop_size: int = checkpoint.DEFAULT_CROP_SIZE
@@ -68,6 +90,9 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on the main process
     max_grad_norm: float = 1.0
     text_cache_size: int = 4096
+    max_text_chunks: int = 3  # captions are cut to this many text-encoder chunks (77 tokens each for CLIP)
+    workers: int = 4  # DataLoader worker processes reading the cache (0: in the training process)
+    prefetch: int = 2  # batches each worker reads ahead
     overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
     cache_latents: bool = False  # keep each sample's VAE latent in memory after its first encode (small sets)
     cpu: bool = False
@@ -87,6 +112,15 @@ class TrainConfig:
             raise ValueError("--steps, --batch-size and --grad-accum must be >= 1")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise ValueError(f"--export-dtype must be one of {tuple(EXPORT_DTYPES)}, got {self.export_dtype!r}")
+        if self.lr_warmup < 0 or self.keep_last < 0 or self.workers < 0 or self.prefetch < 1:
+            raise ValueError("--lr-warmup, --keep-last and --workers must be >= 0, --prefetch >= 1")
+
+    def lrs(self) -> dict[str, float]:
+        return {"branches": self.lr, "projector": self.lr if self.projector_lr is None else self.projector_lr}
 
 
 # ---- pieces --------------------------------------------------------------------------------------------------------
@@ -124,61 +158,6 @@ class BranchForward(nn.Module):
         else:
             middle, output = self._residuals(*args)
         return {"input": [], "middle": list(middle), "output": list(output)}
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters (fp32 shadow copy)."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self, module: nn.Module) -> None:
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                p.copy_(self.shadow[n].to(p.dtype))
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = float(state["decay"])
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-
-class Progress:
-    """Step counter + the CPU generator for noise, timesteps and dropout (saved with the training state)."""
-
-    def __init__(self, seed: int):
-        self.step = 0
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-
-
-def batch_indices(n: int, seed: int, micro_step: int, batch: int, rank: int, world: int) -> list[int]:
-    """Sample indices of one rank's micro-batch: epochs are seeded permutations, ranks take disjoint slices.
-
-    A pure function of the step, so a resumed run sees exactly the batches the uninterrupted run would have."""
-    out = []
-    start = (micro_step * world + rank) * batch
-    for pos in range(start, start + batch):
-        epoch, offset = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append(int(perm[offset]))
-    return out
 
 
 def model_targets(model_sampling, sigma, x_noisy, x0) -> torch.Tensor:
@@ -284,6 +263,20 @@ def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainCon
 
 
 # ---- trainer -------------------------------------------------------------------------------------------------------
+class Progress:
+    """The optimizer-step counter, saved with the training state. The randomness needs no saving: each rank's
+    noise, sigmas and dropout come from rng.step_generator(seed, rank, micro_step)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
@@ -294,16 +287,15 @@ class Trainer:
         torch.manual_seed(cfg.seed + acc.process_index)
         weight_dtype = PRECISIONS[cfg.mixed_precision] if acc.device.type != "cpu" else torch.float32
         self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
-                               else None, cfg.text_cache_size)
+                               else None, cfg.text_cache_size, cfg.max_text_chunks)
         self.dataset = CachedFaceDataset(cfg.cache, cfg.crop_size * LATENT_DOWNSCALE)
         self._check_spaces()
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
-        params = [p for p in self.model.nets.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(self.model.nets, cfg.lrs(), cfg.weight_decay))
         self.forward_module, self.optimizer = acc.prepare(self.forward_module, optimizer)
         self.ema = EMA(self.model.nets, cfg.ema) if cfg.ema > 0 else None
-        self.progress = Progress(cfg.seed * 1_000_003 + acc.process_index)
+        self.progress = Progress()
         acc.register_for_checkpointing(self.progress)
         if self.ema is not None:
             acc.register_for_checkpointing(self.ema)
@@ -311,6 +303,8 @@ class Trainer:
             acc.load_state(cfg.resume)
             log.info("resumed from %s at step %d", cfg.resume, self.progress.step)
         self._latent_cache: dict[int, torch.Tensor] = {}
+        self._saved_step = self.progress.step if cfg.resume else -1
+        self._sigterm = False
 
     def _make_accelerator(self):
         from accelerate import Accelerator
@@ -356,6 +350,10 @@ class Trainer:
                                                 identity_space=space, projector_config=projector,
                                                 crop_size=self.cfg.crop_size)
         model.config.update(self._hint_conventions())
+        if self.cfg.identity_space == "clip" and self.accelerator.is_main_process:  # only the main process saves
+            # the identity space depends on the exact encoder: users must load the same file at inference
+            model.config["clip_vision"] = {"file": Path(self.cfg.clip_vision).name,
+                                           "sha256": file_sha256(self.cfg.clip_vision)}
         model.nets.to(self.accelerator.device).train()
         return model
 
@@ -371,23 +369,24 @@ class Trainer:
 
     # data -----------------------------------------------------------------------------------------------------------
     def _batch(self, micro_step: int) -> dict:
+        """This rank's micro-batch of `micro_step`, read in this process (the loop reads through the DataLoader)."""
         acc = self.accelerator
         idx = batch_indices(len(self.dataset), self.cfg.seed, micro_step, self.cfg.batch_size, acc.process_index,
                             acc.num_processes)
-        items = [self.dataset[i] for i in idx]
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "mask", "box", "hint", "face_crop",
-                                                                    "embedding")}
-        batch["caption"] = [it["caption"] for it in items]
-        batch["index"] = idx
-        return batch
+        return collate([self.dataset[i] for i in idx])
+
+    def _loader(self, start_micro: int):
+        acc, cfg = self.accelerator, self.cfg
+        sampler = StepBatches(len(self.dataset), cfg.seed, 0 if cfg.overfit else start_micro, cfg.batch_size,
+                              acc.process_index, acc.num_processes, fixed=cfg.overfit)
+        return make_loader(self.dataset, sampler, cfg.workers, cfg.prefetch, pin_memory=acc.device.type == "cuda")
 
     def _latents(self, batch: dict) -> torch.Tensor:
-        dev = self.accelerator.device
         if not self.cfg.cache_latents:
-            return self.host.encode_latents(batch["image"].to(dev))
+            return self.host.encode_latents(batch["image"])
         missing = [j for j, i in enumerate(batch["index"]) if i not in self._latent_cache]
         if missing:
-            fresh = self.host.encode_latents(batch["image"][missing].to(dev))
+            fresh = self.host.encode_latents(batch["image"][missing])
             for j, lat in zip(missing, fresh, strict=True):
                 self._latent_cache[batch["index"][j]] = lat
         return torch.stack([self._latent_cache[i] for i in batch["index"]])
@@ -398,25 +397,49 @@ class Trainer:
         return batch["embedding"].to(self.accelerator.device)
 
     # one micro-step ---------------------------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch (collated CPU items); `generator` draws its noise, sigmas and dropout."""
         dev = self.accelerator.device
-        gen = self.progress.generator
+        batch = to_device(batch, dev)
         b = batch["image"].shape[0]
         x0 = self._latents(batch)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        sigma = sample_sigmas(self.host.model_sampling, b, gen).to(dev)
-        drop_image, drop_text = dropout_flags(b, self.cfg, gen)
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        sigma = sample_sigmas(self.host.model_sampling, b, generator).to(dev)
+        drop_image, drop_text = dropout_flags(b, self.cfg, generator)
         captions = ["" if d else c for c, d in zip(batch["caption"], drop_text, strict=True)]
         context, y = self.host.encode_captions(captions, tuple(batch["image"].shape[-2:]))
         inputs = StepInputs(x0=x0, noise=noise, sigma=sigma, identity=self._identity_source(batch),
-                            hints=batch["hint"].to(dev), boxes=batch["box"], context=context, y=y,
-                            drop_identity=drop_image, mask=latent_mask(batch["mask"].to(dev), tuple(x0.shape[-2:])))
+                            hints=batch["hint"], boxes=batch["box"], context=context, y=y,
+                            drop_identity=drop_image, mask=latent_mask(batch["mask"], tuple(x0.shape[-2:])))
         return step_loss(self.forward_module, self.host.unet, self.host.model_sampling, inputs, self.cfg,
                          self.accelerator.autocast, self.host.compute_dtype)
 
+    def _train_step(self, batches) -> tuple[float, dict]:
+        """One optimizer step (grad_accum micro-batches); returns the rank-averaged loss and the last parts."""
+        acc, cfg = self.accelerator, self.cfg
+        factor = lr_factor(self.progress.step, cfg.steps, cfg.lr_warmup, cfg.lr_schedule, cfg.lr_min_ratio)
+        set_lrs(self.optimizer, cfg.lrs(), factor)
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            micro = 0 if cfg.overfit else self.progress.step * cfg.grad_accum + k
+            batch = next(batches)
+            with acc.accumulate(self.forward_module):
+                loss, parts = self.compute_loss(batch, step_generator(cfg.seed, acc.process_index, micro))
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.model.nets.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += float(acc.reduce(loss.detach(), reduction="mean")) / cfg.grad_accum
+        self.progress.step += 1
+        if self.ema is not None:
+            self.ema.update()
+        return total, {**parts, "lr_factor": factor}
+
     # the loop -------------------------------------------------------------------------------------------------------
     def fit(self) -> list[float]:
-        """Train to cfg.steps optimizer steps; returns the (rank-averaged) loss of each step run here."""
+        """Train to cfg.steps optimizer steps (or until SIGTERM); returns the rank-averaged loss of each step run
+        here. Always ends with a resumable state and a RealisID file of the last step."""
         acc, cfg = self.accelerator, self.cfg
         losses = []
         if acc.is_main_process:
@@ -425,34 +448,52 @@ class Trainer:
         start = (time.perf_counter(), self.progress.step)  # a resumed run counts only the steps it runs
         bar = tqdm(total=cfg.steps, initial=self.progress.step, desc="fit", unit="step",
                    disable=not (acc.is_main_process and cfg.progress))
-        while self.progress.step < cfg.steps:
-            step_loss = 0.0
-            for k in range(cfg.grad_accum):
-                micro = 0 if cfg.overfit else self.progress.step * cfg.grad_accum + k
-                batch = self._batch(micro)
-                if cfg.overfit:
-                    self.progress.generator.manual_seed(cfg.seed * 1_000_003 + acc.process_index)
-                with acc.accumulate(self.forward_module):
-                    loss, parts = self.compute_loss(batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.model.nets.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                step_loss += float(acc.reduce(loss.detach(), reduction="mean")) / cfg.grad_accum
-            self.progress.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model.nets)
-            losses.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            self._after_step(step_loss, parts, start)
-        bar.close()
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self.save_model(self.out / "realisid-final.safetensors")
+        batches = iter(self._loader(self.progress.step * cfg.grad_accum))
+        previous_handler = self._catch_sigterm()
+        try:
+            while self.progress.step < cfg.steps and not self._stop_requested():
+                loss, parts = self._train_step(batches)
+                losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                self._after_step(loss, parts, start)
+        finally:
+            bar.close()
+            del batches  # ends the DataLoader workers
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        self._final_save(interrupted=self.progress.step < cfg.steps)
         acc.end_training()
         return losses
+
+    def _catch_sigterm(self):
+        """A cluster's SIGTERM (preemption, time limit) ends the run after the current step, with a saved state."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigterm(signum, frame):
+            log.warning("SIGTERM: saving the state after this step, then stopping")
+            self._sigterm = True
+
+        return signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got SIGTERM (all ranks then stop at the same step, or DDP would hang)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return self._sigterm
+        flag = torch.tensor([1.0 if self._sigterm else 0.0], device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _final_save(self, interrupted: bool) -> None:
+        step = self.progress.step
+        if step != self._saved_step:
+            self.checkpoint(step, model_file=interrupted)
+        if interrupted:
+            log.warning("stopped at step %d of %d; resume with --resume latest", step, self.cfg.steps)
+        elif self.accelerator.is_main_process:
+            self.save_model(self.out / "realisid-final.safetensors")
+        self.accelerator.wait_for_everyone()
 
     def _after_step(self, loss: float, parts: dict, start: tuple[float, int]) -> None:
         acc, cfg, step = self.accelerator, self.cfg, self.progress.step
@@ -461,39 +502,48 @@ class Trainer:
             images = (step - step0) * cfg.batch_size * cfg.grad_accum * acc.num_processes
             rate = images / max(time.perf_counter() - t0, 1e-9)
             acc.log({"loss": loss, "mse": float(parts["mse"]), "face_mse": float(parts["face_mse"]),
-                     "images_per_s": rate}, step=step)
+                     "images_per_s": rate, "lr": cfg.lr * float(parts.get("lr_factor", 1.0))}, step=step)
             if acc.is_main_process:
                 log.info("step %d loss %.5f (mse %.5f face %.5f) %.2f img/s", step, loss, float(parts["mse"]),
                          float(parts["face_mse"]), rate)
         if cfg.save_every and step % cfg.save_every == 0:
-            self.save_state(self.out / "state" / f"step-{step:07d}")
-            if acc.is_main_process:
-                self.save_model(self.out / f"realisid-step{step:07d}.safetensors")
+            self.checkpoint(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
             self.log_samples(step)
 
     # outputs --------------------------------------------------------------------------------------------------------
+    def checkpoint(self, step: int, model_file: bool = True) -> None:
+        """state/step-N (resumable), realisid-stepN.safetensors, the `latest` marker, then rotation."""
+        acc = self.accelerator
+        self.save_state(self.out / "state" / f"step-{step:07d}")
+        if acc.is_main_process:
+            if model_file:
+                self.save_model(self.out / f"realisid-step{step:07d}.safetensors")
+            rotate(self.out, self.cfg.keep_last)
+        acc.wait_for_everyone()
+
     def save_state(self, path: Path) -> None:
         """Resumable state: branches, optimizer, RNG, step, EMA (accelerate's save_state)."""
         self.accelerator.save_state(str(path))
+        self.accelerator.wait_for_everyone()  # every rank's files are written before `latest` names them
         if self.accelerator.is_main_process:
             (self.out / "state" / "latest").write_text(path.name)
+        self._saved_step = self.progress.step
 
     def save_model(self, path: Path) -> None:
-        """The RealisID file (EMA weights when EMA is on; the raw weights then go to `<name>-raw.safetensors`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """The RealisID file in --export-dtype: the EMA weights when EMA is on (the raw weights then go to
+        `<name>-raw.safetensors`), written from state dicts, so the live parameters are never touched."""
+        dtype = EXPORT_DTYPES[self.cfg.export_dtype]
+        raw = self.model.nets.state_dict()
         if self.ema is None:
-            checkpoint.save_realisid(self.model, str(path))
+            write_realisid(raw, self.model.config, path, dtype)
             return
-        checkpoint.save_realisid(self.model, str(path.with_name(path.stem + "-raw.safetensors")))
-        backup = {k: v.detach().clone() for k, v in self.model.nets.state_dict().items()}
-        self.ema.copy_to(self.model.nets)
-        checkpoint.save_realisid(self.model, str(path))
-        self.model.nets.load_state_dict(backup)
+        write_realisid(raw, self.model.config, path.with_name(path.stem + "-raw.safetensors"), dtype)
+        write_realisid({**raw, **self.ema.shadow}, self.model.config, path, dtype)
 
     @torch.no_grad()
-    def log_samples(self, step: int, count: int = 2) -> None:
-        """A short ComfyUI sampling run with the current branches on the first cached faces; PNGs + TensorBoard."""
+    def log_samples(self, step: int, count: int | None = None) -> None:
+        """Preview images of the first cached faces (see previews.py); PNGs + TensorBoard."""
         try:
             images = self.sample_images(count)
         except Exception:  # a preview must never end a training run
@@ -511,41 +561,21 @@ class Trainer:
             tracker.add_images("samples", images.permute(0, 3, 1, 2).clamp(0, 1).cpu(), step)
 
     @torch.no_grad()
-    def sample_images(self, count: int = 2, seed: int = 0) -> torch.Tensor:
-        """(count, H, W, 3) decoded images sampled by ComfyUI with a RealisIDControl of the cached faces."""
-        import comfy.sample
-
-        from realisid.control import RealisIDControl
-
-        items = [self.dataset[i % len(self.dataset)] for i in range(count)]
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("hint", "box", "face_crop", "embedding")}
-        h, w = items[0]["image"].shape[-2:]
-        identity = self._identity_source(batch)
-        p_id = self.model.project(identity)
-        images = []
-        for i, it in enumerate(items):
-            face = FaceCondition(p_id=p_id[i], landmark_hint=batch["hint"][i], box=tuple(batch["box"][i].tolist()))
-            control = RealisIDControl(self.model, [face])
-            positive = self._conditioning(it["caption"], h, w, control)
-            # the negative shares the control and sees the null identity (control.identity_flags), as at inference
-            negative = self._conditioning("", h, w, control)
-            latent = torch.zeros(1, 4, h // LATENT_DOWNSCALE, w // LATENT_DOWNSCALE)
-            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed + i))
-            out = comfy.sample.sample(self.host.patcher, noise, self.cfg.sample_steps, 5.0, "euler", "normal",
-                                      positive, negative, latent, disable_pbar=True, seed=seed + i)
-            images.append(self.host.vae.decode(out))
-        self.host.base.to(self.accelerator.device)  # the sampler's memory manager may have moved it
-        self.model.nets.to(self.accelerator.device).train()
-        return torch.cat(images)
-
-    def _conditioning(self, caption: str, h: int, w: int, control) -> list:
-        cond, pooled = self.host.encode_caption(caption)
-        extra = {"width": w, "height": h}
-        if pooled is not None:
-            extra["pooled_output"] = pooled
-        if control is not None:
-            extra["control"] = control
-        return [[cond, extra]]
+    def sample_images(self, count: int | None = None, seed: int = 0) -> torch.Tensor:
+        """(count, H, W, 3) images sampled as inference samples, from a snapshot of the current (EMA) weights."""
+        items = [self.dataset[i % len(self.dataset)] for i in range(count or self.cfg.sample_count)]
+        batch = to_device(collate(items), "cpu")
+        snap = previews.snapshot(self.model, self.host.unet_config, self.host.compute_dtype,
+                                 None if self.ema is None else self.ema.shadow)
+        p_id = snap.project(self._identity_source(batch))
+        faces = [FaceCondition(p_id=p_id[i], landmark_hint=batch["hint"][i], box=tuple(batch["box"][i].tolist()))
+                 for i in range(len(items))]
+        settings = previews.PreviewSettings(steps=self.cfg.sample_steps)
+        try:
+            return previews.sample_faces(self.host, snap, faces, batch["caption"], tuple(batch["image"].shape[-2:]),
+                                         settings, seed)
+        finally:
+            previews.release(self.host)
 
 
 def _count(module: nn.Module) -> int:

@@ -5,7 +5,7 @@ Cache layout (CACHE/):
   skipped.jsonl    one line per skipped sample: {"key", "reason"} (so --resume does not analyse it again)
   stats.json       {"seen", "written", "skipped": {reason: n}, ...} for the whole cache (all runs)
   samples/<id>.safetensors with
-    image        (S, S, 3) uint8   the training image (centre crop, resized to --size)
+    image        (S, S, 3) uint8   the training image (a square crop that keeps the face, resized to --size)
     mask         (S, S) uint8      1 inside the square face box (c_loc), 0 elsewhere
     box          (4,) float32      the square face box as fractions of the image (x0, y0, x1, y1)
     landmarks    (68|5, 2) float32 landmarks in unit crop coordinates ([0, 1] over the square box)
@@ -121,15 +121,53 @@ def render_hint(unit_points: np.ndarray, size: int) -> np.ndarray:
     return render_landmarks68(pts, size) if pts.shape[0] == 68 else render_kps5(pts, size)
 
 
+def short_side_resize(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The whole photo resized so its shorter side is `side` (area filter when shrinking)."""
+    h, w = rgb.shape[:2]
+    scale = side / min(h, w)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=interp))
+
+
+def face_square_offset(length: int, side: int, lo: float, hi: float) -> int:
+    """Start of a `side`-long window on an axis of `length` that holds [lo, hi] (the face box), moved as little
+    as possible from the centre: the centre crop when it already holds the face, so face locations stay varied.
+    A face larger than the window is centred in it."""
+    centre = (length - side) // 2
+    if hi - lo > side:
+        start = round((lo + hi - side) / 2)
+    else:
+        start = min(max(centre, int(np.ceil(hi)) - side), int(np.floor(lo)))
+    return int(min(max(start, 0), length - side))
+
+
+def face_square(rgb: np.ndarray, record: FaceRecord, expand: float) -> tuple[np.ndarray, FaceRecord]:
+    """The square crop (side = the shorter image side) holding the face's location box, and the record in its
+    coordinates. A centre crop would cut the head off a full-body portrait: the small faces the method needs."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    box = record.square_box(expand)
+    x0 = face_square_offset(w, side, max(float(box[0]), 0.0), min(float(box[2]), w))
+    y0 = face_square_offset(h, side, max(float(box[1]), 0.0), min(float(box[3]), h))
+    shift = np.array([x0, y0], np.float32)
+    moved = record.replace(box=record.box - np.tile(shift, 2), kps=record.kps - shift, image_size=(side, side),
+                           landmarks68=None if record.landmarks68 is None else record.landmarks68 - shift)
+    return np.ascontiguousarray(rgb[y0:y0 + side, x0:x0 + side]), moved
+
+
 def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict, dict]:
     """One training image -> (tensors, manifest fields). Raises SkipSample.
 
-    Faces are analysed on the centre square at `detect_size` (>= size), so small faces of a low training
-    resolution are still found and the identity crop keeps its detail; box and landmarks are scale free."""
+    Faces are analysed on the whole photo with its shorter side at `detect_size` (>= size), so small faces of a
+    low training resolution are still found and the identity crop keeps its detail; the single-person filter
+    applies to the whole photo. The training image is the square crop that keeps the face (face_square); box and
+    landmarks are scale free."""
     detect_size = max(opts.size, opts.detect_size)
-    detect = centre_square(rgb, detect_size)
+    photo = short_side_resize(rgb, detect_size)
+    found = single_face(analyzer.analyze(photo), opts.min_score)
+    detect, record = face_square(photo, found, opts.box_expand)
     image = detect if detect_size == opts.size else centre_square(detect, opts.size)
-    record = single_face(analyzer.analyze(detect), opts.min_score)
     square = record.square_box(opts.box_expand)
     box = (square / detect_size).astype(np.float32)
     side = float(box[2] - box[0]) * opts.size
@@ -141,9 +179,9 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict,
         "mask": box_mask(box * opts.size, opts.size),
         "box": box,
         "landmarks": landmarks,
-        # the identity crop is the record's own square box, as at inference (identity_sources.encode_person);
-        # box_expand widens the location box and the hint crop only
-        "face_crop": masked_face_crop(detect, record, FACE_CROP_SIZE),
+        # the identity crop is the record's own square box of the whole photo, as at inference
+        # (identity_sources.encode_person); box_expand widens the location box and the hint crop only
+        "face_crop": masked_face_crop(photo, found, FACE_CROP_SIZE),
     }
     if opts.hint_size > 0:
         tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)

@@ -32,6 +32,15 @@ def person_image(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     return canvas
 
 
+def portrait(rng: np.random.Generator, width: int = 256, height: int = 512) -> np.ndarray:
+    """A full-body-style portrait: the head at the top of a tall frame, which a centre crop cuts off."""
+    head = cv2.resize(data.astronaut()[HEAD], None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
+    canvas = _background(rng, height)[:, :width].copy()
+    x = (width - head.shape[1]) // 2
+    canvas[8:8 + head.shape[0], x:x + head.shape[1]] = head
+    return canvas
+
+
 def two_people(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     """Two astronaut heads side by side in a square image (survives the centre crop)."""
     head = data.astronaut()[HEAD]
@@ -79,3 +88,32 @@ def write_manifest(folder: pathlib.Path) -> pathlib.Path:
     path = folder / "manifest.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+TINY_PROJECTOR = {"dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": 4, "ff_mult": 2}
+
+
+def training_env(root: pathlib.Path, people: int = 6) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """(root, base checkpoint, CLIP vision) with a prepared cache in root/cache: tiny SDXL models, embedded faces."""
+    from realisid.train import sources
+    from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
+    from tests.helpers import tiny_host_models as tiny
+
+    tiny.register_tiny_families()
+    base = tiny.write_checkpoint(root / "base_sdxl.safetensors", "sdxl")
+    vision = tiny.write_clip_vision(root / "clip_vision.safetensors")
+    write_dataset(root / "images", people=people)
+    opts = PrepareOptions(size=64, detect_size=256, min_face=8, hint_size=0)
+    prepare_cache(sources.from_folder(root / "images"), make_analyzer("embedded"), root / "cache", opts, progress=False)
+    return root, base, vision
+
+
+def train_config(env, out, **overrides):
+    """A TrainConfig for the tiny models: CPU, in-process data loading, no periodic saves."""
+    from realisid.train.loop import TrainConfig
+
+    root, base, vision = env
+    args = dict(base=str(base), cache=str(root / "cache"), out=str(out), identity_space="clip", clip_vision=str(vision),
+                steps=30, batch_size=2, lr=1e-3, crop_size=4, projector=TINY_PROJECTOR, save_every=0, log_every=10,
+                cache_latents=True, cpu=True, workers=0, progress=False)
+    return TrainConfig(**{**args, **overrides})
