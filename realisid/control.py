@@ -1,7 +1,8 @@
 """The per-step RealisID forward (`branch_residuals`, shared by training and sampling) and its ComfyUI control.
 
 Local branch: every face's box is cropped from the model input, up-sampled to S x S, run with that face's
-landmark hint and p_id, and its residuals are relocated into zeros at each UNet scale; faces are SUMMED.
+landmark hint and p_id, and its residuals are relocated into zeros at each UNet level (`realisid.geometry`);
+faces are SUMMED, except where boxes overlap: there they are averaged by coverage (`geometry.overlap_norm`).
 Global branch: the whole input with one person's 1-channel box mask and p_id; persons are AVERAGED
 ("per_person", the paper's rule). "union" is an opt-in cheaper variant: ONE pass with the union of the masks and
 the mean of the persons' p_id tokens (cost 1 pass instead of K; it blurs identities, so it is not the default).
@@ -11,6 +12,8 @@ All K faces run as ONE batched forward of batch K*B per branch, face-major (row 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 
 import comfy.controlnet
 import comfy.model_base
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from realisid import geometry
 
+log = logging.getLogger(__name__)
 GLOBAL_MODES = ("per_person", "union")
 # transformer_options key: {cond index in a calc_cond_batch call: whether it sees the faces' identity}
 IDENTITY_ROUTING_KEY = "realisid_identity"
@@ -28,11 +32,19 @@ PREPARED_OPTIONS = ("feather", "crop_size")  # baked into PreparedFaces once, no
 @dataclasses.dataclass
 class FaceCondition:
     """One person: p_id (N, C) tokens, landmark_hint (3, H, W) in [0, 1] in crop coordinates (resized to S*8
-    when needed), box (x0, y0, x1, y1) as fractions of the image."""
+    when needed), box (x0, y0, x1, y1) as fractions of the image.
+
+    square=True (layout boxes): `box` is given on a square reference and made square on the latent it meets
+    (`geometry.square_on`: centre kept as fractions, side a fraction of the shorter side); square=False (the
+    trainer's boxes, measured on the image itself) uses the fractions as they are. source_aspect: width / height
+    of the photo or mask the box was read from, if any (a latent of another aspect gets a warning).
+    """
 
     p_id: torch.Tensor
     landmark_hint: torch.Tensor | None
     box: tuple[float, float, float, float]
+    square: bool = False
+    source_aspect: float | None = None
 
 
 @dataclasses.dataclass
@@ -57,10 +69,11 @@ def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
 def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int], device, dtype,
                   null_identity: bool = False, need_local: bool = True, crop_size: int | None = None,
                   feather: float = 0.0) -> PreparedFaces:
-    """Stack the faces' boxes, p_id, landmark hints (S*8 px) and box masks (H*8 x W*8 px) on device/dtype."""
+    """Stack the faces' boxes, p_id, landmark hints (S*8 px) and box masks (H*8 x W*8 px) on device/dtype, and
+    build the local branch's crop and per-level paste matrices once (`geometry.place_boxes`)."""
     if not faces:
         raise ValueError("RealisID needs at least one face condition")
-    boxes_frac = torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
+    boxes_frac = face_boxes(faces, latent_hw)
     h, w = latent_hw
     if null_identity:
         p_id = model.null_identity(1).expand(len(faces), -1, -1)
@@ -74,20 +87,33 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
         s = crop_size or model.crop_size
         local_hint = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE)
                                   for f in faces]).to(device, dtype)
-        levels = _level_map(s, latent_hw, len(model.unet_config["channel_mult"]))
-        placement = geometry.place_boxes(boxes_latent, latent_hw, s, levels.values(), feather, dtype, device)
+        placement = geometry.place_boxes(boxes_latent, latent_hw, s, geometry.unet_levels(model.local_net), feather,
+                                         dtype, device)
     global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
     return PreparedFaces(boxes_latent=boxes_latent, p_id=p_id.to(device, dtype), local_hint=local_hint,
                          global_hint=global_hint.to(device, dtype), placement=placement)
 
 
-def _level_map(crop_size: int, latent_hw: tuple[int, int], levels: int) -> dict[int, tuple[int, int]]:
-    """Crop-residual side -> full-image residual (h, w) at the same UNet level."""
-    crop = geometry.unet_level_sizes(crop_size, levels)
-    hs, ws = geometry.unet_level_sizes(latent_hw[0], levels), geometry.unet_level_sizes(latent_hw[1], levels)
-    if len(set(crop)) != len(crop):
-        raise ValueError(f"crop size {crop_size} is too small for {levels} UNet levels")
-    return {c: (h, w) for c, h, w in zip(crop, hs, ws, strict=True)}
+def face_boxes(faces: list[FaceCondition], latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(K, 4) float64 box fractions of the latent: layout boxes made square on it, the others as they are."""
+    warn_aspect([f.source_aspect for f in faces], latent_hw)
+    boxes = torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
+    square = torch.tensor([f.square for f in faces])
+    if bool(square.any()):
+        boxes[square] = geometry.square_on(boxes[square], latent_hw)
+    return boxes
+
+
+def warn_aspect(aspects, latent_hw: tuple[int, int], tolerance: float = 0.01) -> None:
+    """Warn when a layout read from a photo or mask meets a latent of another aspect ratio (centres stretch)."""
+    latent_aspect = latent_hw[1] / latent_hw[0]
+    for aspect in {a for a in aspects if a is not None}:
+        if abs(math.log(aspect / latent_aspect)) > tolerance:
+            log.warning("RealisID: the layout was read from an image of aspect %.3f (width / height) but the latent "
+                        "is %dx%d (aspect %.3f): face centres keep their fractions of the width and height (so "
+                        "their spacing stretches) and faces stay square, sized on the shorter side. Use a "
+                        "location photo or mask of the output's shape to avoid this.", aspect, latent_hw[1],
+                        latent_hw[0], latent_aspect)
 
 
 def _repeat_faces(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -113,9 +139,8 @@ def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, paired:
     else:
         out = _run_branch(model.local_net, crops, prep.local_hint.repeat_interleave(b, dim=0),
                           _repeat_faces(timesteps, k), prep.p_id.repeat_interleave(b, dim=0), _repeat_faces(y, k))
-    sizes = _level_map(crops.shape[-1], tuple(x_in.shape[-2:]), len(model.unet_config["channel_mult"]))
-    return {key: [geometry.paste_placed(r, placement, sizes[r.shape[-1]], sum_faces=not paired, paired=paired)
-                  for r in tensors] for key, tensors in out.items()}
+    return {key: [geometry.paste_placed(r, placement, sum_faces=not paired, paired=paired) for r in tensors]
+            for key, tensors in out.items()}
 
 
 def global_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, mode: str = "per_person",

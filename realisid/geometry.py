@@ -1,8 +1,21 @@
 """Face-box geometry: square boxes, coordinate conversion, latent crop + up-sample, residual relocation (pure torch).
 
-Conventions: a box is (x0, y0, x1, y1) with continuous edge coordinates, so cell i of a grid spans [i, i+1].
+Conventions: a box is (x0, y0, x1, y1) with continuous edge coordinates, so latent cell i spans [i, i+1].
 Fractions are relative to the image; latent units are latent cells (pixels / 8). Boxes may leave the image.
-Sampling uses grid_sample with align_corners=False, so fractional boxes are exact (no rounding at any scale).
+
+Resampling (crop: latent box -> S x S; paste: crop residual -> the box's cells of the full residual) is separable
+and linear, so it is stored as two small matrices per face and level (built once per face set, `place_boxes`):
+* when the output cells are larger than the input cells (shrinking), each output cell is the exact AREA
+  integral of the input cells it overlaps (no point sampling, so no aliasing: every input cell counts);
+* when they are smaller or equal (enlarging), each output cell is the bilinear value at its centre (the paper's
+  bilinear up-sampling). The two rules coincide at equal cell sizes, so the choice is continuous in the box size.
+Pastes are multiplied by each cell's area coverage of the box (anti-aliased edge; exactly zero outside the box),
+with an optional linear feather. Crops read zero outside the image and clamp to the edge inside it.
+
+Where each UNet level's cells sit is read from the network's own down-sampling ops (`unet_levels`): a stride-2,
+padding-1, 3x3 convolution (SD1.5, SDXL) centres level-l cell j at latent 2^l * j + 0.5, not at 2^l * (j + 0.5);
+the crop and the full image are both placed with that rule, so a crop residual lands where the UNet's own
+features for that spot are.
 """
 
 from __future__ import annotations
@@ -54,13 +67,180 @@ def frac_to_latent(boxes_frac, latent_hw: tuple[int, int]) -> torch.Tensor:
     return boxes * torch.tensor([w, h, w, h], dtype=torch.float64)
 
 
-def unet_level_sizes(size: int, levels: int) -> list[int]:
-    """Spatial sizes of the UNet levels for an input of `size`: size, ceil(size/2), ... (stride-2 convs, padding 1)."""
-    out = [int(size)]
-    for _ in range(levels - 1):
-        out.append(math.ceil(out[-1] / 2))
-    return out
+def square_on(boxes_square, hw: tuple[int, int]) -> torch.Tensor:
+    """Layout boxes -> (K, 4) fractions of an image of size hw, square in its cells.
 
+    A layout box is given as fractions of a SQUARE reference: its centre is kept as fractions of the image's width
+    and height, and its side is a fraction of the image's shorter side (so a face stays square on any aspect).
+    """
+    boxes = torch.as_tensor(boxes_square, dtype=torch.float64).reshape(-1, 4)
+    h, w = hw
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = (boxes[:, 2] - boxes[:, 0]) * min(h, w)
+    half_x, half_y = side / (2 * w), side / (2 * h)
+    return torch.stack([cx - half_x, cy - half_y, cx + half_x, cy + half_y], dim=1)
+
+
+# ------------------------------------------------------------------------------------------- UNet levels ------
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level of a UNet: the down-sampling ops between the latent and it.
+
+    ops: (kernel, stride, padding) of each op, in order. Cell j of the level is centred at latent coordinate
+    `stride * j + offset` and spans `stride` latent cells around it.
+    """
+
+    ops: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def stride(self) -> int:
+        return math.prod(s for _, s, _ in self.ops)
+
+    @property
+    def offset(self) -> float:
+        # an op's output j sees input indices s*j - p .. s*j - p + k - 1: centred at s*j - p + (k-1)/2
+        offset, scale = 0.5, 1
+        for k, s, p in self.ops:
+            offset += scale * ((k - 1) / 2 - p)
+            scale *= s
+        return offset
+
+    def size(self, n: int) -> int:
+        for k, s, p in self.ops:
+            n = (n + 2 * p - k) // s + 1
+        return n
+
+    def centres(self, n: int) -> torch.Tensor:
+        """Latent coordinates of the centres of this level's cells on an input of n latent cells."""
+        return torch.arange(self.size(n), dtype=torch.float64) * self.stride + self.offset
+
+
+LEVEL0 = Level()
+
+
+def _op_geometry(op) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of a Conv2d or AvgPool2d with the same value on both axes."""
+    values = []
+    for name in ("kernel_size", "stride", "padding"):
+        v = getattr(op, name)
+        v = (v, v) if isinstance(v, int) else tuple(v)
+        if isinstance(v[0], str) or len(set(v)) != 1:
+            raise ValueError(f"unsupported down-sampling op {op}: {name}={v} (need the same integer on both axes)")
+        values.append(int(v[0]))
+    return tuple(values)
+
+
+def unet_levels(net) -> list[Level]:
+    """The levels of a ComfyUI UNetModel or ControlNet, read from the Downsample ops of its input blocks.
+
+    Level 0 is the input resolution; each input block holding a Downsample (a strided conv, or an average pool
+    for conv-less down-sampling) starts the next level. The middle block is at the last level.
+    """
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+
+    levels = [LEVEL0]
+    for block in net.input_blocks:
+        found = {_op_geometry(m.op) for m in block.modules() if isinstance(m, Downsample)}
+        if len(found) > 1:
+            raise ValueError(f"an input block down-samples in two different ways: {sorted(found)}")
+        if found:
+            levels.append(Level(levels[-1].ops + (found.pop(),)))
+    return levels
+
+
+# ------------------------------------------------------------------------------------------- 1-D weights ------
+
+def _overlap(lo: torch.Tensor, hi: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """(T, N): length of [lo_t, hi_t] inside [left_n, right_n]."""
+    return (torch.minimum(hi[:, None], right[None]) - torch.maximum(lo[:, None], left[None])).clamp_min(0.0)
+
+
+def _linear(pos: torch.Tensor, n: int) -> torch.Tensor:
+    """(T, n) bilinear weights at index positions `pos` (cell centres at integers), clamped to the edge cells."""
+    pos = pos.clamp(0.0, n - 1.0)
+    j0 = pos.floor().clamp(max=max(n - 2, 0)).long()
+    frac = (pos - j0).clamp(0.0, 1.0)
+    w = torch.zeros(pos.shape[0], n, dtype=torch.float64)
+    rows = torch.arange(pos.shape[0])
+    w[rows, j0] += 1.0 - frac
+    if n > 1:
+        w[rows, j0 + 1] += frac
+    return w
+
+
+def _crop_weights(x0: float, x1: float, size: int, n: int) -> torch.Tensor:
+    """(size, n): crop cell p covers latent [x0 + p*r, x0 + (p+1)*r], r = (x1 - x0) / size; zero off the image."""
+    r = (x1 - x0) / size
+    lo = x0 + torch.arange(size, dtype=torch.float64) * r
+    if r > 1.0:  # shrinking: integrate over the cell (cells off the image add nothing)
+        left = torch.arange(n, dtype=torch.float64)
+        return _overlap(lo, lo + r, left, left + 1) / r
+    centre = lo + r / 2
+    inside = ((centre >= 0) & (centre <= n)).double()[:, None]
+    return _linear(centre - 0.5, n) * inside
+
+
+def _edge_ramp(c: torch.Tensor, x0: float, x1: float, feather: float) -> torch.Tensor:
+    """A linear ramp from 0 at the box edge to 1 at `feather` * box size inside, at positions c."""
+    if feather <= 0:
+        return torch.ones_like(c)
+    return (torch.minimum(c - x0, x1 - c) / max(feather * (x1 - x0), 1e-12)).clamp(0.0, 1.0)
+
+
+def _paste_weights(x0: float, x1: float, crop_size: int, n: int, level: Level, feather: float) -> torch.Tensor:
+    """(level.size(n), level.size(crop_size)): full level cells <- crop level cells of the box [x0, x1].
+
+    Both grids use `level`'s cell placement (full: on the latent; crop: on the crop, mapped into the box), the
+    crop grid clamped at its edges so that it covers the whole box. Zero for cells that miss the box.
+    """
+    a, r = level.stride, (x1 - x0) / crop_size
+    centre = level.centres(n)
+    lo, hi = (centre - a / 2).clamp_min(x0), (centre + a / 2).clamp_max(x1)
+    cover = (hi - lo).clamp_min(0.0) / a
+    crop_centre = x0 + r * level.centres(crop_size)
+    s = crop_centre.shape[0]
+    if r <= 1.0:  # crop cells no larger than the full cells: integrate them over each cell
+        left, right = crop_centre - a * r / 2, crop_centre + a * r / 2
+        left[0], right[-1] = -math.inf, math.inf
+        w = _overlap(lo, torch.maximum(hi, lo), left, right) / a
+    else:
+        w = _linear((centre - crop_centre[0]) / (a * r), s) * cover[:, None]
+    return w * _edge_ramp(centre, x0, x1, feather)[:, None]
+
+
+def _cover(x0: float, x1: float, n: int, level: Level) -> torch.Tensor:
+    """(level.size(n),): the fraction of each level cell inside [x0, x1]."""
+    a, centre = level.stride, level.centres(n)
+    return ((centre + a / 2).clamp_max(x1) - (centre - a / 2).clamp_min(x0)).clamp_min(0.0) / a
+
+
+def level_box_mask(boxes, latent_hw: tuple[int, int], level: Level = LEVEL0, feather: float = 0.0) -> torch.Tensor:
+    """(K, 1, h, w) float64 area coverage of boxes (latent units) by the cells of `level`; exactly 0 outside."""
+    boxes = _as_boxes(boxes, None)
+    masks = []
+    for x0, y0, x1, y1 in boxes.tolist():
+        cy, cx = _cover(y0, y1, latent_hw[0], level), _cover(x0, x1, latent_hw[1], level)
+        cy = cy * _edge_ramp(level.centres(latent_hw[0]), y0, y1, feather)
+        cx = cx * _edge_ramp(level.centres(latent_hw[1]), x0, x1, feather)
+        masks.append(cy[:, None] * cx[None])
+    return torch.stack(masks)[:, None]
+
+
+def overlap_norm(masks: torch.Tensor) -> torch.Tensor | None:
+    """1 / max(1, sum_k mask_k) over (K, 1, h, w) masks, or None when no two boxes overlap (nothing to do).
+
+    The overlap policy of the pack: where boxes overlap, the faces' contributions are a coverage-weighted MEAN
+    (their sum divided by the total coverage) instead of a sum, so an overlap never doubles the injection; where
+    they do not overlap, each face's contribution is unchanged.
+    """
+    total = masks.sum(dim=0)[0]
+    if bool((total <= 1.0 + 1e-9).all()):
+        return None
+    return 1.0 / total.clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------- placements ------
 
 def _as_boxes(boxes, device) -> torch.Tensor:
     out = torch.as_tensor(boxes, dtype=torch.float64, device=device).reshape(-1, 4)
@@ -69,63 +249,80 @@ def _as_boxes(boxes, device) -> torch.Tensor:
     return out
 
 
-def _normalized(coord: torch.Tensor, size: int) -> torch.Tensor:
-    """Edge coordinate in [0, size] -> grid_sample coordinate in [-1, 1] (align_corners=False)."""
-    return coord * (2.0 / size) - 1.0
+@dataclass(frozen=True)
+class PasteLevel:
+    """The paste matrices of one level, cut to the rows/columns any box touches (the rest is exactly zero)."""
 
-
-def _crop_grid(boxes: torch.Tensor, hw: tuple[int, int], size: int) -> torch.Tensor:
-    """(K, S, S, 2) sample positions (grid_sample units) of the centres of an S x S grid laid over each box."""
-    steps = (torch.arange(size, dtype=torch.float64, device=boxes.device) + 0.5) / size
-    xs = boxes[:, 0:1] + steps[None] * (boxes[:, 2:3] - boxes[:, 0:1])
-    ys = boxes[:, 1:2] + steps[None] * (boxes[:, 3:4] - boxes[:, 1:2])
-    gx = _normalized(xs, hw[1])[:, None, :].expand(-1, size, -1)
-    gy = _normalized(ys, hw[0])[:, :, None].expand(-1, -1, size)
-    return torch.stack([gx, gy], dim=-1)
+    rows: torch.Tensor  # (K, r1 - r0, s)
+    cols: torch.Tensor  # (K, c1 - c0, s)
+    window: tuple[int, int, int, int]  # r0, r1, c0, c1 of the full level grid
+    out_hw: tuple[int, int]
+    norm: torch.Tensor | None  # (r1 - r0, c1 - c0): the overlap policy's 1 / max(1, sum of coverages)
 
 
 @dataclass(frozen=True)
 class BoxPlacement:
-    """Per-step constants of K boxes on one latent size: where to crop and where to paste at each scale.
+    """Per-step constants of K boxes on one latent size: the crop matrices and, per level, the paste matrices.
 
-    Built once per face set (the control caches it across steps), so a denoising step runs only grid_sample and
-    a multiply per residual, with no grid arithmetic and no host-device synchronisation.
+    Built once per face set (the control caches it across steps), so a denoising step runs two small matmuls
+    per tensor, with no grid arithmetic and no host-device synchronisation.
     """
 
     k: int
-    crop_grid: torch.Tensor | None  # (K, S, S, 2), compute dtype
-    crop_inside: torch.Tensor | None  # (K, 1, S, S): 0 where the crop samples outside the image
-    paste: dict  # out_hw -> (grid (K, h, w, 2), mask (K, 1, h, w))
+    crop: tuple[torch.Tensor, torch.Tensor] | None  # (K, S, H), (K, S, W)
+    paste: dict  # crop-level side s -> PasteLevel
 
 
-def place_boxes(boxes, latent_hw: tuple[int, int], crop_size: int | None = None, out_sizes=(), feather: float = 0.0,
-                dtype: torch.dtype = torch.float32, device=None) -> BoxPlacement:
-    """Crop grid (S x S over each box) and, for every residual size in `out_sizes`, the inverse grid and mask.
+def _window(weights: torch.Tensor) -> tuple[int, int]:
+    """[start, stop) of the rows of (K, n, s) that are nonzero for some face (at least one row)."""
+    used = torch.nonzero(weights.abs().sum(dim=(0, 2)) > 0).flatten()
+    if used.numel() == 0:
+        return 0, 1
+    return int(used[0]), int(used[-1]) + 1
 
-    `boxes` are (K, 4) latent units; a residual of size out_hw sees them scaled by out_hw / latent_hw exactly.
+
+def _paste_level(boxes: torch.Tensor, latent_hw, crop_size: int, level: Level, feather: float, dtype,
+                 device) -> PasteLevel:
+    h, w = latent_hw
+    rows = torch.stack([_paste_weights(y0, y1, crop_size, h, level, feather) for _, y0, _, y1 in boxes.tolist()])
+    cols = torch.stack([_paste_weights(x0, x1, crop_size, w, level, feather) for x0, _, x1, _ in boxes.tolist()])
+    (r0, r1), (c0, c1) = _window(rows), _window(cols)
+    norm = overlap_norm(level_box_mask(boxes, latent_hw, level, feather))
+    if norm is not None:
+        norm = norm[r0:r1, c0:c1].to(device=device, dtype=dtype)
+    return PasteLevel(rows[:, r0:r1].to(device=device, dtype=dtype), cols[:, c0:c1].to(device=device, dtype=dtype),
+                      (r0, r1, c0, c1), (level.size(h), level.size(w)), norm)
+
+
+def place_boxes(boxes, latent_hw: tuple[int, int], crop_size: int, levels: Sequence[Level] = (LEVEL0,),
+                feather: float = 0.0, dtype: torch.dtype = torch.float32, device=None,
+                with_crop: bool = True) -> BoxPlacement:
+    """Crop matrices (S x S over each box) and, for every level, the paste matrices of its residuals.
+
+    `boxes` are (K, 4) latent units; the crop residual of level l has side levels[l].size(crop_size).
     """
     boxes = _as_boxes(torch.as_tensor(boxes, dtype=torch.float64).cpu(), None)
-    crop_grid = crop_inside = None
-    if crop_size is not None:
-        grid = _crop_grid(boxes, latent_hw, crop_size)
-        crop_inside = (grid.abs() <= 1.0).all(dim=-1)[:, None].to(device=device, dtype=sample_dtype(dtype))
-        crop_grid = grid.to(device=device, dtype=sample_dtype(dtype))
+    work = sample_dtype(dtype)
+    crop = None
+    if with_crop:
+        h, w = latent_hw
+        crop = (torch.stack([_crop_weights(y0, y1, crop_size, h) for _, y0, _, y1 in boxes.tolist()]),
+                torch.stack([_crop_weights(x0, x1, crop_size, w) for x0, _, x1, _ in boxes.tolist()]))
+        crop = tuple(m.to(device=device, dtype=work) for m in crop)
     paste = {}
-    for out_hw in dict.fromkeys(tuple(hw) for hw in out_sizes):
-        scale = torch.tensor([out_hw[1] / latent_hw[1], out_hw[0] / latent_hw[0]] * 2, dtype=torch.float64)
-        scaled = boxes * scale
-        mask = box_mask_latent(scaled, out_hw[0], out_hw[1], soft=True, feather=feather)
-        paste[out_hw] = (_relocate_grid(scaled, out_hw).to(device=device, dtype=sample_dtype(dtype)),
-                         mask.to(device=device, dtype=sample_dtype(dtype)))
-    return BoxPlacement(boxes.shape[0], crop_grid, crop_inside, paste)
+    for level in levels:
+        side = level.size(crop_size)
+        if side in paste:
+            raise ValueError(f"crop size {crop_size} is too small for {len(levels)} UNet levels")
+        paste[side] = _paste_level(boxes, latent_hw, crop_size, level, feather, work, device)
+    return BoxPlacement(boxes.shape[0], crop, paste)
 
 
-def _per_face(t: torch.Tensor, k: int) -> torch.Tensor:
-    """(K*B, C, h, w) face-major -> (K, B*C, h, w): one grid per face serves all its batch entries."""
-    kb, c, h, w = t.shape
-    if kb % k:
-        raise ValueError(f"residual batch {kb} is not a multiple of the number of boxes {k}")
-    return t.reshape(k, (kb // k) * c, h, w)
+def _apply(rows: torch.Tensor, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """rows @ x @ cols^T over the last two dims, cheapest order first."""
+    if rows.shape[-2] * x.shape[-1] <= x.shape[-2] * cols.shape[-2]:
+        return (rows @ x) @ cols.transpose(-1, -2)
+    return rows @ (x @ cols.transpose(-1, -2))
 
 
 def crop_placed(latent: torch.Tensor, placement: BoxPlacement, paired: bool = False) -> torch.Tensor:
@@ -133,45 +330,50 @@ def crop_placed(latent: torch.Tensor, placement: BoxPlacement, paired: bool = Fa
 
     paired: box k belongs to batch entry k only (K == B, the trainer's batches) -> (B, C, S, S).
     """
-    b, c, h, w = latent.shape
-    k, grid = placement.k, placement.crop_grid
-    work = sample_dtype(latent.dtype)
-    inside = placement.crop_inside.to(work)
+    b, c = latent.shape[:2]
+    rows, cols = placement.crop
+    work = rows.dtype
+    x = latent.to(work)
     if paired:
-        check_paired(k, b)
-        out = F.grid_sample(latent.to(work), grid.to(work), mode="bilinear", padding_mode="border",
-                            align_corners=False)
-        return (out * inside).to(latent.dtype)
-    src = latent.to(work).reshape(1, b * c, h, w).expand(k, -1, -1, -1)
-    out = F.grid_sample(src, grid.to(work), mode="bilinear", padding_mode="border", align_corners=False) * inside
-    return out.reshape(k * b, c, *out.shape[-2:]).to(latent.dtype)
+        check_paired(placement.k, b)
+        return _apply(rows[:, None], x, cols[:, None]).to(latent.dtype)
+    out = _apply(rows[:, None, None], x[None], cols[:, None, None])  # (K, B, C, S, S)
+    return out.reshape(placement.k * b, c, *out.shape[-2:]).to(latent.dtype)
 
 
-def paste_placed(residual: torch.Tensor, placement: BoxPlacement, out_hw: tuple[int, int],
-                 sum_faces: bool = False, paired: bool = False) -> torch.Tensor:
-    """(K*B, C, s, s) crop residuals pasted into zeros of out_hw; (K*B, ...) or, with sum_faces, (B, ...).
+def paste_placed(residual: torch.Tensor, placement: BoxPlacement, sum_faces: bool = False,
+                 paired: bool = False) -> torch.Tensor:
+    """(K*B, C, s, s) crop residuals pasted into zeros of their level's full size; (K*B, ...) or, with sum_faces,
+    (B, ...) combined by the overlap policy (`overlap_norm`).
 
     paired: residual row k is box k's only (K == B) -> (B, C, h, w).
     """
-    grid, mask = placement.paste[tuple(out_hw)]
-    k = placement.k
-    work = sample_dtype(residual.dtype)
-    grid, mask = grid.to(work), mask.to(work)
+    level = placement.paste[residual.shape[-1]]
+    k, (r0, r1, c0, c1), (h, w) = placement.k, level.window, level.out_hw
+    work = level.rows.dtype
+    pad = (c0, w - c1, r0, h - r1)
     if paired:
         check_paired(k, residual.shape[0])
-        out = F.grid_sample(residual.to(work), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return (out * mask).to(residual.dtype)
-    src = _per_face(residual.to(work), k)
-    pasted = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False) * mask
+        out = _apply(level.rows[:, None], residual.to(work), level.cols[:, None])
+        return F.pad(out, pad).to(residual.dtype)
+    kb, c = residual.shape[:2]
+    if kb % k:
+        raise ValueError(f"residual batch {kb} is not a multiple of the number of boxes {k}")
+    src = residual.to(work).reshape(k, kb // k, c, *residual.shape[-2:])
+    out = _apply(level.rows[:, None, None], src, level.cols[:, None, None])  # (K, B, C, r1-r0, c1-c0)
     if sum_faces:
-        pasted = pasted.sum(dim=0, keepdim=True)
-    return pasted.reshape(-1, residual.shape[1], *pasted.shape[-2:]).to(residual.dtype)
+        out = out.sum(dim=0)
+        if level.norm is not None:
+            out = out * level.norm
+    else:
+        out = out.reshape(kb, c, *out.shape[-2:])
+    return F.pad(out, pad).to(residual.dtype)
 
 
 def sample_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype crops and pastes are sampled in: bf16's 8-bit mantissa would misplace a grid coordinate by up to
-    half a latent cell at 128 cells, so bf16 tensors are sampled in float32 (fp16 and fp32 as they are)."""
-    return torch.float32 if dtype == torch.bfloat16 else dtype
+    """The dtype crops and pastes are computed in: half-precision weights (bf16's 8-bit mantissa, fp16's 11) would
+    misplace and mis-weight cells, so bf16 and fp16 tensors are resampled in float32."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def check_paired(k: int, b: int) -> None:
@@ -180,70 +382,46 @@ def check_paired(k: int, b: int) -> None:
 
 
 def crop_and_resize(latent: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """Crop each box (latent units, (K,4) xyxy) from (B,C,H,W) and resize bilinearly to S x S.
+    """Crop each box (latent units, (K,4) xyxy) from (B,C,H,W) and resample it to S x S.
 
-    Returns (K*B, C, S, S), face-major (row k*B + b). Samples outside the image are zero; inside, the image edge
-    is clamped (so a constant latent crops to a constant wherever the box covers the image).
+    Returns (K*B, C, S, S), face-major (row k*B + b). Area-integrated when the box is larger than S, bilinear
+    when smaller; zero outside the image, edge-clamped inside (a constant latent crops to a constant wherever
+    the crop cell lies inside the image).
     """
-    placement = place_boxes(boxes, tuple(latent.shape[-2:]), size, dtype=latent.dtype, device=latent.device)
+    placement = place_boxes(boxes, tuple(latent.shape[-2:]), size, (), dtype=latent.dtype, device=latent.device)
     return crop_placed(latent, placement)
 
 
-def _edge_coverage(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
-    """(K, n): the fraction of each cell [i, i+1] covered by the interval [lo, hi]."""
-    cells = torch.arange(n, dtype=torch.float64, device=lo.device)[None]
-    return (torch.minimum(cells + 1, hi[:, None]) - torch.maximum(cells, lo[:, None])).clamp(0.0, 1.0)
+def relocate(residual: torch.Tensor, boxes, latent_hw: tuple[int, int], level: Level = LEVEL0,
+             crop_size: int | None = None, feather: float = 0.0) -> torch.Tensor:
+    """Paste crop-space residuals (K*B, C, s, s) of `level` into zeros of that level's full size, at each box.
 
-
-def _edge_ramp(lo: torch.Tensor, hi: torch.Tensor, n: int, feather: float) -> torch.Tensor:
-    """(K, n): a linear ramp from 0 at the box edge to 1 at `feather` * box size inside, at cell centres."""
-    centres = torch.arange(n, dtype=torch.float64, device=lo.device)[None] + 0.5
-    width = (feather * (hi - lo)).clamp_min(1e-12)[:, None]
-    return (torch.minimum(centres - lo[:, None], hi[:, None] - centres) / width).clamp(0.0, 1.0)
+    `boxes` are (K,4) latent units; crop_size is the level-0 crop side S (default: s, right for level 0).
+    Exactly 0 outside the box; area-integrated when shrinking, bilinear when enlarging.
+    """
+    placement = place_boxes(boxes, latent_hw, crop_size or residual.shape[-1], [level], feather,
+                            dtype=residual.dtype, device=residual.device, with_crop=False)
+    return paste_placed(residual, placement)
 
 
 def box_mask_latent(boxes, h: int, w: int, soft: bool = True, feather: float = 0.0, device=None) -> torch.Tensor:
-    """(K,1,h,w) float64 mask of boxes given in the units of an (h, w) grid.
+    """(K,1,h,w) float64 mask of boxes given in the units of an (h, w) grid (cell i spans [i, i+1]).
 
     soft=True: area coverage of each cell (anti-aliased edge); soft=False: 1 where the cell centre lies in the box.
     feather > 0 multiplies a linear ramp of that width (fraction of box size). Always exactly 0 outside the box.
     """
-    boxes = _as_boxes(boxes, device)
-    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    boxes = _as_boxes(boxes, None)
     if soft:
-        mx, my = _edge_coverage(x0, x1, w), _edge_coverage(y0, y1, h)
-    else:
-        cx = torch.arange(w, dtype=torch.float64, device=boxes.device)[None] + 0.5
-        cy = torch.arange(h, dtype=torch.float64, device=boxes.device)[None] + 0.5
-        mx = ((cx >= x0[:, None]) & (cx < x1[:, None])).double()
-        my = ((cy >= y0[:, None]) & (cy < y1[:, None])).double()
-    if feather > 0:
-        mx, my = mx * _edge_ramp(x0, x1, w, feather), my * _edge_ramp(y0, y1, h, feather)
-    return (my[:, :, None] * mx[:, None, :])[:, None]
+        return level_box_mask(boxes, (h, w), LEVEL0, feather).to(device)
+    cx = torch.arange(w, dtype=torch.float64)[None] + 0.5
+    cy = torch.arange(h, dtype=torch.float64)[None] + 0.5
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    mx = ((cx >= x0[:, None]) & (cx < x1[:, None])).double()
+    my = ((cy >= y0[:, None]) & (cy < y1[:, None])).double()
+    return (my[:, :, None] * mx[:, None, :])[:, None].to(device)
 
 
 def box_mask(boxes_frac, h: int, w: int, soft: bool = False) -> torch.Tensor:
     """(K,1,h,w) float32 mask of boxes given as fractions of the image, on an h x w grid."""
     boxes = _as_boxes(boxes_frac, None) * torch.tensor([w, h, w, h], dtype=torch.float64)
     return box_mask_latent(boxes, h, w, soft=soft).float()
-
-
-def _relocate_grid(boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(K, h, w, 2): for every output cell centre, its position inside the box in grid_sample units."""
-    h, w = hw
-    cx = torch.arange(w, dtype=torch.float64, device=boxes.device)[None] + 0.5
-    cy = torch.arange(h, dtype=torch.float64, device=boxes.device)[None] + 0.5
-    gx = (cx - boxes[:, 0:1]) / (boxes[:, 2:3] - boxes[:, 0:1]) * 2.0 - 1.0
-    gy = (cy - boxes[:, 1:2]) / (boxes[:, 3:4] - boxes[:, 1:2]) * 2.0 - 1.0
-    return torch.stack([gx[:, None, :].expand(-1, h, -1), gy[:, :, None].expand(-1, -1, w)], dim=-1)
-
-
-def relocate(residual: torch.Tensor, boxes, latent_hw: tuple[int, int], out_hw: tuple[int, int],
-             feather: float = 0.0) -> torch.Tensor:
-    """Paste crop-space residuals (K*B,C,s,s) back into zeros of size out_hw, at each box scaled by out_hw/latent_hw.
-
-    `boxes` are (K,4) latent units; out_hw is this residual level's full-image size. Bilinear inverse map via
-    grid_sample (edge clamped inside the box), multiplied by the anti-aliased box mask: exactly 0 outside the box.
-    """
-    placement = place_boxes(boxes, latent_hw, None, [out_hw], feather, dtype=residual.dtype, device=residual.device)
-    return paste_placed(residual, placement, out_hw)

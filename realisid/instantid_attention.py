@@ -2,10 +2,13 @@
 
 For every cross-attention (attn2) of the base UNet, the output before `to_out` becomes
 
-    attn(q, k_text, v_text) + weight * sum_i mask_i * attn(q, k_ip(p_i), v_ip(p_i))
+    attn(q, k_text, v_text) + weight * sum_i m_i * attn(q, k_ip(p_i), v_ip(p_i)),   m_i = mask_i / max(1, sum_j mask_j)
 
-where p_i are face i's identity tokens and mask_i is face i's box at that block's feature resolution (exactly 0
-outside the box), so a face's tokens act only inside its region. Applied on a CLONE of the MODEL through
+where p_i are face i's identity tokens and mask_i is face i's box coverage on that block's cells (placed where the
+UNet's own down-sampling puts them, `geometry.unet_levels`; exactly 0 outside the box), so a face's tokens act only
+inside its region. Where boxes overlap, the faces' terms are averaged by coverage instead of summed: the pack's
+overlap policy (`geometry.overlap_norm`), the same as the local branch's. Boxes are layout boxes (a square
+reference, `geometry.square_on`): each face stays square on the latent it meets. Applied on a CLONE of the MODEL through
 `patches_replace["attn2"][(block, id, index)]` (ComfyUI's mechanism, as cubiq/ComfyUI_InstantID uses), gated by
 sigma between start and end percent.
 
@@ -21,8 +24,6 @@ inside the boxes only.
 """
 
 from __future__ import annotations
-
-import math
 
 import comfy.ldm.modules.attention as comfy_attention
 import torch
@@ -62,23 +63,23 @@ def pair_blocks(diffusion_model, ip_adapter) -> list[tuple[tuple[str, int, int],
     return pairs
 
 
-def feature_hw(tokens: int, original_shape) -> tuple[int, int]:
-    """(h, w) of a block's feature map from its token count and the UNet input's (B, C, H, W)."""
+def feature_level(tokens: int, original_shape, levels) -> geometry.Level:
+    """The UNet level whose feature map has `tokens` cells on a UNet input of shape (B, C, H, W)."""
     h, w = int(original_shape[-2]), int(original_shape[-1])
-    for _ in range(8):
-        if h * w == tokens:
-            return h, w
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-    raise ValueError(f"cannot place {tokens} attention tokens on a {original_shape[-2]}x{original_shape[-1]} latent")
+    for level in levels:
+        if level.size(h) * level.size(w) == tokens:
+            return level
+    raise ValueError(f"cannot place {tokens} attention tokens on a {h}x{w} latent")
 
 
 class RegionalIPAttention:
     """One attn2 replacement: text attention plus each face's IP attention inside its box."""
 
-    def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, previous=None):
+    def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, levels, previous=None):
         self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner)
         self.k_null, self.v_null = k_null, v_null  # (1, N, inner)
-        self.boxes = boxes  # (K, 4) fractions
+        self.boxes = boxes  # (K, 4) layout boxes (fractions of a square reference)
+        self.levels = levels  # the base UNet's levels (geometry.unet_levels)
         self.weight = float(weight)
         self.sigma_start, self.sigma_end = sigma_range
         self.previous = previous  # an attn2 replacement already on the MODEL for this block, kept in the chain
@@ -92,10 +93,16 @@ class RegionalIPAttention:
         return self.sigma_end <= sigma <= self.sigma_start
 
     def _mask(self, tokens, extra_options, device, dtype) -> torch.Tensor:
-        hw = feature_hw(tokens, extra_options["original_shape"])
-        key = (hw, device, dtype)
+        """(K, T, 1): each face's coverage of this block's cells, overlaps averaged (the overlap policy)."""
+        hw = tuple(int(v) for v in extra_options["original_shape"][-2:])
+        key = (tokens, hw, device, dtype)
         if key not in self._masks:
-            mask = geometry.box_mask(self.boxes, hw[0], hw[1], soft=True)  # (K, 1, h, w), 0 outside each box
+            level = feature_level(tokens, hw, self.levels)
+            boxes = geometry.frac_to_latent(geometry.square_on(self.boxes, hw), hw)
+            mask = geometry.level_box_mask(boxes, hw, level)  # (K, 1, h, w), 0 outside each box
+            norm = geometry.overlap_norm(mask)
+            if norm is not None:
+                mask = mask * norm
             self._masks[key] = mask.reshape(mask.shape[0], -1, 1).to(device, dtype)
         return self._masks[key]
 
@@ -116,7 +123,7 @@ class RegionalIPAttention:
         return out + self.ip_term(q, extra_options)
 
     def ip_term(self, q, extra_options) -> torch.Tensor:
-        """weight * sum_i mask_i * attn(q, k_i, v_i) for the faces (or the null tokens, per row)."""
+        """weight * sum_i m_i * attn(q, k_i, v_i) for the faces (or the null tokens, per row)."""
         b, t, _ = q.shape
         n_faces = self.k_faces.shape[0]
         heads = extra_options["n_heads"]
@@ -144,7 +151,8 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
                               start_percent: float = 0.0, end_percent: float = 1.0):
     """A CLONE of `model_patcher` whose cross-attentions add each face's IP-Adapter identity inside its box.
 
-    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1) fractions)], tokens from instantid_model.project().
+    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1))], tokens from instantid_model.project(), boxes as the
+    layout gives them (fractions of a square reference, made square on the latent at sampling time).
     The input MODEL is never changed (its model_options and weights stay as they were).
     """
     if not faces:
@@ -152,7 +160,9 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
     ip_adapter = instantid_model.ip_adapter
-    pairs = pair_blocks(model_patcher.model.diffusion_model, ip_adapter)
+    diffusion_model = model_patcher.model.diffusion_model
+    pairs = pair_blocks(diffusion_model, ip_adapter)
+    levels = geometry.unet_levels(diffusion_model)
     tokens = torch.stack([torch.as_tensor(t).reshape(-1, t.shape[-1]).float() for t, _ in faces])
     boxes = [tuple(float(v) for v in box) for _, box in faces]
     null = instantid_model.null_identity(1).float()
@@ -164,6 +174,6 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
         k_faces, v_faces = _project_kv(ip_adapter, index, tokens)
         k_null, v_null = _project_kv(ip_adapter, index, null)
         previous = existing.get(key) or existing.get(key[:2])
-        fn = RegionalIPAttention(k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, previous)
+        fn = RegionalIPAttention(k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, levels, previous)
         patched.set_model_attn2_replace(fn, key[0], key[1], key[2])
     return patched

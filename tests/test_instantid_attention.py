@@ -51,6 +51,12 @@ def _qkv(width=128, tokens=16, batch=1, seed=0):
             torch.randn(batch, 5, width, generator=gen))
 
 
+def _level1_masks(boxes) -> torch.Tensor:
+    """(K, 1, 4, 4): the boxes' coverage of level 1 of an 8 x 8 latent, where a stride-2 padding-1 conv puts
+    level-1 cell j at latent 2j + 0.5 (cell j spans latent [2j - 0.5, 2j + 1.5])."""
+    return geometry.level_box_mask(geometry.frac_to_latent(boxes, (8, 8)), (8, 8), geometry.Level(((3, 2, 1),)))
+
+
 def _extra(sigma=1.0, chunks=(0,), heads=4, shape=(1, 4, 8, 8)):
     return {"n_heads": heads, "original_shape": list(shape), "cond_or_uncond": list(chunks),
             "sigmas": torch.tensor([sigma])}
@@ -91,7 +97,7 @@ def test_face_tokens_act_only_inside_their_region(base, iid):
     a = _replace_fn(_patched(base, iid, seeds=(1, 2)))(q, k, v, _extra())
     b = _replace_fn(_patched(base, iid, seeds=(1, 3)))(q, k, v, _extra())
     changed = (a - b).abs().amax(dim=-1)[0].reshape(4, 4)  # input block 3 runs at latent 8 / 2 = 4 x 4
-    inside = geometry.box_mask([BOXES[1]], 4, 4, soft=True)[0, 0] > 0
+    inside = _level1_masks([BOXES[1]])[0, 0] > 0
     assert bool((changed[inside] > 1e-4).all())
     assert float(changed[~inside].abs().max()) == 0.0
 
@@ -108,7 +114,7 @@ def test_ip_term_equals_an_independent_reference(base, iid):
         return ref(*split).transpose(1, 2).reshape(q_.shape[0], q_.shape[1], -1)
 
     expected = attn(q, k, v)
-    masks = geometry.box_mask(BOXES, 4, 4, soft=True).reshape(2, 16, 1)
+    masks = _level1_masks(BOXES).reshape(2, 16, 1).float()
     for i, seed in enumerate((1, 2)):
         tokens = _tokens(iid, seed)[None].float()
         k_ip, v_ip = iid.ip_adapter.to_k["1"](tokens), iid.ip_adapter.to_v["1"](tokens)
