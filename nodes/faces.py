@@ -12,7 +12,8 @@ from .types import FaceAnalyzer, Faces, RealisIDModel
 
 CATEGORY = "RealisID/faces"
 EMBEDDED = "embedded (MTCNN + dlib, offline)"
-BACKENDS = [EMBEDDED, "insightface antelopev2", "insightface buffalo_l"]
+MINI = "mini (RealisID-Mini world, bundled)"
+BACKENDS = [EMBEDDED, "insightface antelopev2", "insightface buffalo_l", MINI]
 PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML"]
 ONE_PER_IMAGE = "each image is a different person"
 SAME_PERSON = "all images show the same person"
@@ -29,6 +30,10 @@ def make_analyzer(backend: str, provider: str):
         from realisid.faces.embedded import EmbeddedAnalyzer
 
         return EmbeddedAnalyzer()
+    if backend == MINI:
+        from realisid.mini.backend import get_mini_analyzer
+
+        return get_mini_analyzer()
     from realisid.faces.insightface_backend import get_insightface_analyzer
 
     return get_insightface_analyzer(paths.insightface_root(), backend.split()[-1], provider)
@@ -46,7 +51,9 @@ class FaceAnalysis(io.ComfyNode):
                 io.Combo.Input("backend", options=BACKENDS, default=EMBEDDED,
                                tooltip="embedded: works offline with no model files (dlib 128-d identity). "
                                        "insightface: ArcFace identity; needs the pack's .onnx files in "
-                                       "models/insightface/models/<pack>/ (non-commercial licence)."),
+                                       "models/insightface/models/<pack>/ (non-commercial licence). "
+                                       "mini: the RealisID-Mini world's own detector and face net (shipped in the "
+                                       "pack's models/mini/; reads Mini cartoon images only)."),
                 io.Combo.Input("provider", options=PROVIDERS, default="CPU",
                                tooltip="onnxruntime device for insightface; falls back to CPU with a warning."),
             ],

@@ -22,6 +22,17 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
 
+def register_mini() -> None:
+    """RealisID-Mini ships inside the pack: its folders join ComfyUI's lists (after the user's own folders) and
+    ComfyUI's checkpoint detection learns the Mini family, so the stock loaders read the bundled files."""
+    from realisid.mini import family, files
+
+    family.register()
+    for name, folder in (("checkpoints", files.CHECKPOINTS_DIR), ("realisid", files.REALISID_DIR)):
+        if folder.is_dir():
+            folder_paths.add_model_folder_path(name, str(folder))
+
+
 def insightface_root() -> str:
     """The insightface root: packs live in <root>/models/<pack>/ (the layout ComfyUI_InstantID uses)."""
     for path in folder_paths.get_folder_paths("insightface"):

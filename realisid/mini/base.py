@@ -1,0 +1,208 @@
+"""The Mini base model: text encoders and UNet trained together on VAE latents of Mini scenes (text only).
+
+The base sees captions (people count, framing, place, clothing) and nothing else: location, identity, pose and
+expression are the RealisID branches' job. Training is plain eps prediction through ComfyUI's own SDXL model code
+(model_sampling, encode_adm), with min-SNR weighting, 10 % caption dropout (for CFG) and an EMA copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from realisid.mini import family, training, vae, world
+
+log = logging.getLogger(__name__)
+
+SHARD = 500  # scenes per latent shard
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+EMA_DECAY = 0.999
+
+
+def model_config() -> family.MiniSDXL:
+    config = family.MiniSDXL(dict(family.UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    return config
+
+
+def build(seed: int = 0):
+    """(BaseModel, text encoder) with deterministic init; the UNet's last conv starts at zero."""
+    import comfy.ops
+
+    config = model_config()
+    base = config.get_model({}, device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    training.init_like_torch(base.diffusion_model, generator)
+    with torch.no_grad():
+        for p in base.diffusion_model.out[-1].parameters():
+            p.zero_()
+    clip = family.MiniSDXLClipModel(device="cpu", dtype=torch.float32)
+    training.init_like_torch(clip, generator)
+    with torch.no_grad():
+        for module in clip.modules():
+            if isinstance(module, torch.nn.Embedding | comfy.ops.manual_cast.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+    return base, clip
+
+
+class Tokens:
+    """ComfyUI's real SDXL tokenizers, captions -> (B, 77) token ids for CLIP-L and CLIP-G."""
+
+    def __init__(self):
+        import comfy.sdxl_clip
+
+        self.tokenizer = comfy.sdxl_clip.SDXLTokenizer()
+
+    def __call__(self, captions: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        ls, gs = [], []
+        for text in captions:
+            tokens = self.tokenizer.tokenize_with_weights(text)
+            if len(tokens["l"]) != 1:
+                raise ValueError(f"caption longer than one 77-token chunk: {text!r}")
+            ls.append([t for t, *_ in tokens["l"][0]])
+            gs.append([t for t, *_ in tokens["g"][0]])
+        return ls, gs
+
+
+def make_text_trainable(clip) -> None:
+    """Let autograd through ComfyUI's CLIP layers: their forward adds the residuals in place (`x += ...`), which
+    overwrites what LayerNorm saved for backward. Each layer of THIS module gets the out-of-place twin (same maths,
+    checked against ComfyUI's forward in the tests); the class and every other instance are untouched."""
+    import comfy.clip_model
+
+    for layer in clip.modules():
+        if isinstance(layer, comfy.clip_model.CLIPLayer):
+            layer.forward = _out_of_place_forward(layer)
+    clip.requires_grad_(True)
+    clip.train()
+
+
+def _out_of_place_forward(layer):
+    def forward(x, mask=None, optimized_attention=None):
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+    return forward
+
+
+def encode_text(clip, tokens_l, tokens_g) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's SDXL text forward for a batch (every token weight is 1): context (B, 77, C) and pooled (B, P)."""
+    l_out, _ = clip.clip_l.encode(tokens_l)
+    g_out, g_pooled = clip.clip_g.encode(tokens_g)
+    return torch.cat([l_out, g_out], dim=-1), g_pooled
+
+
+def adm(base, pooled: torch.Tensor) -> torch.Tensor:
+    size = family.IMAGE_SIZE
+    return base.encode_adm(pooled_output=pooled, width=size, height=size, crop_w=0, crop_h=0, target_width=size,
+                           target_height=size, device=pooled.device)
+
+
+def encode_shards(vae_model, out: str, n_shards: int, seed: int = 0) -> None:
+    """Shard i: SHARD scenes of seeds drawn from (seed, i), their latents (fp16) and captions. Resumable."""
+    from tqdm import tqdm
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(n_shards), desc="encode shards"):
+        path = folder / f"shard_{i:04d}.pt"
+        if path.exists():
+            continue
+        seeds = np.random.default_rng([seed, 4049, i]).integers(0, 2**31, SHARD)
+        scenes = [world.random_scene(int(s), split="train") for s in seeds]
+        latents = vae.encode(vae_model, np.stack([s.image for s in scenes])).half()
+        tmp = path.with_suffix(".tmp")
+        torch.save({"latents": latents, "captions": [s.caption for s in scenes], "seeds": seeds.tolist()}, tmp)
+        tmp.rename(path)
+
+
+def load_shards(folder: str) -> tuple[torch.Tensor, list[str]]:
+    paths = sorted(Path(folder).glob("shard_*.pt"))
+    if not paths:
+        raise FileNotFoundError(f"no latent shards in {folder}: run `python -m realisid.mini encode` first")
+    data = [torch.load(p, weights_only=True) for p in paths]
+    return torch.cat([d["latents"] for d in data]).float(), [c for d in data for c in d["captions"]]
+
+
+class BaseNets(torch.nn.Module):
+    """What one training state holds: the UNet and text encoders, and their EMA copies."""
+
+    def __init__(self, base, clip):
+        super().__init__()
+        self.unet, self.clip = base.diffusion_model, clip
+        self.ema_unet, self.ema_clip = copy.deepcopy(self.unet), copy.deepcopy(clip)
+        for p in [*self.ema_unet.parameters(), *self.ema_clip.parameters()]:
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        for live, ema in ((self.unet, self.ema_unet), (self.clip, self.ema_clip)):
+            for p, e in zip(live.parameters(), ema.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+
+
+def diffusion_loss(base, unet, context, y, x0, generator) -> torch.Tensor:
+    """Min-SNR-weighted eps MSE at uniformly drawn training timesteps (ComfyUI's EPS parametrisation)."""
+    ms = base.model_sampling
+    t = torch.randint(0, len(ms.sigmas), (x0.shape[0],), generator=generator)
+    sigma = ms.sigmas[t].float()
+    noise = torch.randn(x0.shape, generator=generator)
+    x_noisy = ms.noise_scaling(sigma, noise, x0)
+    eps = unet(ms.calculate_input(sigma, x_noisy), ms.timestep(sigma).float(), context=context, y=y)
+    snr = 1.0 / sigma.square()
+    weight = torch.minimum(snr, torch.full_like(snr, MIN_SNR_GAMMA)) / snr
+    return (weight * F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-4):
+    torch.manual_seed(seed)
+    base, clip = build(seed)
+    nets = BaseNets(base, clip)
+    nets.unet.requires_grad_(True)
+    make_text_trainable(nets.clip)
+    params = [p for p in [*nets.unet.parameters(), *nets.clip.parameters()]]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    run = training.ResumableRun(work, "base", nets, optimizer, seed)
+    latents, captions = load_shards(shards)
+    log.info("base: %d latents, UNet %.2f M parameters, text %.2f M", len(latents),
+             sum(p.numel() for p in nets.unet.parameters()) / 1e6, sum(p.numel() for p in nets.clip.parameters()) / 1e6)
+    tokens = Tokens()
+    empty_l, empty_g = tokens([""])
+
+    def step_fn(step: int) -> dict:
+        rng = training.step_rng(seed, step)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = rng.integers(len(latents), size=batch)
+        tl, tg = tokens([captions[i] for i in idx])
+        for j in np.nonzero(rng.random(batch) < CAPTION_DROPOUT)[0]:
+            tl[j], tg[j] = empty_l[0], empty_g[0]
+        context, pooled = encode_text(nets.clip, tl, tg)
+        loss = diffusion_loss(base, nets.unet, context, adm(base, pooled), latents[idx], generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        nets.update_ema(step)
+        return {"loss": float(loss.detach())}
+
+    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_cosine(lr, 200, steps))
+    return nets, base, run.record()
+
+
+def save_checkpoint(path: str, base, unet_state: dict, clip_state: dict, vae_state: dict, metadata: dict) -> None:
+    """One single-file checkpoint in the SDXL key layout (fp16), readable by ComfyUI's CheckpointLoaderSimple."""
+    import json
+
+    import comfy.utils
+
+    base.diffusion_model.load_state_dict(unet_state)
+    state = base.state_dict_for_saving(clip_state, vae_state)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    comfy.utils.save_torch_file(state, str(path), metadata={"realisid_mini": json.dumps(metadata)})

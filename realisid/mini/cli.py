@@ -1,0 +1,164 @@
+"""Command line of RealisID-Mini: one seeded, resumable command per training stage, its export, and the gates.
+
+    python -m realisid.mini train vae --work W --steps 2000          # then: export vae --work W
+    python -m realisid.mini train detector|facenet|judge --work W --steps N
+    python -m realisid.mini export faces|judge|vae --work W          # fp16 files into models/mini/
+    python -m realisid.mini encode --work W --shards 10              # VAE latents of training scenes
+    python -m realisid.mini train base --work W --steps N            # text encoders + UNet
+    python -m realisid.mini gates --out models/mini/gates.json       # the model card's figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+STAGES = ("vae", "detector", "facenet", "judge", "base")
+EXPORTS = ("faces", "judge", "vae")
+JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
+
+
+def _boot(comfyui: str | None) -> None:
+    from realisid import comfy_host
+
+    if not comfyui:
+        raise SystemExit("RealisID-Mini needs ComfyUI's model code: pass --comfyui DIR or set COMFYUI_DIR")
+    comfy_host.boot(comfyui, cpu=not torch.cuda.is_available())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m realisid.mini", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    sub = p.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train (or resume) one stage")
+    train.add_argument("stage", choices=STAGES)
+    train.add_argument("--work", required=True, help="folder for the resumable states and curves")
+    train.add_argument("--steps", type=int, required=True)
+    train.add_argument("--seed", type=int, default=0)
+    export = sub.add_parser("export", help="write a trained stage as fp16 safetensors into models/mini/")
+    export.add_argument("what", choices=EXPORTS)
+    export.add_argument("--work", required=True)
+    export.add_argument("--seed", type=int, default=0)
+    encode = sub.add_parser("encode", help="VAE latents of training scenes (for the base stage)")
+    encode.add_argument("--work", required=True)
+    encode.add_argument("--shards", type=int, required=True, help="number of shards of 500 scenes")
+    encode.add_argument("--seed", type=int, default=0)
+    gates = sub.add_parser("gates", help="measure the model card's gates with the exported files")
+    gates.add_argument("--out", required=True, help="JSON file for the figures")
+    gates.add_argument("--n", type=int, default=200, help="faces per cell")
+    gates.add_argument("--only", nargs="*", default=None, choices=["ceiling", "vae", "detection", "verification"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _boot(args.comfyui)
+    if args.command == "train":
+        _train(args.stage, args.work, args.steps, args.seed)
+    elif args.command == "export":
+        _export(args.what, args.work, args.seed)
+    elif args.command == "encode":
+        from realisid.mini import base
+
+        base.encode_shards(_load_vae(), str(Path(args.work) / "shards"), args.shards, seed=args.seed)
+    elif args.command == "gates":
+        _gates(args.out, args.n, args.only)
+    return 0
+
+
+def _train(stage: str, work: str, steps: int, seed: int) -> None:
+    if stage == "vae":
+        from realisid.mini import vae
+
+        vae.train(work, steps, seed=seed)
+    elif stage == "base":
+        from realisid.mini import base, family
+
+        family.register()
+        base.train(work, str(Path(work) / "shards"), steps, seed=seed)
+    else:
+        from realisid.mini import train_faces
+
+        trainers = {"detector": train_faces.train_detector, "facenet": train_faces.train_facenet,
+                    "judge": train_faces.train_judge}
+        trainers[stage](work, steps, seed=seed + (JUDGE_SEED_OFFSET if stage == "judge" else 0))
+
+
+def _state(work: str, name: str) -> dict:
+    path = Path(work) / f"{name}.state.pt"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: train the '{name}' stage first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _record(state: dict) -> dict:
+    from realisid.mini import training
+
+    return {"steps": state["step"], "seconds": round(state["seconds"], 1), "seed": state["seed"],
+            "machine": training.machine()}
+
+
+def _export(what: str, work: str, seed: int) -> None:
+    from realisid.mini import backend, facenets, files, judge, vae
+
+    if what == "faces":
+        det, net = facenets.Detector(), facenets.FaceNet()
+        det_state, net_state = _state(work, "detector"), _state(work, "facenet")
+        det.load_state_dict(det_state["model"])
+        net.load_state_dict(net_state["model"])
+        backend.save_face_models(files.FACES_DIR / files.FACES_FILE, det.eval(), net.eval(),
+                                 training={"detector": _record(det_state), "facenet": _record(net_state)})
+    elif what == "judge":
+        net, state = facenets.Judge(), _state(work, "judge")
+        net.load_state_dict(state["model"])
+        judge.save_judge(files.FACES_DIR / files.JUDGE_FILE, net.eval(), training={"judge": _record(state)})
+    else:
+        model, state = vae.build_taesd(seed), _state(work, "vae")
+        model.load_state_dict(state["model"])
+        mean, std = vae.calibrate(model)
+        files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae",
+                            training={"vae": _record(state)}, raw_latent_mean=mean, raw_latent_std=std)
+    log.info("exported %s", what)
+
+
+def _load_vae():
+    from realisid.mini import files, vae
+
+    model = vae.build_taesd(0)
+    files.load_networks(files.VAE_DIR / files.VAE_FILE, "vae", {"vae": model})
+    return model
+
+
+def _gates(out: str, n: int, only: list[str] | None) -> None:
+    from realisid.mini import backend, gates, judge
+
+    wanted = set(only or ["ceiling", "vae", "detection", "verification"])
+    path = Path(out)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if wanted & {"ceiling", "vae"}:
+        the_judge = judge.MiniJudge()
+        if "ceiling" in wanted:
+            results["ceiling"] = {k: v.as_dict() for k, v in gates.ceiling(the_judge, n).items()}
+        if "vae" in wanted:
+            results["vae"] = {k: v.as_dict() for k, v in gates.vae_gate(the_judge, _load_vae(), n).items()}
+    if wanted & {"detection", "verification"}:
+        analyzer = backend.MiniFaceAnalyzer()
+        if "detection" in wanted:
+            results["detection"] = gates.detection_gate(analyzer, max(20, n // 2))
+        if "verification" in wanted:
+            results["verification"] = gates.verification_gate(analyzer, max(50, n // 2))
+    results["n"] = n
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    log.info("gates written to %s", path)

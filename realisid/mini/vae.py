@@ -1,0 +1,147 @@
+"""The Mini VAE: ComfyUI's TAESD architecture (8x, 4 latent channels), trained on Mini scenes with a face-weighted loss.
+
+Trained on patches (the network is convolutional; a 256 px image costs 16x a 64 px patch), half of them centred on
+a face, with the loss weighted up inside the faces and their hair, where identity lives. After training,
+`vae_scale` / `vae_shift` are set so that `encode` gives latents of zero mean and unit variance: the Mini latent
+format then needs no scale factor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from realisid.mini import training, world
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 1200  # scenes per pool; a new pool every POOL_STEPS steps
+POOL_STEPS = 400
+FACE_WEIGHT = 4.0  # loss weight inside faces (plus 1 everywhere)
+FACE_MARGIN = 1.4  # the weighted square around a face box, relative to its side (hair included)
+
+
+def build_taesd(seed: int = 0) -> torch.nn.Module:
+    import comfy.taesd.taesd
+
+    model = comfy.taesd.taesd.TAESD(latent_channels=4)
+    training.init_like_torch(model, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model.vae_scale.fill_(1.0)
+        model.vae_shift.fill_(0.0)
+    model.vae_scale.requires_grad_(False)
+    model.vae_shift.requires_grad_(False)
+    return model
+
+
+def face_weight_map(scene: world.Scene) -> np.ndarray:
+    """(H, W) float32: 1 + FACE_WEIGHT inside every face's square (FACE_MARGIN x its side), 1 elsewhere."""
+    weight = np.ones(scene.image.shape[:2], np.float32)
+    for face in scene.faces:
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        half = (face.box[2] - face.box[0]) * FACE_MARGIN / 2
+        y0, y1 = int(max(0, cy - half)), int(min(weight.shape[0], cy + half))
+        x0, x1 = int(max(0, cx - half)), int(min(weight.shape[1], cx + half))
+        weight[y0:y1, x0:x1] = 1.0 + FACE_WEIGHT
+    return weight
+
+
+class ScenePool:
+    """POOL_SIZE scenes of seeds drawn from (seed, pool index), with their face-weight maps."""
+
+    def __init__(self, seed: int, index: int, size: int = POOL_SIZE):
+        rng = np.random.default_rng([seed, 7919, index])
+        self.scenes = [world.random_scene(int(s)) for s in rng.integers(0, 2**31, size)]
+        self.weights = [face_weight_map(s) for s in self.scenes]
+
+
+def sample_patches(pool: ScenePool, rng: np.random.Generator, batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, P, P) images in [0, 1] and (B, 1, P, P) weights; half the patches centred on a face (jittered)."""
+    images, weights = [], []
+    for i in range(batch):
+        k = int(rng.integers(len(pool.scenes)))
+        scene, weight = pool.scenes[k], pool.weights[k]
+        size = scene.image.shape[0]
+        if i % 2 == 0 and scene.faces:
+            face = scene.faces[int(rng.integers(len(scene.faces)))]
+            cx = (face.box[0] + face.box[2]) / 2 + rng.uniform(-0.25, 0.25) * patch
+            cy = (face.box[1] + face.box[3]) / 2 + rng.uniform(-0.25, 0.25) * patch
+        else:
+            cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+        # patches start on the 8 px latent grid, as the full image's cells do
+        x0 = int(np.clip(round((cx - patch / 2) / 8) * 8, 0, size - patch))
+        y0 = int(np.clip(round((cy - patch / 2) / 8) * 8, 0, size - patch))
+        images.append(scene.image[y0:y0 + patch, x0:x0 + patch])
+        weights.append(weight[y0:y0 + patch, x0:x0 + patch])
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    w = torch.from_numpy(np.stack(weights))[:, None]
+    return x, w
+
+
+def reconstruction_loss(model: torch.nn.Module, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    recon = model.taesd_decoder(model.taesd_encoder(x))
+    err = recon - x
+    loss = (w * err.abs()).mean() + (w * err.square()).mean()
+    with torch.no_grad():
+        face = w > 1
+        face_mse = float(err.square().mean(1, keepdim=True)[face].mean()) if bool(face.any()) else float("nan")
+        psnr_face = float(-10 * np.log10(max(face_mse, 1e-10)))
+    return loss, {"loss": float(loss.detach()), "psnr_face": psnr_face}
+
+
+def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 5e-4) -> dict:
+    model = build_taesd(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    run = training.ResumableRun(work, "vae", model, optimizer, seed)
+    pools: dict[int, ScenePool] = {}
+
+    def step_fn(step: int) -> dict:
+        index = step // POOL_STEPS
+        if index not in pools:
+            pools.clear()
+            pools[index] = ScenePool(seed, index)
+        x, w = sample_patches(pools[index], training.step_rng(seed, step), batch, patch)
+        loss, metrics = reconstruction_loss(model, x, w)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return metrics
+
+    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_cosine(lr, 100, steps))
+    return {"model": model, "record": run.record()}
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, seed: int = 12345, n: int = 48) -> tuple[float, float]:
+    """Set vae_scale / vae_shift so that encode() gives zero-mean, unit-variance latents on Mini scenes."""
+    images = np.stack([world.random_scene(seed + i).image for i in range(n)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    raw = torch.cat([model.taesd_encoder(x[i:i + 8]) for i in range(0, n, 8)])
+    mean, std = float(raw.mean()), float(raw.std())
+    model.vae_scale.fill_(std)
+    model.vae_shift.fill_(-mean / std)
+    return mean, std
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, images_uint8: np.ndarray, batch: int = 8) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 4, H/8, W/8) normalised latents (TAESD.encode semantics, ComfyUI's input range)."""
+    out = []
+    for i in range(0, len(images_uint8), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images_uint8[i:i + batch])).permute(0, 3, 1, 2).float() / 255.0
+        out.append(model.encode(x * 2 - 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode(model: torch.nn.Module, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """Normalised latents -> (N, H, W, 3) uint8."""
+    out = []
+    for i in range(0, len(latents), batch):
+        x = (model.decode(latents[i:i + batch]) + 1) / 2
+        out.append((x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
