@@ -144,14 +144,18 @@ def _init_branch(net, base_state_dict) -> None:
         branches.init_branch_random(net)
 
 
-def _model_from_config(config, dtype, manual_cast_dtype, base_state_dict=None, init=True):
+def _build_nets(config, dtype, manual_cast_dtype) -> RealisIDNets:
     local_net = _build_branch(config["local"], dtype, manual_cast_dtype)
     global_net = _build_branch(config["global"], dtype, manual_cast_dtype)
-    projector = identity.build_projector(config["projector"]).to(dtype)
+    return RealisIDNets(local_net, global_net, identity.build_projector(config["projector"]).to(dtype))
+
+
+def _model_from_config(config, dtype, manual_cast_dtype, base_state_dict=None, init=True):
+    nets = _build_nets(config, dtype, manual_cast_dtype)
     if init:
-        _init_branch(local_net, base_state_dict)
-        _init_branch(global_net, base_state_dict)
-    return RealisIDModel(config, RealisIDNets(local_net, global_net, projector), manual_cast_dtype=manual_cast_dtype)
+        _init_branch(nets._modules["local"], base_state_dict)
+        _init_branch(nets._modules["global"], base_state_dict)
+    return RealisIDModel(config, nets, manual_cast_dtype=manual_cast_dtype)
 
 
 def save_realisid(model: RealisIDModel, path: str) -> None:
@@ -175,53 +179,198 @@ def _guess_kind(keys: list[str]) -> str:
     return "an unknown model"
 
 
-def _read_header(path: str) -> tuple[dict, list[str]]:
+EXPECTED_FILE = (f"a RealisID .safetensors written by `python -m realisid.train` (metadata '{METADATA_KEY}': format "
+                 f"{FORMAT!r}, version {VERSION})")
+# Sanity bounds on declared sizes, far above SDXL's (320 channels, x4 mult, 2048 context, 2816 adm): a file
+# declaring more is corrupt or hostile, and the shape check must not build a network of that size first.
+UNET_BOUNDS = {"in_channels": 64, "model_channels": 4096, "context_dim": 16384, "adm_in_channels": 16384}
+MAX_LEVELS, MAX_MULT, MAX_RES_BLOCKS, MAX_DEPTH, MAX_CROP = 8, 16, 16, 64, 512
+PROJECTOR_BOUNDS = {"dim": 8192, "depth": 64, "dim_head": 1024, "heads": 256, "num_queries": 1024,
+                    "embedding_dim": 8192, "output_dim": 16384, "ff_mult": 16, "source_tokens": 4096}
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+HINT_CHANNELS = {"local": branches.LOCAL_HINT_CHANNELS, "global": branches.GLOBAL_HINT_CHANNELS}
+
+
+class CheckpointError(ValueError):
+    """A file given as a RealisID checkpoint cannot be one; the message names the file, the problem, the fix."""
+
+
+def _fail(path: str, problem: str, expected: str = EXPECTED_FILE):
+    raise CheckpointError(f"{os.path.basename(path)}: {problem}. Expected {expected}")
+
+
+def _read_header(path: str) -> tuple[dict, dict[str, tuple[tuple[int, ...], str]]]:
+    """(metadata, {key: (shape, dtype name)}) read without loading any tensor data."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RealisID checkpoint not found: {path}")
     try:
         with safetensors.safe_open(path, framework="pt") as f:
-            return f.metadata() or {}, list(f.keys())
+            entries = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            return f.metadata() or {}, entries
     except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise ValueError(f"{path} is not a readable .safetensors file (corrupt or another format): {e}") from e
+        _fail(path, f"not a readable .safetensors file (corrupt or another format: {e})")
 
 
 def read_config(path: str) -> dict:
-    """The validated RealisID config stored in a file's metadata."""
-    metadata, keys = _read_header(path)
+    """The validated RealisID config stored in a file's metadata (types, bounds, branches, crop size)."""
+    return _parse_config(path, *_read_header(path))
+
+
+def _parse_config(path: str, metadata: dict, entries: dict) -> dict:
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{os.path.basename(path)} is not a RealisID checkpoint (no '{METADATA_KEY}' metadata; "
-                         f"it looks like {_guess_kind(keys)}?)")
+        _fail(path, f"not a RealisID checkpoint (no '{METADATA_KEY}' metadata; it looks like "
+                    f"{_guess_kind(list(entries))}?)")
     try:
         config = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON: {e}") from e
+        _fail(path, f"the '{METADATA_KEY}' metadata is not valid JSON ({e})")
+    _check_config(path, config)
+    return config
+
+
+def _check_config(path: str, config) -> None:
+    if not isinstance(config, dict):
+        _fail(path, f"the '{METADATA_KEY}' metadata is a JSON {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: metadata format is {config.get('format')!r}, expected {FORMAT!r}")
+        _fail(path, f"metadata format is {config.get('format')!r}, expected {FORMAT!r}")
     if config.get("version") != VERSION:
-        raise ValueError(f"{path}: RealisID format version {config.get('version')!r} is not supported "
-                         f"(this code reads version {VERSION}); update the extension or re-export the file")
+        _fail(path, f"RealisID format version {config.get('version')!r} is not supported (this code reads version "
+                    f"{VERSION}); update the extension or re-export the file")
     for key in ("base_family", "identity_space", "crop_size", "projector", "local", "global"):
         if key not in config:
-            raise ValueError(f"{path}: RealisID config lacks '{key}'")
-    return config
+            _fail(path, f"RealisID config lacks '{key}'")
+    for key in ("base_family", "identity_space"):
+        if not isinstance(config[key], str) or not config[key]:
+            _fail(path, f"config '{key}' is {config[key]!r}, expected a non-empty string")
+    if config["local"] is None and config["global"] is None:
+        _fail(path, "both branches ('local' and 'global') are null; a RealisID model needs at least one branch")
+    unet_config = None
+    for name in ("local", "global"):
+        if config[name] is not None:
+            unet_config = _check_branch(path, name, config[name])
+    _check_projector(path, config["projector"], unet_config)
+    _check_crop_size(path, config["crop_size"], unet_config)
+
+
+def _check_int(path: str, where: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(path, f"config {where} is {value!r}, expected a whole number in [{low}, {high}]")
+    return value
+
+
+def _check_int_list(path: str, where: str, value, low: int, high: int, length: int | None = None) -> list:
+    if not isinstance(value, list) or not value or (length is not None and len(value) != length):
+        wanted = f"{length} entries" if length is not None else "a non-empty list"
+        _fail(path, f"config {where} is {value!r}, expected {wanted} of whole numbers in [{low}, {high}]")
+    return [_check_int(path, f"{where}[{i}]", v, low, high) for i, v in enumerate(value)]
+
+
+def _check_branch(path: str, name: str, section) -> dict:
+    """A branch section's hint channels and the bounded sizes of its UNet config; returns the UNet config."""
+    if not isinstance(section, dict) or not isinstance(section.get("unet_config"), dict):
+        _fail(path, f"config '{name}' is {type(section).__name__} without a 'unet_config' object, expected "
+                    f"{{'hint_channels': {HINT_CHANNELS[name]}, 'unet_config': {{...}}}} or null")
+    if section.get("hint_channels") != HINT_CHANNELS[name]:
+        _fail(path, f"config {name}.hint_channels is {section.get('hint_channels')!r}, expected {HINT_CHANNELS[name]}")
+    unet = section["unet_config"]
+    where = f"{name}.unet_config"
+    for key, high in UNET_BOUNDS.items():
+        if key == "adm_in_channels" and unet.get(key) is None:
+            continue
+        _check_int(path, f"{where}.{key}", unet.get(key), 1, high)
+    levels = len(_check_int_list(path, f"{where}.channel_mult", unet.get("channel_mult"), 1, MAX_MULT))
+    if levels > MAX_LEVELS:
+        _fail(path, f"config {where}.channel_mult has {levels} levels, expected at most {MAX_LEVELS}")
+    res = unet.get("num_res_blocks")
+    if isinstance(res, list):
+        _check_int_list(path, f"{where}.num_res_blocks", res, 1, MAX_RES_BLOCKS, length=levels)
+    else:
+        _check_int(path, f"{where}.num_res_blocks", res, 1, MAX_RES_BLOCKS)
+    depth = unet.get("transformer_depth")
+    if depth is not None:
+        _check_int_list(path, f"{where}.transformer_depth", depth, 0, MAX_DEPTH)
+    if unet.get("transformer_depth_middle") is not None:
+        _check_int(path, f"{where}.transformer_depth_middle", unet["transformer_depth_middle"], -1, MAX_DEPTH)
+    return unet
+
+
+def _check_projector(path: str, projector, unet_config: dict) -> None:
+    if not isinstance(projector, dict):
+        _fail(path, f"config 'projector' is {projector!r}, expected an object with {list(PROJECTOR_BOUNDS)}")
+    unknown = sorted(set(projector) - set(PROJECTOR_BOUNDS))
+    if unknown:
+        _fail(path, f"config 'projector' has unknown keys {unknown}, expected only {list(PROJECTOR_BOUNDS)}")
+    for key, high in PROJECTOR_BOUNDS.items():
+        if key in projector:
+            _check_int(path, f"projector.{key}", projector[key], 1, high)
+    if projector.get("output_dim", identity.DEFAULT_CONFIG["output_dim"]) != unet_config["context_dim"]:
+        _fail(path, f"config projector.output_dim is {projector.get('output_dim')!r} but the branches cross-attend "
+                    f"to {unet_config['context_dim']}-wide tokens (unet_config.context_dim); they must be equal")
+
+
+def _check_crop_size(path: str, crop_size, unet_config: dict) -> None:
+    """The crop must downsample evenly through every level of the local branch (2x per level after the first)."""
+    step = 2 ** (len(unet_config["channel_mult"]) - 1)
+    if (isinstance(crop_size, bool) or not isinstance(crop_size, int) or not step <= crop_size <= MAX_CROP
+            or crop_size % step):
+        _fail(path, f"config crop_size is {crop_size!r}, expected a whole number of latent cells in "
+                    f"[{step}, {MAX_CROP}] divisible by {step} (the branch's downsampling)")
 
 
 def _check_keys(path: str, expected: set[str], found: set[str]) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
-        raise ValueError(f"{path}: tensors do not match its RealisID config: {len(missing)} missing "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        _fail(path, f"tensors do not match its RealisID config: {len(missing)} missing (e.g. {missing[:3]}), "
+                    f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+
+
+def _expected_shapes(path: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape under the config, from a build on the meta device (no memory is allocated)."""
+    try:
+        with torch.device("meta"):
+            nets = _build_nets(config, torch.float32, None)
+    except Exception as e:  # comfy's ControlNet asserts on inconsistent configs (heads, depths)
+        _fail(path, f"its config does not describe a buildable network ({type(e).__name__}: {e})")
+    return {k: tuple(v.shape) for k, v in nets.state_dict().items()}
+
+
+def _check_tensors(path: str, config: dict, entries: dict) -> torch.dtype:
+    """Keys, shapes and dtypes of the file's tensors against the config; returns the stored dtype."""
+    expected = _expected_shapes(path, config)
+    _check_keys(path, set(expected), set(entries))
+    for key, (shape, dtype) in entries.items():
+        if shape != expected[key]:
+            _fail(path, f"tensor {key} has shape {list(shape)}, but its config makes it {list(expected[key])}")
+        if dtype not in FLOAT_DTYPES:
+            _fail(path, f"tensor {key} is {dtype}, expected a float tensor ({', '.join(FLOAT_DTYPES)})")
+    dtypes = sorted({dtype for _, dtype in entries.values()})
+    if len(dtypes) > 1:
+        _fail(path, f"its tensors mix dtypes {dtypes}, expected one float dtype throughout")
+    return FLOAT_DTYPES[dtypes[0]]
+
+
+def _load_state(path: str) -> dict:
+    try:
+        state = safetensors.torch.load_file(path)
+    except Exception as e:  # a header that reads but data that does not (truncated file)
+        _fail(path, f"its tensor data cannot be read ({e})")
+    for key, value in state.items():
+        if not bool(torch.isfinite(value).all()):
+            _fail(path, f"tensor {key} holds NaN or infinite values (a diverged training run?)")
+    return state
 
 
 def load_realisid(path: str, dtype: torch.dtype | None = None, device=None) -> RealisIDModel:
-    """Load and validate a RealisID .safetensors. dtype None keeps the stored dtype; ComfyUI picks a manual-cast
-    dtype for the load device as it does for core ControlNets. `device` is where the weights rest (offload)."""
-    config = read_config(path)
-    state = safetensors.torch.load_file(path)
-    weight_dtype = dtype or next(iter(state.values())).dtype
+    """Load and validate a RealisID .safetensors: config, then every tensor's key, shape and dtype, all before
+    anything is built. dtype None keeps the stored dtype; ComfyUI picks a manual-cast dtype for the load device as
+    it does for core ControlNets. `device` is where the weights rest (offload)."""
+    metadata, entries = _read_header(path)
+    config = _parse_config(path, metadata, entries)
+    stored_dtype = _check_tensors(path, config, entries)
+    state = _load_state(path)
+    weight_dtype = dtype or stored_dtype
     manual_cast = mm.unet_manual_cast(weight_dtype, mm.get_torch_device())
     model = _model_from_config(config, weight_dtype, manual_cast, init=False)
-    _check_keys(path, set(model.nets.state_dict()), set(state))
     model.nets.load_state_dict(state, strict=True)
     if device is not None:
         model.nets.to(device)

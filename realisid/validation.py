@@ -1,0 +1,76 @@
+"""Checks for node inputs where they enter the pack: each failure names the input and says what was expected.
+
+ComfyUI's min/max checks let NaN through (every comparison with NaN is false), and IMAGE tensors arrive with any
+batch size and channel count, so the nodes run these before anything else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class InputError(ValueError):
+    """A node input that cannot be used; the message starts with the input's name."""
+
+
+def finite_number(name: str, value) -> float:
+    """`value` as a float, refusing NaN, infinities and non-numbers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def positive_int(name: str, value, multiple_of: int = 1, maximum: int | None = None) -> int:
+    """`value` as an int > 0 (a multiple of `multiple_of`, at most `maximum`); bools and fractions refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or number <= 0 or int(number) % multiple_of:
+        unit = f"positive multiple of {multiple_of}" if multiple_of > 1 else "positive whole number"
+        raise InputError(f"{name} must be a {unit}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise InputError(f"{name} must be at most {maximum}, got {value!r}")
+    return int(number)
+
+
+def image_batch(name: str, image) -> torch.Tensor:
+    """A ComfyUI IMAGE (B, H, W, C) with B, H, W > 0 and finite values, as 3-channel RGB (see `as_rgb`)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InputError(f"{name} must be an IMAGE batch of shape (B, H, W, C), got {shape}")
+    if image.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (0 images); connect at least one image")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise InputError(f"{name} has zero size ({image.shape[2]}x{image.shape[1]} pixels)")
+    if not bool(torch.isfinite(image).all()):
+        raise InputError(f"{name} holds NaN or infinite pixel values")
+    return as_rgb(name, image)
+
+
+def as_rgb(name: str, image: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H, W, 3): grey (C=1) is repeated, grey+alpha (C=2) and RGBA (C=4) drop the alpha."""
+    channels = image.shape[-1]
+    if channels == 3:
+        return image
+    if channels in (1, 2):
+        return image[..., :1].expand(*image.shape[:-1], 3)
+    if channels == 4:
+        return image[..., :3]
+    raise InputError(f"{name} has {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
+
+
+def finite_boxes(name: str, boxes) -> None:
+    """Refuse layout boxes with NaN or infinite coordinates (they cannot be drawn or placed)."""
+    for i, box in enumerate(boxes):
+        if not all(math.isfinite(float(v)) for v in box):
+            raise InputError(f"{name}: box {i} has non-finite coordinates {tuple(box)}; expected finite fractions "
+                             f"of the image")
