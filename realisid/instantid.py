@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from realisid import branches, checkpoint, identity
+from realisid import branches, checkpoint, identity, validation
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,43 @@ def _controlnet_key_map(config: dict, state: dict) -> dict:
     return mapping
 
 
+def _check_weights(state: dict, name: str, expected: str) -> None:
+    """Every value a finite float tensor (a pickle may hold anything; NaN weights give an all-NaN image)."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            found = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InstantIDFileError(f"{name}: entry {key!r} is {found}, not a float tensor. Expected {expected}")
+        if not bool(torch.isfinite(value).all()):
+            raise InstantIDFileError(f"{name}: tensor {key!r} holds NaN or infinite values. Expected {expected}")
+
+
+def _read_controlnet(path: str, name: str) -> dict:
+    try:
+        state = comfy.utils.load_torch_file(path, safe_load=True)
+    except Exception as e:  # corrupt safetensors, refused pickles: each library raises its own type
+        raise InstantIDFileError(f"{name} (the control_net file) cannot be read as weights (a .safetensors, or a "
+                                 f"weights-only torch pickle): {type(e).__name__}: {e}. Expected {EXPECTED_CONTROLNET}") from e
+    if not isinstance(state, dict) or not state:
+        raise InstantIDFileError(f"{name} (the control_net file) holds no tensors (found {type(state).__name__}). "
+                                 f"Expected {EXPECTED_CONTROLNET}")
+    _check_weights(state, name, EXPECTED_CONTROLNET)
+    return state
+
+
 def load_identitynet(path: str, dtype: torch.dtype | None = None):
     """IdentityNet as a comfy.cldm.cldm.ControlNet plus its config; raises InstantIDFileError on other files."""
     name = os.path.basename(path)
-    state = comfy.utils.load_torch_file(path, safe_load=True)
+    state = _read_controlnet(path, name)
     if any(k.startswith(("control_add_embedding.", "task_embedding")) for k in state) or "lora_controlnet" in state:
         raise InstantIDFileError(f"{name} is a union / control-LoRA ControlNet, not IdentityNet. "
                                  f"Expected {EXPECTED_CONTROLNET}")
-    config = controlnet_config_from_diffusers(state, name)
+    try:
+        config = controlnet_config_from_diffusers(state, name)
+    except (KeyError, ValueError, IndexError, ZeroDivisionError) as e:  # keys present, shapes not a ControlNet's
+        if isinstance(e, InstantIDFileError):
+            raise
+        raise InstantIDFileError(f"{name}: its tensors do not describe a diffusers ControlNet ({type(e).__name__}: "
+                                 f"{e}). Expected {EXPECTED_CONTROLNET}") from e
     check_identitynet_config(config, name)
     hint_channels = config.pop("hint_channels")
     mapping = _controlnet_key_map(config, state)
@@ -159,18 +188,21 @@ class IPAdapterKV(nn.Module):
     `to_k[str(i)]` / `to_v[str(i)]` for diffusers attention-processor index i (odd: the attn2 processors).
     """
 
-    def __init__(self, weights: dict[str, torch.Tensor]):
+    def __init__(self, weights: dict[str, torch.Tensor], name: str = "ip_adapter"):
         super().__init__()
         self.to_k = nn.ModuleDict()
         self.to_v = nn.ModuleDict()
         for key, value in weights.items():
-            index, kind = _ip_key(key)
+            index, kind = _ip_key(key, name)
+            if value.ndim != 2:
+                raise InstantIDFileError(f"{name}: ip_adapter weight {key!r} has shape {list(value.shape)}, expected a "
+                                         f"2-d (width, context) matrix. Expected {EXPECTED_IP_ADAPTER}")
             linear = nn.Linear(value.shape[1], value.shape[0], bias=False)
             with torch.no_grad():
                 linear.weight.copy_(value.float())
             (self.to_k if kind == "k" else self.to_v)[index] = linear
         if set(self.to_k) != set(self.to_v):
-            raise InstantIDFileError(f"ip_adapter weights: to_k_ip and to_v_ip indices differ "
+            raise InstantIDFileError(f"{name}: ip_adapter to_k_ip and to_v_ip indices differ "
                                      f"({sorted(set(self.to_k) ^ set(self.to_v), key=int)[:5]})")
 
     @property
@@ -185,10 +217,10 @@ class IPAdapterKV(nn.Module):
 _IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 
 
-def _ip_key(key: str) -> tuple[str, str]:
+def _ip_key(key: str, name: str) -> tuple[str, str]:
     match = _IP_KEY.match(key)
     if not match:
-        raise InstantIDFileError(f"unexpected ip_adapter key {key!r}; InstantID's are '<i>.to_k_ip.weight' and "
+        raise InstantIDFileError(f"{name}: unexpected ip_adapter key {key!r}; InstantID's are '<i>.to_k_ip.weight' and "
                                  f"'<i>.to_v_ip.weight'. Expected {EXPECTED_IP_ADAPTER}")
     return match.group(1), match.group(2)
 
@@ -197,24 +229,31 @@ def read_ip_adapter_file(path: str) -> tuple[dict, dict]:
     """(image_proj state dict, ip_adapter state dict) from InstantID's .bin (weights-only unpickling) or a
     .safetensors with flattened 'image_proj.' / 'ip_adapter.' keys."""
     name = os.path.basename(path)
-    if path.lower().endswith(".safetensors"):
-        flat = safetensors.torch.load_file(path)
-        data = {"image_proj": {}, "ip_adapter": {}}
-        for key, value in flat.items():
-            head, _, rest = key.partition(".")
-            if head in data:
-                data[head][rest] = value
-    else:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors come in many types; the message is what matters
-            raise InstantIDFileError(f"{name} could not be read as a weights-only torch file: {e}. "
-                                     f"Expected {EXPECTED_IP_ADAPTER}") from e
-    if not isinstance(data, dict) or not data.get("image_proj") or not data.get("ip_adapter"):
-        found = sorted(data)[:6] if isinstance(data, dict) else type(data).__name__
+    try:
+        data = _read_ip_adapter_data(path)
+    except Exception as e:  # corrupt safetensors, refused or broken pickles: each library raises its own type
+        raise InstantIDFileError(f"{name} (the ip_adapter file) cannot be read as weights (a .safetensors, or a "
+                                 f"weights-only torch pickle): {type(e).__name__}: {e}. Expected {EXPECTED_IP_ADAPTER}") from e
+    sections = [data.get(k) for k in ("image_proj", "ip_adapter")] if isinstance(data, dict) else []
+    if not sections or not all(isinstance(v, dict) and v for v in sections):
+        found = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
         raise InstantIDFileError(f"{name} has no 'image_proj' and 'ip_adapter' sections (found {found}); "
                                  f"expected {EXPECTED_IP_ADAPTER}")
-    return dict(data["image_proj"]), dict(data["ip_adapter"])
+    for section in sections:
+        _check_weights(section, name, EXPECTED_IP_ADAPTER)
+    return dict(sections[0]), dict(sections[1])
+
+
+def _read_ip_adapter_data(path: str):
+    """The raw content: InstantID's pickle (weights-only) or a .safetensors with flattened section keys."""
+    if not path.lower().endswith(".safetensors"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    data = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in safetensors.torch.load_file(path).items():
+        head, _, rest = key.partition(".")
+        if head in data:
+            data[head][rest] = value
+    return data
 
 
 def resampler_config_from_state(state: dict, name: str = "image_proj") -> dict:
@@ -229,6 +268,9 @@ def resampler_config_from_state(state: dict, name: str = "image_proj") -> dict:
                   "ff_mult": int(state["layers.0.1.1.weight"].shape[0]) // int(dim), "source_tokens": 1}
     except KeyError as e:
         raise InstantIDFileError(f"{name}: the image_proj section lacks {e}; it is not InstantID's Resampler. "
+                                 f"Expected {EXPECTED_IP_ADAPTER}") from e
+    except (ValueError, IndexError, ZeroDivisionError) as e:  # tensors of the wrong rank or an empty width
+        raise InstantIDFileError(f"{name}: the image_proj tensors have shapes no Resampler has ({e}). "
                                  f"Expected {EXPECTED_IP_ADAPTER}") from e
     if config["embedding_dim"] != ARCFACE_DIM:
         raise InstantIDFileError(f"{name}: its Resampler takes {config['embedding_dim']}-d inputs; InstantID's "
@@ -288,12 +330,11 @@ def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int =
 
     crop_size: latent cells each face crop is re-rendered at (default 128 = InstantID's 1024 px training scale).
     """
-    if int(crop_size) < 8 or int(crop_size) % 8:
-        raise ValueError(f"crop_size must be a positive multiple of 8 latent cells, got {crop_size}")
+    crop_size = validation.positive_int("crop_size", crop_size, multiple_of=8, maximum=checkpoint.MAX_CROP)
     image_proj, ip_weights = read_ip_adapter_file(ip_adapter_path)
     ip_name = os.path.basename(ip_adapter_path)
     projector, proj_config = load_projector(image_proj, ip_name)
-    ip_adapter = IPAdapterKV(ip_weights)
+    ip_adapter = IPAdapterKV(ip_weights, ip_name)
     net, _, manual_cast, cn_config = load_identitynet(control_net_path, dtype)
     cn_name = os.path.basename(control_net_path)
     if cn_config["context_dim"] != proj_config["output_dim"] or ip_adapter.context_dim() != proj_config["output_dim"]:

@@ -65,6 +65,31 @@ def check_pack_folder(root, pack: str) -> Path:
     )
 
 
+class FaceModelFileError(FaceModelsMissingError):
+    """A pack's .onnx file exists but is not a readable ONNX model (truncated download, wrong file)."""
+
+
+def unreadable_onnx_files(folder: Path) -> list[str]:
+    """Names of the folder's .onnx files that onnxruntime cannot open (only called once loading has failed)."""
+    import onnxruntime
+
+    bad = []
+    for path in sorted(folder.glob("*.onnx")):
+        try:
+            onnxruntime.InferenceSession(str(path), providers=[PROVIDERS["CPU"]])
+        except Exception:  # onnxruntime raises pybind error types that are not importable by a stable name
+            bad.append(path.name)
+    return bad
+
+
+def _describe_unreadable(folder: Path, pack: str, exc: Exception) -> str:
+    bad = unreadable_onnx_files(folder)
+    which = f"{', '.join(bad)} is not a readable ONNX model" if bad else "loading its .onnx files failed"
+    expected = ", ".join(PACK_FILES.get(pack, ())) or "the pack's *.onnx files"
+    return (f"insightface pack {folder}/: {which} ({type(exc).__name__}: {exc}). Replace it with the original file "
+            f"from the {pack} pack (expected {expected}; a truncated download or an HTML error page looks like this)")
+
+
 def resolve_providers(provider: str) -> list[str]:
     """onnxruntime providers for `provider` ('CPU', 'CUDA', 'ROCM', 'CoreML' or a full name), with CPU fallback."""
     import onnxruntime
@@ -121,6 +146,8 @@ class InsightFaceAnalyzer:
             raise FaceModelsMissingError(
                 f"insightface found no face detector among the .onnx files in {folder}/; expected {', '.join(PACK_FILES.get(pack, ()))}"
             ) from exc
+        except Exception as exc:  # onnxruntime's InvalidProtobuf / Fail on a corrupt file, raised mid-pack
+            raise FaceModelFileError(_describe_unreadable(folder, pack, exc)) from exc
         if "recognition" not in self.app.models:
             raise FaceModelsMissingError(
                 f"insightface pack {folder}/ has no recognition (ArcFace) model; expected {PACK_FILES.get(pack, ('?',))[1]}"

@@ -1,0 +1,492 @@
+"""Bad model files, generated at test time: each loader refuses them, before building anything, with one error
+of its own class whose message names the file and what in it is wrong (issue 17).
+
+Every case writes a hostile variant of a tiny valid file; the combinations put several faults in one file and
+expect the first one in the loader's documented order (metadata, branches, projector, crop size, then tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+
+import pytest
+import safetensors.torch
+import torch
+
+from realisid import checkpoint, instantid, validation
+from realisid.checkpoint import CheckpointError
+from realisid.instantid import InstantIDFileError
+from tests.helpers import fake_instantid as fi
+from tests.helpers import tiny_realisid as T
+
+NAN, INF = float("nan"), float("inf")
+# the hostile pickles use protocol 4; torch's weights-only unpickler warns before it refuses them
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
+
+def raises_exactly(cls, fn, *fragments):
+    """Run fn; it must raise exactly `cls` (not a subclass, not a library error) with every fragment in its text."""
+    with pytest.raises(Exception) as caught:
+        fn()
+    assert type(caught.value) is cls, f"{type(caught.value).__name__}: {caught.value}"
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+    return message
+
+
+# ------------------------------------------------------------------------------------ RealisID checkpoint ------
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """(config, tensors) of a valid tiny SDXL RealisID checkpoint, and the folder the hostile files go in."""
+    model = T.tiny_realisid_model("sdxl")
+    folder = tmp_path_factory.mktemp("bad_ck")
+    path = folder / "valid.safetensors"
+    checkpoint.save_realisid(model, str(path))
+    return json.loads(json.dumps(model.config)), safetensors.torch.load_file(str(path)), folder
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Building a network for a file that fails validation is the bug the loader must not have."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network was built before the file was validated")
+
+    monkeypatch.setattr(checkpoint, "_model_from_config", refuse)
+
+
+def unet(cfg, branch="local"):
+    return cfg[branch]["unet_config"]
+
+
+def setter(*path, value):
+    """A config mutation that sets cfg[path...] = value."""
+    def mutate(cfg):
+        target = cfg
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return mutate
+
+
+def deleter(key):
+    return lambda cfg: cfg.pop(key)
+
+
+def unet_setter(key, value, branch="local"):
+    def mutate(cfg):
+        unet(cfg, branch)[key] = value
+    return mutate
+
+
+# (case id, config mutation, fragments the message must contain besides the file name)
+CONFIG_CASES = [
+    ("format-missing", deleter("format"), "format is None"),
+    ("format-other", setter("format", value="ipadapter"), "format is 'ipadapter'"),
+    ("version-2", setter("version", value=2), "version 2 is not supported"),
+    ("version-string", setter("version", value="1"), "version '1'"),
+    ("version-null", setter("version", value=None), "version None"),
+    *[(f"lacks-{k}", deleter(k), f"lacks '{k}'")
+      for k in ("base_family", "identity_space", "crop_size", "projector", "local", "global")],
+    ("base_family-int", setter("base_family", value=5), "'base_family' is 5"),
+    ("base_family-empty", setter("base_family", value=""), "'base_family'"),
+    ("identity_space-null", setter("identity_space", value=None), "'identity_space' is None"),
+    ("identity_space-list", setter("identity_space", value=["a"]), "'identity_space'"),
+    ("both-branches-null", lambda c: c.update(local=None, **{"global": None}), "both branches"),
+    ("local-list", setter("local", value=[]), "'local' is list"),
+    ("local-string", setter("local", value="x"), "'local' is str"),
+    ("local-no-unet_config", setter("local", value={"hint_channels": 3}), "'local' is dict without a 'unet_config'"),
+    ("global-unet_config-list", setter("global", "unet_config", value=[1]), "'global'"),
+    ("local-hint-4", setter("local", "hint_channels", value=4), "local.hint_channels is 4, expected 3"),
+    ("local-hint-string", setter("local", "hint_channels", value="3"), "local.hint_channels is '3'"),
+    ("local-hint-null", setter("local", "hint_channels", value=None), "local.hint_channels is None"),
+    ("global-hint-3", setter("global", "hint_channels", value=3), "global.hint_channels is 3, expected 1"),
+    *[(f"model_channels-{v!r}", unet_setter("model_channels", v), f"local.unet_config.model_channels is {v!r}")
+      for v in (10**6, 0, -1, "abc", 3.5, True, None)],
+    ("global-model_channels-huge", unet_setter("model_channels", 10**6, "global"),
+     "global.unet_config.model_channels is 1000000"),
+    ("in_channels-huge", unet_setter("in_channels", 10**4), "unet_config.in_channels is 10000"),
+    ("context_dim-huge", unet_setter("context_dim", 10**9), "unet_config.context_dim is 1000000000"),
+    ("context_dim-missing", lambda c: unet(c).pop("context_dim"), "unet_config.context_dim is None"),
+    ("adm-huge", unet_setter("adm_in_channels", 10**7), "unet_config.adm_in_channels is 10000000"),
+    ("adm-string", unet_setter("adm_in_channels", "x"), "unet_config.adm_in_channels is 'x'"),
+    ("channel_mult-empty", unet_setter("channel_mult", []), "unet_config.channel_mult is []"),
+    ("channel_mult-huge", unet_setter("channel_mult", [1, 10**6]), "unet_config.channel_mult[1] is 1000000"),
+    ("channel_mult-string", unet_setter("channel_mult", "abc"), "unet_config.channel_mult is 'abc'"),
+    ("channel_mult-9-levels", unet_setter("channel_mult", [1] * 9), "channel_mult has 9 levels"),
+    ("num_res_blocks-short", unet_setter("num_res_blocks", [1]), "unet_config.num_res_blocks is [1]"),
+    ("num_res_blocks-huge", unet_setter("num_res_blocks", 10**3), "unet_config.num_res_blocks is 1000"),
+    ("num_res_blocks-string-entry", unet_setter("num_res_blocks", [1, "a"]), "unet_config.num_res_blocks[1] is 'a'"),
+    ("transformer_depth-huge", unet_setter("transformer_depth", [0, 10**4]),
+     "unet_config.transformer_depth[1] is 10000"),
+    ("transformer_depth-string", unet_setter("transformer_depth", "x"), "unet_config.transformer_depth is 'x'"),
+    ("transformer_depth_middle-huge", unet_setter("transformer_depth_middle", 10**5),
+     "unet_config.transformer_depth_middle is 100000"),
+    ("heads-unset", lambda c: unet(c).update(num_heads=-1, num_head_channels=-1), "not describe a buildable network"),
+    ("projector-list", setter("projector", value=[1, 2]), "'projector' is [1, 2]"),
+    ("projector-unknown-key", setter("projector", "bogus", value=1), "unknown keys ['bogus']"),
+    ("projector-dim-huge", setter("projector", "dim", value=10**6), "projector.dim is 1000000"),
+    ("projector-heads-0", setter("projector", "heads", value=0), "projector.heads is 0"),
+    ("projector-depth-negative", setter("projector", "depth", value=-1), "projector.depth is -1"),
+    ("projector-num_queries-string", setter("projector", "num_queries", value="x"), "projector.num_queries is 'x'"),
+    ("projector-output_dim-mismatch", setter("projector", "output_dim", value=64), "projector.output_dim is 64"),
+    *[(f"crop_size-{v!r}", setter("crop_size", value=v), f"crop_size is {v!r}")
+      for v in (0, -8, "abc", 3, 10**6, 8.0, True, None, [8])],
+]
+
+
+def write_config(folder: pathlib.Path, case: str, tensors: dict, metadata: str) -> str:
+    path = folder / f"{case}.safetensors"
+    safetensors.torch.save_file(tensors, str(path), metadata={"realisid": metadata})
+    return str(path)
+
+
+@pytest.mark.parametrize("case,mutate,fragment", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_is_refused_naming_file_and_field(source, nothing_built, case, mutate, fragment):
+    config, tensors, folder = source
+    bad = json.loads(json.dumps(config))
+    mutate(bad)
+    path = write_config(folder, case, tensors, json.dumps(bad))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment,
+                   "Expected")
+
+
+METADATA_CASES = [("json-list", "[1, 2]", "JSON list"), ("json-string", '"abc"', "JSON str"),
+                  ("json-null", "null", "JSON NoneType"), ("json-number", "7", "JSON int"),
+                  ("not-json", "{format: realisid", "not valid JSON"), ("empty-metadata", "", "not valid JSON")]
+
+
+@pytest.mark.parametrize("case,metadata,fragment", METADATA_CASES, ids=[c[0] for c in METADATA_CASES])
+def test_metadata_that_is_not_a_json_object_is_refused(source, nothing_built, case, metadata, fragment):
+    _, tensors, folder = source
+    path = write_config(folder, case, tensors, metadata)
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment)
+
+
+def _reshaped(key):
+    return lambda t: t.update({key: torch.zeros(*t[key].shape[:-1], t[key].shape[-1] + 1)})
+
+
+def _retyped(key, dtype):
+    return lambda t: t.update({key: torch.zeros(t[key].shape, dtype=dtype)})
+
+
+def _poisoned(key, value):
+    def mutate(t):
+        t[key] = t[key].clone()
+        t[key].view(-1)[0] = value
+    return mutate
+
+
+TENSOR_CASES = [
+    ("shape-local-input", _reshaped("local.input_blocks.0.0.weight"), "local.input_blocks.0.0.weight has shape"),
+    ("shape-global-zero-conv", _reshaped("global.zero_convs.0.0.weight"), "global.zero_convs.0.0.weight has shape"),
+    ("shape-projector-latents", _reshaped("projector.latents"), "projector.latents has shape"),
+    ("shape-scalar", lambda t: t.update({"projector.latents": torch.zeros(())}), "projector.latents has shape []"),
+    ("dtype-int32", _retyped("projector.latents", torch.int32), "projector.latents is I32"),
+    ("dtype-bool", _retyped("projector.latents", torch.bool), "projector.latents is BOOL"),
+    ("dtype-float64", _retyped("projector.latents", torch.float64), "projector.latents is F64"),
+    ("dtype-mixed", _retyped("projector.latents", torch.float16), "mix dtypes ['F16', 'F32']"),
+    ("missing-tensor", lambda t: t.pop("local.middle_block_out.0.weight"), "1 missing"),
+    ("extra-tensor", lambda t: t.update({"local.bogus": torch.zeros(1)}), "1 unexpected"),
+    ("nan-weight", _poisoned("local.input_blocks.0.0.weight", NAN), "local.input_blocks.0.0.weight holds NaN"),
+    ("inf-weight", _poisoned("projector.proj_in.weight", INF), "projector.proj_in.weight holds NaN or infinite"),
+    ("neg-inf-weight", _poisoned("global.middle_block_out.0.bias", -INF), "global.middle_block_out.0.bias holds"),
+]
+
+
+@pytest.mark.parametrize("case,mutate,fragment", TENSOR_CASES, ids=[c[0] for c in TENSOR_CASES])
+def test_tensors_that_do_not_fit_the_config_are_refused(source, nothing_built, case, mutate, fragment):
+    config, tensors, folder = source
+    bad = dict(tensors)
+    mutate(bad)
+    path = write_config(folder, case, bad, json.dumps(config))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment)
+
+
+def _truncated(valid: bytes) -> bytes:
+    return valid[: len(valid) // 2]
+
+
+class Unsafe:
+    """A pickle that would run code when unpickled (it must never be)."""
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path("/tmp/realisid_unpickled_checkpoint"),))
+
+
+FILE_CASES = [
+    ("garbage", lambda valid: b"\x00garbage" * 10, "not a readable .safetensors"),
+    ("empty", lambda valid: b"", "not a readable .safetensors"),
+    ("header-too-large", lambda valid: (2**40).to_bytes(8, "little") + b"{}", "not a readable .safetensors"),
+    ("truncated", _truncated, "not a readable .safetensors"),
+    ("pickle", lambda valid: pickle.dumps(Unsafe()), "not a readable .safetensors"),
+    ("json-text", lambda valid: b'{"realisid": {}}', "not a readable .safetensors"),
+]
+
+
+@pytest.mark.parametrize("case,content,fragment", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_unreadable_files_are_refused(source, nothing_built, case, content, fragment):
+    _, _, folder = source
+    path = folder / f"{case}.safetensors"
+    path.write_bytes(content((folder / "valid.safetensors").read_bytes()))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(str(path)), f"{case}.safetensors", fragment)
+    assert not pathlib.Path("/tmp/realisid_unpickled_checkpoint").exists()
+
+
+FOREIGN_CASES = [
+    ("controlnet", {"zero_convs.0.0.weight": torch.zeros(2)}, "looks like a ControlNet"),
+    ("ip_adapter", {"image_proj.latents": torch.zeros(2)}, "looks like an IP-Adapter"),
+    ("sd_checkpoint", {"model.diffusion_model.out.0.weight": torch.zeros(2)}, "looks like a full SD checkpoint"),
+    ("lora", {"lora_unet_down.weight": torch.zeros(2)}, "looks like a LoRA"),
+    ("unknown", {"w": torch.zeros(2)}, "looks like an unknown model"),
+]
+
+
+@pytest.mark.parametrize("case,tensors,fragment", FOREIGN_CASES, ids=[c[0] for c in FOREIGN_CASES])
+def test_other_model_files_are_recognised(source, nothing_built, case, tensors, fragment):
+    path = source[2] / f"{case}.safetensors"
+    safetensors.torch.save_file(tensors, str(path))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(str(path)), f"{case}.safetensors",
+                   "not a RealisID checkpoint", fragment)
+
+
+# several faults in one file: the first in the loader's order is reported
+CHECKPOINT_COMBINATIONS = [
+    ("null-branches+crop-0", [setter("local", value=None), setter("global", value=None), setter("crop_size", value=0)],
+     [], "both branches"),
+    ("huge-channels+bad-shape", [unet_setter("model_channels", 10**6)], [_reshaped("projector.latents")],
+     "model_channels is 1000000"),
+    ("version+null-branches", [setter("version", value=9), setter("local", value=None), setter("global", value=None)],
+     [], "version 9"),
+    ("crop-abc+projector-key", [setter("crop_size", value="abc"), setter("projector", "x", value=1)], [],
+     "unknown keys ['x']"),
+    ("crop-abc+nan-weight", [setter("crop_size", value="abc")], [_poisoned("projector.latents", NAN)],
+     "crop_size is 'abc'"),
+    ("nan-weight+bad-shape", [], [_poisoned("projector.proj_in.weight", NAN), _reshaped("projector.latents")],
+     "projector.latents has shape"),
+    ("int-tensor+nan-tensor", [], [_retyped("projector.latents", torch.int32), _poisoned("projector.proj_in.weight", NAN)],
+     "projector.latents is I32"),
+    ("missing+bad-shape", [], [lambda t: t.pop("local.middle_block_out.0.weight"), _reshaped("projector.latents")],
+     "1 missing"),
+    ("hint+model_channels", [setter("local", "hint_channels", value=9), unet_setter("model_channels", -5)], [],
+     "local.hint_channels is 9"),
+    ("global-huge+local-fine+crop-0", [unet_setter("context_dim", 10**8, "global"), setter("crop_size", value=0)], [],
+     "global.unet_config.context_dim"),
+]
+
+
+@pytest.mark.parametrize("case,config_faults,tensor_faults,fragment", CHECKPOINT_COMBINATIONS,
+                         ids=[c[0] for c in CHECKPOINT_COMBINATIONS])
+def test_checkpoint_fault_combinations_report_the_first_fault(source, nothing_built, case, config_faults,
+                                                              tensor_faults, fragment):
+    config, tensors, folder = source
+    bad_config, bad_tensors = json.loads(json.dumps(config)), dict(tensors)
+    for fault in config_faults:
+        fault(bad_config)
+    for fault in tensor_faults:
+        fault(bad_tensors)
+    path = write_config(folder, case, bad_tensors, json.dumps(bad_config))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment)
+
+
+def test_valid_file_still_loads(source):
+    _, _, folder = source
+    model = checkpoint.load_realisid(str(folder / "valid.safetensors"))
+    assert model.crop_size == T.CROP and model.local_net is not None and model.global_net is not None
+
+
+def test_crop_size_follows_the_branch_downsampling(source, tmp_path):
+    """crop_size must be divisible by 2 ** (levels - 1): 2 for the tiny 2-level UNet, so 6 loads and 5 does not."""
+    config, tensors, _ = source
+    for crop, ok in ((6, True), (5, False)):
+        path = write_config(tmp_path, f"crop{crop}", tensors, json.dumps({**config, "crop_size": crop}))
+        if ok:
+            assert checkpoint.load_realisid(path).crop_size == crop
+        else:
+            raises_exactly(CheckpointError, lambda p=path: checkpoint.load_realisid(p), "divisible by 2")
+
+
+# ------------------------------------------------------------------------------------ InstantID loader ---------
+@pytest.fixture(scope="module")
+def iid(tmp_path_factory):
+    """Valid tiny InstantID files and their raw contents."""
+    folder = tmp_path_factory.mktemp("bad_iid")
+    cn, ip = fi.write_instantid(folder, T.tiny_unet_config("sdxl"))
+    return cn, ip, safetensors.torch.load_file(str(cn)), torch.load(str(ip), weights_only=True)
+
+
+def _write_bytes(path: pathlib.Path, content: bytes) -> pathlib.Path:
+    path.write_bytes(content)
+    return path
+
+
+def _with_state(path: pathlib.Path, state: dict) -> pathlib.Path:
+    safetensors.torch.save_file(state, str(path))
+    return path
+
+
+def _with_pickle(path: pathlib.Path, data) -> pathlib.Path:
+    torch.save(data, str(path))
+    return path
+
+
+class UnsafeIID:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path("/tmp/realisid_unpickled_instantid"),))
+
+
+def cn_bad(iid, folder, case):
+    """The hostile ControlNet file for `case`; CN_CASES lists the fragment its error must contain."""
+    _, _, state, _ = iid
+    name = folder / f"{case}.safetensors"
+    if case == "cn-garbage":
+        return _write_bytes(name, b"\x00garbage" * 10)
+    if case == "cn-empty":
+        return _write_bytes(name, b"")
+    if case == "cn-header-too-large":
+        return _write_bytes(name, (2**40).to_bytes(8, "little") + b"{}")
+    if case == "cn-truncated":
+        return _write_bytes(name, _truncated(iid[0].read_bytes()))
+    if case == "cn-unsafe-pickle":
+        return _write_bytes(folder / f"{case}.bin", pickle.dumps({"state_dict": UnsafeIID()}))
+    if case == "cn-pickled-list":
+        return _with_pickle(folder / f"{case}.pt", [1, 2, 3])
+    if case == "cn-pickled-strings":
+        return _with_pickle(folder / f"{case}.pt", {"conv_in.weight": "abc", "x": 1})
+    if case == "cn-no-tensors":
+        return _with_pickle(folder / f"{case}.pt", {})
+    if case == "cn-nan":
+        return _with_state(name, {**state, "conv_in.weight": torch.full_like(state["conv_in.weight"], NAN)})
+    if case == "cn-int":
+        return _with_state(name, {**state, "conv_in.weight": state["conv_in.weight"].to(torch.int32)})
+    if case == "cn-conv_in-1d":
+        return _with_state(name, {**state, "conv_in.weight": torch.zeros(5)})
+    if case == "cn-no-resnet":
+        return _with_state(name, {k: v for k, v in state.items() if not k.startswith("down_blocks.0.resnets.0.conv2")})
+    if case == "cn-wrong-shape":
+        return _with_state(name, {**state, "controlnet_mid_block.weight": torch.zeros(3, 3, 1, 1)})
+    raise KeyError(case)
+
+
+CN_CASES = [
+    ("cn-garbage", "cannot be read as weights"), ("cn-empty", "cannot be read as weights"),
+    ("cn-header-too-large", "cannot be read as weights"), ("cn-truncated", "cannot be read as weights"),
+    ("cn-unsafe-pickle", "weights-only torch pickle"), ("cn-pickled-list", "holds no tensors (found list)"),
+    ("cn-pickled-strings", "entry 'conv_in.weight' is str"), ("cn-no-tensors", "holds no tensors (found dict)"),
+    ("cn-nan", "'conv_in.weight' holds NaN"), ("cn-int", "'conv_in.weight' is torch.int32"),
+    ("cn-conv_in-1d", "do not describe a diffusers ControlNet"), ("cn-no-resnet", "do not describe a diffusers"),
+    ("cn-wrong-shape", "tensor shapes do not fit"),
+]
+
+
+@pytest.mark.parametrize("case,fragment", CN_CASES, ids=[c[0] for c in CN_CASES])
+def test_bad_controlnet_file_is_named(iid, tmp_path, case, fragment):
+    path = cn_bad(iid, tmp_path, case)
+    message = raises_exactly(InstantIDFileError, lambda: instantid.load_instantid(str(path), str(iid[1]), 8),
+                             path.name, fragment)
+    assert iid[1].name not in message.split("Expected")[0]  # the other file is not blamed
+    assert not pathlib.Path("/tmp/realisid_unpickled_instantid").exists()
+
+
+def ip_bad(iid, folder, case):
+    _, _, _, data = iid
+    proj, kv = data["image_proj"], data["ip_adapter"]
+    bin_path = folder / f"{case}.bin"
+    if case == "ip-garbage-bin":
+        return _write_bytes(bin_path, b"\x00garbage" * 10)
+    if case == "ip-garbage-safetensors":
+        return _write_bytes(folder / f"{case}.safetensors", b"\x00garbage" * 10)
+    if case == "ip-header-too-large":
+        return _write_bytes(folder / f"{case}.safetensors", (2**40).to_bytes(8, "little") + b"{}")
+    if case == "ip-unsafe-pickle":
+        return _write_bytes(bin_path, pickle.dumps({"image_proj": UnsafeIID(), "ip_adapter": {}}))
+    if case == "ip-pickled-list":
+        return _with_pickle(bin_path, [proj, kv])
+    if case == "ip-no-sections":
+        return _with_pickle(bin_path, {"latents": proj["latents"]})
+    if case == "ip-sections-not-dicts":
+        return _with_pickle(bin_path, {"image_proj": [1], "ip_adapter": "x"})
+    if case == "ip-proj-string":
+        return _with_pickle(bin_path, {"image_proj": {**proj, "latents": "abc"}, "ip_adapter": kv})
+    if case == "ip-nan":
+        return _with_pickle(bin_path, {"image_proj": proj, "ip_adapter": {k: v * NAN for k, v in kv.items()}})
+    if case == "ip-int":
+        return _with_pickle(bin_path, {"image_proj": {**proj, "latents": proj["latents"].long()}, "ip_adapter": kv})
+    if case == "ip-kv-1d":
+        key = next(iter(kv))
+        return _with_pickle(bin_path, {"image_proj": proj, "ip_adapter": {**kv, key: torch.zeros(4)}})
+    if case == "ip-latents-2d":
+        return _with_pickle(bin_path, {"image_proj": {**proj, "latents": torch.zeros(4, 64)}, "ip_adapter": kv})
+    if case == "ip-bad-key":
+        return _with_pickle(bin_path, {"image_proj": proj, "ip_adapter": {**kv, "foo": torch.zeros(2, 2)}})
+    raise KeyError(case)
+
+
+IP_CASES = [
+    ("ip-garbage-bin", "weights-only torch pickle"), ("ip-garbage-safetensors", "cannot be read as weights"),
+    ("ip-header-too-large", "cannot be read as weights"), ("ip-unsafe-pickle", "weights-only torch pickle"),
+    ("ip-pickled-list", "no 'image_proj' and 'ip_adapter'"), ("ip-no-sections", "no 'image_proj' and 'ip_adapter'"),
+    ("ip-sections-not-dicts", "no 'image_proj' and 'ip_adapter'"), ("ip-proj-string", "entry 'latents' is str"),
+    ("ip-nan", "holds NaN"), ("ip-int", "entry 'latents' is torch.int64"), ("ip-kv-1d", "expected a 2-d"),
+    ("ip-latents-2d", "shapes no Resampler has"), ("ip-bad-key", "unexpected ip_adapter key 'foo'"),
+]
+
+
+@pytest.mark.parametrize("case,fragment", IP_CASES, ids=[c[0] for c in IP_CASES])
+def test_bad_ip_adapter_file_is_named(iid, tmp_path, case, fragment):
+    path = ip_bad(iid, tmp_path, case)
+    message = raises_exactly(InstantIDFileError, lambda: instantid.load_instantid(str(iid[0]), str(path), 8),
+                             path.name, fragment)
+    assert iid[0].name not in message.split("Expected")[0]
+    assert not pathlib.Path("/tmp/realisid_unpickled_instantid").exists()
+
+
+@pytest.mark.parametrize("crop", [0, -8, 12, "abc", 10**6, NAN, INF, 8.5, True, None])
+def test_instantid_crop_size_is_named(iid, crop):
+    raises_exactly(validation.InputError, lambda: instantid.load_instantid(str(iid[0]), str(iid[1]), crop),
+                   "crop_size", repr(crop))
+
+
+INSTANTID_COMBINATIONS = [
+    # (case, ControlNet fault or None, IP-Adapter fault or None, crop_size, the name the message must hold)
+    ("both-garbage", "cn-garbage", "ip-garbage-bin", 8, "ip-garbage-bin.bin"),
+    ("crop+both-garbage", "cn-garbage", "ip-garbage-bin", 0, "crop_size"),
+    ("cn-pickle+ip-nan", "cn-unsafe-pickle", "ip-nan", 8, "ip-nan.bin"),
+    ("cn-nan+ip-fine+crop-abc", "cn-nan", None, "abc", "crop_size"),
+    ("cn-1d+ip-kv-1d", "cn-conv_in-1d", "ip-kv-1d", 8, "ip-kv-1d.bin"),
+    ("cn-int+ip-fine", "cn-int", None, 16, "cn-int.safetensors"),
+]
+
+
+@pytest.mark.parametrize("case,cn_fault,ip_fault,crop,name", INSTANTID_COMBINATIONS,
+                         ids=[c[0] for c in INSTANTID_COMBINATIONS])
+def test_instantid_fault_combinations_name_the_first_bad_input(iid, tmp_path, case, cn_fault, ip_fault, crop, name):
+    cn = cn_bad(iid, tmp_path, cn_fault) if cn_fault else iid[0]
+    ip = ip_bad(iid, tmp_path, ip_fault) if ip_fault else iid[1]
+    cls = validation.InputError if name == "crop_size" else InstantIDFileError
+    raises_exactly(cls, lambda: instantid.load_instantid(str(cn), str(ip), crop), name)
+    assert not pathlib.Path("/tmp/realisid_unpickled_instantid").exists()
+
+
+# ------------------------------------------------------------------------------------ insightface pack ---------
+ONNX_FAULTS = {"garbage": lambda b: b"\x00garbage" * 50, "empty": lambda b: b"", "truncated": _truncated,
+               "html": lambda b: b"<html><body>404 Not Found</body></html>"}
+
+
+@pytest.mark.parametrize("fault", list(ONNX_FAULTS))
+@pytest.mark.parametrize("victim", ["glintr100.onnx", "scrfd_10g_bnkps.onnx"])
+def test_unreadable_onnx_file_is_named(tmp_path, fault, victim):
+    pytest.importorskip("insightface")
+    from realisid.faces.insightface_backend import FaceModelFileError, InsightFaceAnalyzer
+    from tests.helpers import fake_insightface
+
+    root = fake_insightface.build_fake_pack(tmp_path)
+    path = pathlib.Path(root) / "models" / "antelopev2" / victim
+    path.write_bytes(ONNX_FAULTS[fault](path.read_bytes()))
+    message = raises_exactly(FaceModelFileError, lambda: InsightFaceAnalyzer(root, "antelopev2"),
+                             f"{victim} is not a readable ONNX model", "antelopev2")
+    others = {"glintr100.onnx", "scrfd_10g_bnkps.onnx"} - {victim}
+    assert not any(f"{other} is not" in message for other in others)
