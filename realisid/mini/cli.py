@@ -6,6 +6,7 @@
     python -m realisid.mini encode --work W --shards 10              # VAE latents of training scenes
     python -m realisid.mini train base --work W --steps N            # text encoders + UNet
     python -m realisid.mini gates --out models/mini/gates.json       # the model card's figures
+    python -m realisid.mini inputs                                   # bundled example inputs (seeded)
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ log = logging.getLogger(__name__)
 STAGES = ("vae", "detector", "facenet", "judge", "base")
 EXPORTS = ("faces", "judge", "vae")
 JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
+CARD_COMMANDS = """
+W=mini_work  # any folder: resumable states and curves
+python -m realisid.mini --threads 1 train detector --work $W --steps 1200
+python -m realisid.mini --threads 1 train facenet --work $W --steps 1500
+python -m realisid.mini --threads 1 train judge --work $W --steps 1500
+python -m realisid.mini --threads 1 train vae --work $W --steps 2000
+python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
+python -m realisid.mini export vae --work $W
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json
+python -m realisid.mini curves --work $W && python -m realisid.mini card
+"""
 
 
 def _boot(comfyui: str | None) -> None:
@@ -51,9 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--work", required=True)
     encode.add_argument("--shards", type=int, required=True, help="number of shards of 500 scenes")
     encode.add_argument("--seed", type=int, default=0)
+    sub.add_parser("inputs", help="write the bundled Mini example inputs into workflows/inputs/ (seeded)")
+    sub.add_parser("card", help="write models/mini/README.md from the files' metadata and gates.json")
+    curves = sub.add_parser("curves", help="training curves of the stages in --work as PNGs for the model card")
+    curves.add_argument("--work", required=True)
+    curves.add_argument("--out", default=None, help="folder (default models/mini/curves)")
     gates = sub.add_parser("gates", help="measure the model card's gates with the exported files")
     gates.add_argument("--out", required=True, help="JSON file for the figures")
     gates.add_argument("--n", type=int, default=200, help="faces per cell")
+    gates.add_argument("--n-vae", type=int, default=100, help="faces per cell for the VAE gate (each one encoded "
+                                                              "and decoded)")
     gates.add_argument("--only", nargs="*", default=None, choices=["ceiling", "vae", "detection", "verification"])
     return p
 
@@ -72,8 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         from realisid.mini import base
 
         base.encode_shards(_load_vae(), str(Path(args.work) / "shards"), args.shards, seed=args.seed)
+    elif args.command == "curves":
+        from realisid.mini import curves, files
+
+        curves.plot_curves(args.work, args.out or str(files.MODELS_DIR / "curves"), STAGES)
+    elif args.command == "card":
+        from realisid.mini import card
+
+        card.write_card(CARD_COMMANDS)
+    elif args.command == "inputs":
+        from realisid.mini import inputs
+
+        inputs.write_inputs()
     elif args.command == "gates":
-        _gates(args.out, args.n, args.only)
+        _gates(args.out, args.n, args.n_vae, args.only)
     return 0
 
 
@@ -140,7 +171,7 @@ def _load_vae():
     return model
 
 
-def _gates(out: str, n: int, only: list[str] | None) -> None:
+def _gates(out: str, n: int, n_vae: int, only: list[str] | None) -> None:
     from realisid.mini import backend, gates, judge
 
     wanted = set(only or ["ceiling", "vae", "detection", "verification"])
@@ -150,15 +181,17 @@ def _gates(out: str, n: int, only: list[str] | None) -> None:
         the_judge = judge.MiniJudge()
         if "ceiling" in wanted:
             results["ceiling"] = {k: v.as_dict() for k, v in gates.ceiling(the_judge, n).items()}
+            # the same scenes as the VAE gate, so the two compare face by face
+            results["ceiling_vae_sample"] = {k: v.as_dict() for k, v in gates.ceiling(the_judge, n_vae).items()}
         if "vae" in wanted:
-            results["vae"] = {k: v.as_dict() for k, v in gates.vae_gate(the_judge, _load_vae(), n).items()}
+            results["vae"] = {k: v.as_dict() for k, v in gates.vae_gate(the_judge, _load_vae(), n_vae).items()}
     if wanted & {"detection", "verification"}:
         analyzer = backend.MiniFaceAnalyzer()
         if "detection" in wanted:
             results["detection"] = gates.detection_gate(analyzer, max(20, n // 2))
         if "verification" in wanted:
             results["verification"] = gates.verification_gate(analyzer, max(50, n // 2))
-    results["n"] = n
+    results["n"], results["n_vae"] = n, n_vae
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     log.info("gates written to %s", path)

@@ -109,7 +109,8 @@ class ResumableRun:
 def warmup_cosine(base_lr: float, warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
     def lr(step: int) -> float:
         if step < warmup:
-            return base_lr * (step + 1) / warmup
+            return float(base_lr * (step + 1) / warmup)
         t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return base_lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t)))
+        # a Python float: the optimizer state is saved with weights_only loading in mind (no numpy scalars)
+        return float(base_lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
     return lr

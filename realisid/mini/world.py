@@ -116,7 +116,15 @@ def _place_faces(rng, n: int, size: int, side_range) -> list[tuple[float, float,
 def random_spec(rng: np.random.Generator, n_people: int | None = None, split: str = "train",
                 side_range: tuple[float, float] = FACE_SIDE_RANGE, pose_scale: float = 1.0) -> SceneSpec:
     """A scene as training data samples it: 1-3 people (50/30/20 %), log-uniform face side, any position."""
-    n = n_people or int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+    if n_people is None:
+        counts = [c for c in (1, 2, 3) if MAX_SIDE_FOR_COUNT[c] >= side_range[0]]  # big faces: fewer people fit
+        weights = np.array([0.5, 0.3, 0.2][: len(counts)])
+        n = int(rng.choice(counts, p=weights / weights.sum()))
+    elif MAX_SIDE_FOR_COUNT.get(n_people, 0.0) < side_range[0]:
+        raise ValueError(f"{n_people} people do not fit at a face side of {side_range[0]:.3f} of the image "
+                         f"(at most {MAX_SIDE_FOR_COUNT.get(n_people, 0.0):.3f} for that count)")
+    else:
+        n = n_people
     placed = None
     while placed is None:
         placed = _place_faces(rng, n, SIZE, side_range)

@@ -1,0 +1,140 @@
+"""The RealisID-Mini model card (models/mini/README.md), written from the files' metadata and gates.json, so every
+figure in it is the one measured (`python -m realisid.mini card`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from realisid.mini import files
+from realisid.mini.identity import ATTRIBUTES, N_IDENTITIES
+
+# the gates of the issue that defined RealisID-Mini, checked here against the measured figures
+CEILING_MIN_AT_QUARTER = 0.95
+VAE_MAX_DROP = {"1/4": 0.03, "1/7": 0.05}
+DETECTION_MIN = 0.95
+VERIFICATION_MIN_AUC = 0.99
+
+INTRO = """# RealisID-Mini: model card
+
+A miniature world where RealisID can be trained and measured on a CPU: seeded 256 x 256 cartoon scenes of one to
+three people (`realisid/mini/world.py`), the networks that read and draw them, and (in later stages) a base
+text-to-image model and a RealisID model trained with this pack's own code. **Cartoon world, not photos**: what it
+shows is whether the method's mechanisms work (identity kept on small faces, location, pose, several people) with
+ground truth for everything; no figure here says anything about photographs or SDXL.
+
+Identity lives in the head only (bodies wear turtlenecks and gloves): {n_attr} attributes, {n_ids:,} identities;
+identities whose index is a multiple of 10 are **held out** from every network's training data, and every gate
+below is measured on them. Captions name people count, framing, place and clothing, never identity.
+
+| file | networks | size |
+|---|---|---|
+"""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _training_rows(info: dict) -> list[str]:
+    rows = []
+    for stage, rec in info.get("training", {}).items():
+        minutes = rec["seconds"] / 60
+        rows.append(f"| {stage} | {rec['steps']} | {minutes:.0f} min | seed {rec['seed']} | {rec['machine']} |")
+    return rows
+
+
+def _judge_table(gates: dict, key: str) -> list[str]:
+    sides = list(gates[key])
+    lines = ["| | " + " | ".join(sides) + " |", "|---|" + "---|" * len(sides)]
+    for name in ATTRIBUTES:
+        lines.append(f"| {name} | " + " | ".join(_fmt(gates[key][s]["attributes"][name]) for s in sides) + " |")
+    lines.append("| expression | " + " | ".join(_fmt(gates[key][s]["expression"]) for s in sides) + " |")
+    lines.append("| yaw bin | " + " | ".join(_fmt(gates[key][s]["yaw_bin"]) for s in sides) + " |")
+    for angle in ("yaw", "pitch", "roll"):
+        lines.append(f"| {angle} error (deg) | " + " | ".join(f"{gates[key][s]['pose_mae'][angle]:.1f}"
+                                                             for s in sides) + " |")
+    lines.append("| mean confidence | " + " | ".join(_fmt(gates[key][s]["mean_confidence"]) for s in sides) + " |")
+    return lines
+
+
+def _verdicts(gates: dict) -> list[str]:
+    out = []
+    if "ceiling" in gates:
+        worst = min(gates["ceiling"]["1/4"]["attributes"].values())
+        out.append(f"* Ceiling: every identity attribute >= {CEILING_MIN_AT_QUARTER} at 1/4: lowest {_fmt(worst)} "
+                   f"-> **{'pass' if worst >= CEILING_MIN_AT_QUARTER else 'FAIL'}**.")
+    if "vae" in gates and "ceiling_vae_sample" in gates:
+        for side, limit in VAE_MAX_DROP.items():
+            drops = {n: gates["ceiling_vae_sample"][side]["attributes"][n] - gates["vae"][side]["attributes"][n]
+                     for n in ATTRIBUTES}
+            name, drop = max(drops.items(), key=lambda kv: kv[1])
+            out.append(f"* VAE at {side}: largest drop from the ceiling {_fmt(drop)} ({name}), limit {limit} -> "
+                       f"**{'pass' if drop <= limit else 'FAIL'}**.")
+    if "detection" in gates:
+        worst = min(v["iou>=0.7"] for v in gates["detection"].values())
+        out.append(f"* Detection: IoU >= 0.7 for >= {DETECTION_MIN} of faces at every size: lowest {_fmt(worst)} "
+                   f"-> **{'pass' if worst >= DETECTION_MIN else 'FAIL'}**.")
+    if "verification" in gates:
+        auc = gates["verification"]["1/4"]["auc"]
+        out.append(f"* Verification ROC AUC at 1/4 >= {VERIFICATION_MIN_AUC}: {_fmt(auc)} -> "
+                   f"**{'pass' if auc >= VERIFICATION_MIN_AUC else 'FAIL'}** (1/7: "
+                   f"{_fmt(gates['verification']['1/7']['auc'])}).")
+    return out
+
+
+def write_card(commands: str) -> Path:
+    gates = json.loads((files.MODELS_DIR / "gates.json").read_text())
+    lines = [INTRO.format(n_attr=len(ATTRIBUTES), n_ids=N_IDENTITIES)]
+    infos = {}
+    for label, path, kind, what in (
+            ("faces", files.FACES_DIR / files.FACES_FILE, "faces", "detector (CenterNet, stride 8) + face net "
+                                                                   "(box, 68 landmarks, 64-d identity)"),
+            ("judge", files.FACES_DIR / files.JUDGE_FILE, "judge", "judge: 9 attributes, expression, pose (metrics "
+                                                                   "only)"),
+            ("vae", files.VAE_DIR / files.VAE_FILE, "vae", "TAESD-architecture VAE, 8x, 4 channels, face-weighted")):
+        if path.exists():
+            infos[label] = files.read_info(path, kind)
+            rel = path.relative_to(files.MODELS_DIR)
+            lines.append(f"| `{rel}` | {what} | {path.stat().st_size / 1e6:.1f} MB fp16 |")
+    lines += ["", "## Training (each stage resumable and seeded)", "",
+              "| stage | steps | time | seed | machine |", "|---|---|---|---|---|"]
+    for info in infos.values():
+        lines += _training_rows(info)
+    lines += ["", "Commands (from the pack folder, `COMFYUI_DIR` set):", "", "```bash", commands.strip(), "```", "",
+              "Loss curves: `curves/`.", ""]
+    lines += ["## Gates (held-out identities)", "", *_verdicts(gates), ""]
+    if "ceiling" in gates:
+        lines += [f"### Ceiling: the judge on ground-truth renders (n = {gates['n']} faces per size)", "",
+                  *_judge_table(gates, "ceiling"), ""]
+    if "vae" in gates:
+        lines += [f"### The judge on VAE reconstructions (n = {gates['n_vae']} per size; ceiling on the same faces "
+                  f"beside it)", "", "VAE:", "", *_judge_table(gates, "vae"), "", "Ceiling, same faces:", "",
+                  *_judge_table(gates, "ceiling_vae_sample"), ""]
+    if "detection" in gates:
+        lines += ["### Mini face backend: detection (scenes of 1-3 people)", "",
+                  "| face side | faces | IoU >= 0.7 | mean IoU | extra detections |", "|---|---|---|---|---|"]
+        for side, v in gates["detection"].items():
+            lines.append(f"| {side} | {v['faces']} | {_fmt(v['iou>=0.7'])} | {_fmt(v['mean_iou'])} | "
+                         f"{v['extra_detections']} |")
+        lines.append("")
+    if "verification" in gates:
+        lines += ["### Mini face backend: identity verification (two renders of one identity: other scene, pose, "
+                  "expression)", "", "| face side | pairs | ROC AUC | mean cos same | mean cos different |",
+                  "|---|---|---|---|---|"]
+        for side, v in gates["verification"].items():
+            lines.append(f"| {side} | {v['pairs']} | {_fmt(v['auc'])} | {_fmt(v['mean_same'])} | "
+                         f"{_fmt(v['mean_different'])} |")
+        lines.append("")
+    path = files.MODELS_DIR / "README.md"
+    path.write_text("\n".join(lines) + "\n" + STATUS)
+    return path
+
+
+STATUS = """## Status and what it does not show
+
+* Trained and gated: the world, the Mini face backend (`mini` in RealisID Face Analysis), the judge, the VAE.
+* Not yet trained: the Mini base model (text encoders + UNet, `train base`) and the RealisID-Mini branches; the
+  main job still needs them. Their stages exist and are tested for start-up and one step.
+* A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
+"""

@@ -1,0 +1,84 @@
+"""RealisID-Mini training plumbing: exact resume, detector target geometry, face crops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from realisid.mini import crops, facenets, training, world
+
+
+def _toy_run(work, steps_per_call):
+    """A linear model fit on batches drawn from step_rng; returns its weights after all calls."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    target = torch.tensor([[1.0, -2.0, 0.5]])
+
+    def step_fn(step):
+        x = torch.from_numpy(training.step_rng(4, step).normal(size=(8, 3))).float()
+        loss = (model(x) - x @ target.T).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    total = 0
+    for n in steps_per_call:
+        total += n
+        run = training.ResumableRun(work, "toy", model, optimizer, seed=4)  # a fresh process would do this
+        run.run(total, step_fn, save_every=2, lr_at=training.warmup_cosine(1e-2, 2, 6))
+    return model.weight.detach().clone(), run
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    straight, _ = _toy_run(tmp_path / "a", [6])
+    resumed, run = _toy_run(tmp_path / "b", [4, 2])
+    torch.testing.assert_close(resumed, straight, rtol=0, atol=0)
+    assert run.step == 6 and run.record()["steps"] == 6
+    state = torch.load(run.state_path, weights_only=True)  # no pickled objects in a state file
+    assert all(type(g["lr"]) is float for g in state["optimizer"]["param_groups"])
+
+
+def test_resume_refuses_another_seed(tmp_path):
+    _toy_run(tmp_path, [2])
+    model = torch.nn.Linear(3, 1)
+    with pytest.raises(ValueError, match="seed"):
+        training.ResumableRun(tmp_path, "toy", model, torch.optim.Adam(model.parameters()), seed=5)
+
+
+def test_detector_targets_decode_back_to_the_true_boxes():
+    """A perfect detector output (the targets themselves) decodes to every true face box."""
+    scenes = [world.random_scene(s) for s in range(12)]
+    target = facenets.detector_targets(scenes)
+    heat = target["heat"].clamp(1e-6, 1 - 1e-6)
+    out = torch.cat([torch.log(heat / (1 - heat))[:, None], target["reg"]], dim=1)
+    decoded = facenets.decode_detections(out, threshold=0.99)
+    for scene, found in zip(scenes, decoded, strict=True):
+        assert len(found) == len(scene.faces)
+        for face in scene.faces:
+            best = min(found, key=lambda bs: np.abs(bs[0] - face.box).max())
+            np.testing.assert_allclose(best[0], face.box, atol=1e-3)
+
+
+def test_crop_units_round_trip_and_pixel_position():
+    box = np.array([40.0, 60.0, 88.0, 108.0])
+    points = np.array([[50.5, 70.25], [64.0, 84.0]])
+    np.testing.assert_allclose(crops.from_crop_units(crops.to_crop_units(points, box), box), points)
+    # the box centre lands at the crop centre, a box corner at (1 - 1/EXPAND) / 2 of the crop
+    assert crops.to_crop_units([[64.0, 84.0]], box)[0] == pytest.approx([0.5, 0.5])
+    margin = (1 - 1 / crops.EXPAND) / 2
+    assert crops.to_crop_units([[40.0, 60.0]], box)[0] == pytest.approx([margin, margin])
+    image = np.zeros((160, 160, 3), np.uint8)
+    image[82:86, 62:66] = 255  # a bright square at the box centre
+    crop = crops.crop(image, box)
+    ys, xs = np.nonzero(crop[..., 0] > 60)
+    assert abs(xs.mean() + 0.5 - crops.CROP / 2) < 0.75 and abs(ys.mean() + 0.5 - crops.CROP / 2) < 0.75
+
+
+def test_warmup_cosine_schedule():
+    lr = training.warmup_cosine(1.0, 10, 110, floor=0.1)
+    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
