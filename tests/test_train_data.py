@@ -1,5 +1,9 @@
 """The trainer's data path: batch order cost, compact items, caption contexts, the DataLoader (issue 12)."""
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 
@@ -60,6 +64,10 @@ def test_loader_with_workers_yields_the_step_batches_from_a_resumed_position(env
         assert got["index"] == idx and got["caption"] == want["caption"]
         for key in data.TENSOR_KEYS:
             assert torch.equal(got[key], want[key]), key
+    for worker in loader._workers:  # a cluster's SIGTERM reaches the workers too: they outlive the final save
+        os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(1.0)
+    assert next(loader)["index"] == batch_indices(len(dataset), 3, 9, 2, 1, 2)
     del loader
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,9 +135,14 @@ class StepBatches(torch.utils.data.Sampler):
             micro += 0 if self.fixed else 1
 
 
+def _ignore_sigterm(_worker_id: int) -> None:
+    """A cluster signals the whole process group: workers must outlive the trainer's save-on-SIGTERM step."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: CachedFaceDataset, sampler: StepBatches, workers: int, prefetch: int,
                 pin_memory: bool) -> torch.utils.data.DataLoader:
     """Workers read and decode items ahead of the step (prefetch batches each); order is the sampler's."""
-    extra = {"prefetch_factor": prefetch} if workers > 0 else {}
+    extra = {"prefetch_factor": prefetch, "worker_init_fn": _ignore_sigterm} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=pin_memory, **extra)
