@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from realisid import drawing, identity_sources
+from realisid import drawing, identity_sources, validation
 from realisid.faces import NO_FACE_POLICIES, SELECT_MODES, apply_no_face_policy, select_faces
 
 from . import paths
@@ -19,9 +19,11 @@ ONE_PER_IMAGE = "each image is a different person"
 SAME_PERSON = "all images show the same person"
 
 
-def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """ComfyUI IMAGE (B, H, W, C) floats -> list of HxWx3 uint8 RGB arrays."""
-    array = (images[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+def images_to_uint8(images: torch.Tensor, name: str = "image") -> list[np.ndarray]:
+    """ComfyUI IMAGE (B, H, W, C) floats, any of 1-4 channels -> list of HxWx3 uint8 RGB arrays. An empty batch,
+    a 0-pixel image or NaN pixels raise InputError naming the input `name`."""
+    rgb = validation.image_batch(name, images)
+    array = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     return list(array)
 
 
@@ -66,25 +68,29 @@ class FaceAnalysis(io.ComfyNode):
 
 
 def detect_people(analyzer, images: list[np.ndarray], selection: str, index: int, on_no_face: str,
-                  references: str) -> list[list]:
-    """Per person, the records of that person (one per reference image that shows them)."""
+                  references: str) -> tuple[list[list], list[int]]:
+    """(per person, the records of that person (one per reference image that shows them); the indices of the
+    images without a face). Under passthrough one faceless image empties the whole result: the people of a batch
+    go to layout boxes by position, so dropping one would silently move every later person to another box."""
     import comfy.utils
 
-    people = []
+    people, faceless, passthrough = [], [], False
     bar = comfy.utils.ProgressBar(len(images))
     for i, image in enumerate(images):
         found = analyzer.analyze(image, image_index=i)
         bar.update(1)
         found = apply_no_face_policy(found, on_no_face, image_index=i, backend=type(analyzer).__name__)
         if not found:
-            if found is None:
-                return []  # passthrough: no faces, the apply nodes pass their conditioning through
+            faceless.append(i)
+            passthrough = passthrough or found is None
             continue
         count = None if (selection == "left_to_right" and references == ONE_PER_IMAGE) else 1
         people.extend([[r] for r in select_faces(found, selection, index, count)])
+    if passthrough:
+        return [], faceless  # the apply nodes pass their conditioning through
     if references == SAME_PERSON and people:
-        return [[p[0] for p in people]]
-    return people
+        return [[p[0] for p in people]], faceless
+    return people, faceless
 
 
 class FaceEncoder(io.ComfyNode):
@@ -123,22 +129,42 @@ class FaceEncoder(io.ComfyNode):
     def execute(cls, image, face_analysis, realisid_model, selection, index, on_no_face, references,
                 clip_vision=None) -> io.NodeOutput:
         images = images_to_uint8(image)
-        people = detect_people(face_analysis, images, selection, index, on_no_face, references)
+        people, faceless = detect_people(face_analysis, images, selection, index, on_no_face, references)
         faces = tuple(identity_sources.encode_person(records, images, realisid_model.identity_space, clip_vision,
                                                      label=f"person {i}") for i, records in enumerate(people))
-        return io.NodeOutput(faces, preview_detections(image, people))
+        preview = preview_detections(validation.as_rgb("image", image), people, faceless,
+                                     NO_FACE_NOTES.get(on_no_face, "no face"))
+        return io.NodeOutput(faces, preview)
 
 
-def preview_detections(image: torch.Tensor, people: list[list]) -> torch.Tensor:
-    """Each reference image with its selected faces boxed and numbered by person."""
-    frames = image[..., :3].cpu().numpy().astype(np.float32)
+# what the preview writes over an image without a face, by policy (error never gets to draw)
+NO_FACE_NOTES = {"skip": "no face", "passthrough": "no face: no ID"}
+
+
+def preview_detections(image: torch.Tensor, people: list[list], faceless: list[int] = (),
+                       note: str = "no face") -> torch.Tensor:
+    """Each reference image with its selected faces boxed and numbered by person; faceless images get a box
+    labelled `note` (under passthrough every person's identity is off, not only this image's)."""
+    frames = image.cpu().numpy().astype(np.float32)
     out = []
     for i, frame in enumerate(frames):
-        boxes = [(p, r) for p, records in enumerate(people) for r in records if r.image_index == i]
-        drawn = drawing.draw_boxes(frame, np.array([r.box for _, r in boxes]).reshape(-1, 4),
-                                   labels=[f"person {p}" for p, _ in boxes])
+        boxes = [(f"person {p}", r.box) for p, records in enumerate(people) for r in records if r.image_index == i]
+        if i in faceless:
+            boxes.append((note, note_box(*frame.shape[1::-1], note)))
+        drawn = drawing.draw_boxes(frame, np.array([b for _, b in boxes], np.float64).reshape(-1, 4),
+                                   labels=[label for label, _ in boxes])
         out.append(torch.from_numpy(drawn))
     return torch.stack(out)
+
+
+def note_box(width: int, height: int, note: str) -> tuple[float, float, float, float]:
+    """A box whose label fits the image. draw_boxes writes the label above the box at scale box width / 120, and
+    OpenCV's simplex font is ~13 px per character and ~27 px tall at scale 1: 6 px of box width per character of
+    image width keeps the text inside, and the top sits one text height (plus margin) down."""
+    box_width = min(width - 2.0, width * 6.0 / len(note))
+    text_height = 30.0 * box_width / 120.0
+    top = min(height - 2.0, 4.0 + text_height)
+    return 1.0, top, 1.0 + box_width, height - 2.0
 
 
 class FacesCombine(io.ComfyNode):

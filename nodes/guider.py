@@ -2,6 +2,7 @@
 
 from comfy_api.latest import io
 
+from realisid import validation
 from realisid.guidance import RealisIDGuider
 
 
@@ -32,9 +33,12 @@ class Guider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, text_scale, id_scale, id_delay) -> io.NodeOutput:
+        # ComfyUI's min/max checks pass NaN; a NaN scale would give an all-NaN latent without an error
+        scales = {name: validation.finite_number(name, value)
+                  for name, value in (("text_scale", text_scale), ("id_scale", id_scale), ("id_delay", id_delay))}
         guider = RealisIDGuider(model)
         guider.set_conds(positive, negative)
-        guider.set_scales(text_scale=text_scale, id_scale=id_scale, id_delay=id_delay)
+        guider.set_scales(**scales)
         return io.NodeOutput(guider)
 
 

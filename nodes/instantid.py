@@ -3,7 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
-from realisid import conditioning, instantid, instantid_attention
+from realisid import conditioning, instantid, instantid_attention, validation
 from realisid.faces import check_space
 from realisid.layout import LayoutError
 
@@ -76,6 +76,9 @@ class InstantIDAttention(io.ComfyNode):
 
 def apply_attention(model, instantid_model, faces, layout, weight, start_percent, end_percent):
     """Validate the inputs and return the patched MODEL clone (or the MODEL itself when there are no faces)."""
+    weight, start_percent, end_percent = (validation.finite_number(name, value) for name, value in
+                                          (("weight", weight), ("start_percent", start_percent),
+                                           ("end_percent", end_percent)))
     if not instantid.is_instantid(instantid_model):
         raise ValueError("the 'instantid' input must come from RealisID InstantID Loader (this RealisID model has "
                          "no IP-Adapter weights)")

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from realisid import drawing
+from realisid import drawing, validation
 from realisid.conditioning import render_hint
 
 from .types import Faces, Layout
@@ -38,13 +38,15 @@ class LayoutPreview(io.ComfyNode):
 
 def layout_preview(layout, image=None, faces=None, labels=None, max_side: int = 768) -> torch.Tensor:
     """IMAGE (1, H, W, 3): the layout's boxes, indices (or labels) and pose drivers' landmark maps over `image`, or
-    over a grey canvas of the layout's aspect ratio (at most max_side pixels) when there is no image."""
+    over a grey canvas of the layout's aspect ratio (at most max_side pixels) when there is no image. The first
+    image of a batch is drawn on, as RGB whatever its channel count; NaN or infinite boxes raise InputError."""
+    validation.finite_boxes("layout", [slot.box for slot in layout.slots])
     if image is None:
         scale = min(1.0, max_side / max(layout.width, layout.height))
         canvas = np.full((max(8, round(layout.height * scale)), max(8, round(layout.width * scale)), 3), 0.5,
                          np.float32)
     else:
-        canvas = image[0, ..., :3].cpu().numpy().astype(np.float32)
+        canvas = validation.image_batch("image", image)[0].cpu().numpy().astype(np.float32)
     h, w = canvas.shape[:2]
     boxes = layout.pixel_boxes(w, h)
     for i, (slot, box) in enumerate(zip(layout.slots, boxes, strict=True)):
