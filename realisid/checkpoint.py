@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import NoReturn
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -195,7 +196,7 @@ class CheckpointError(ValueError):
     """A file given as a RealisID checkpoint cannot be one; the message names the file, the problem, the fix."""
 
 
-def _fail(path: str, problem: str, expected: str = EXPECTED_FILE):
+def _fail(path: str, problem: str, expected: str = EXPECTED_FILE) -> NoReturn:
     raise CheckpointError(f"{os.path.basename(path)}: {problem}. Expected {expected}")
 
 
@@ -244,10 +245,9 @@ def _check_config(path: str, config) -> None:
             _fail(path, f"config '{key}' is {config[key]!r}, expected a non-empty string")
     if config["local"] is None and config["global"] is None:
         _fail(path, "both branches ('local' and 'global') are null; a RealisID model needs at least one branch")
-    unet_config = None
-    for name in ("local", "global"):
-        if config[name] is not None:
-            unet_config = _check_branch(path, name, config[name])
+    unet_configs = {name: _check_branch(path, name, config[name]) for name in ("local", "global")
+                    if config[name] is not None}
+    unet_config = unet_configs.get("local") or unet_configs["global"]  # the crop is the local branch's input
     _check_projector(path, config["projector"], unet_config)
     _check_crop_size(path, config["crop_size"], unet_config)
 
