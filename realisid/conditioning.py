@@ -67,7 +67,8 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
     for face, slot, p_id in zip(faces, layout.slots, tokens, strict=True):
         driver = slot.driver if slot.driver is not None else face.record
         hint = torch.from_numpy(render_hint(driver, kind, size, expand)).permute(2, 0, 1).contiguous()
-        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=tuple(float(v) for v in slot.box)))
+        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=tuple(float(v) for v in slot.box),
+                                        source_aspect=layout.width / layout.height))
     return conditions
 
 

@@ -34,16 +34,13 @@ class FaceCondition:
     """One person: p_id (N, C) tokens, landmark_hint (3, H, W) in [0, 1] in crop coordinates (resized to S*8
     when needed), box (x0, y0, x1, y1) as fractions of the image.
 
-    square=True (layout boxes): `box` is given on a square reference and made square on the latent it meets
-    (`geometry.square_on`: centre kept as fractions, side a fraction of the shorter side); square=False (the
-    trainer's boxes, measured on the image itself) uses the fractions as they are. source_aspect: width / height
-    of the photo or mask the box was read from, if any (a latent of another aspect gets a warning).
+    source_aspect: width / height of the image the layout was made for, if known: a latent of another aspect
+    stretches the box (fractions are kept), so it gets a warning.
     """
 
     p_id: torch.Tensor
     landmark_hint: torch.Tensor | None
     box: tuple[float, float, float, float]
-    square: bool = False
     source_aspect: float | None = None
 
 
@@ -95,25 +92,20 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
 
 
 def face_boxes(faces: list[FaceCondition], latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(K, 4) float64 box fractions of the latent: layout boxes made square on it, the others as they are."""
+    """(K, 4) float64 box fractions (warns when the layout was made for another aspect ratio)."""
     warn_aspect([f.source_aspect for f in faces], latent_hw)
-    boxes = torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
-    square = torch.tensor([f.square for f in faces])
-    if bool(square.any()):
-        boxes[square] = geometry.square_on(boxes[square], latent_hw)
-    return boxes
+    return torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
 
 
 def warn_aspect(aspects, latent_hw: tuple[int, int], tolerance: float = 0.01) -> None:
-    """Warn when a layout read from a photo or mask meets a latent of another aspect ratio (centres stretch)."""
+    """Warn when a layout made for one aspect ratio meets a latent of another: its boxes stretch."""
     latent_aspect = latent_hw[1] / latent_hw[0]
     for aspect in {a for a in aspects if a is not None}:
         if abs(math.log(aspect / latent_aspect)) > tolerance:
-            log.warning("RealisID: the layout was read from an image of aspect %.3f (width / height) but the latent "
-                        "is %dx%d (aspect %.3f): face centres keep their fractions of the width and height (so "
-                        "their spacing stretches) and faces stay square, sized on the shorter side. Use a "
-                        "location photo or mask of the output's shape to avoid this.", aspect, latent_hw[1],
-                        latent_hw[0], latent_aspect)
+            log.warning("RealisID: the layout was made for an image of aspect %.3f (width / height) but the latent "
+                        "is %dx%d cells (aspect %.3f): the face boxes keep their fractions of the width and height, "
+                        "so they are stretched (not square) and the crops and hints with them. Give the layout "
+                        "node the output's width and height.", aspect, latent_hw[1], latent_hw[0], latent_aspect)
 
 
 def _repeat_faces(t: torch.Tensor | None, k: int) -> torch.Tensor | None:

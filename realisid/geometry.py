@@ -67,20 +67,6 @@ def frac_to_latent(boxes_frac, latent_hw: tuple[int, int]) -> torch.Tensor:
     return boxes * torch.tensor([w, h, w, h], dtype=torch.float64)
 
 
-def square_on(boxes_square, hw: tuple[int, int]) -> torch.Tensor:
-    """Layout boxes -> (K, 4) fractions of an image of size hw, square in its cells.
-
-    A layout box is given as fractions of a SQUARE reference: its centre is kept as fractions of the image's width
-    and height, and its side is a fraction of the image's shorter side (so a face stays square on any aspect).
-    """
-    boxes = torch.as_tensor(boxes_square, dtype=torch.float64).reshape(-1, 4)
-    h, w = hw
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    side = (boxes[:, 2] - boxes[:, 0]) * min(h, w)
-    half_x, half_y = side / (2 * w), side / (2 * h)
-    return torch.stack([cx - half_x, cy - half_y, cx + half_x, cy + half_y], dim=1)
-
-
 # ------------------------------------------------------------------------------------------- UNet levels ------
 
 @dataclass(frozen=True)

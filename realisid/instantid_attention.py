@@ -7,8 +7,7 @@ For every cross-attention (attn2) of the base UNet, the output before `to_out` b
 where p_i are face i's identity tokens and mask_i is face i's box coverage on that block's cells (placed where the
 UNet's own down-sampling puts them, `geometry.unet_levels`; exactly 0 outside the box), so a face's tokens act only
 inside its region. Where boxes overlap, the faces' terms are averaged by coverage instead of summed: the pack's
-overlap policy (`geometry.overlap_norm`), the same as the local branch's. Boxes are layout boxes (a square
-reference, `geometry.square_on`): each face stays square on the latent it meets. Applied on a CLONE of the MODEL through
+overlap policy (`geometry.overlap_norm`), the same as the local branch's. Applied on a CLONE of the MODEL through
 `patches_replace["attn2"][(block, id, index)]` (ComfyUI's mechanism, as cubiq/ComfyUI_InstantID uses), gated by
 sigma between start and end percent.
 
@@ -78,7 +77,7 @@ class RegionalIPAttention:
     def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, levels, previous=None):
         self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner)
         self.k_null, self.v_null = k_null, v_null  # (1, N, inner)
-        self.boxes = boxes  # (K, 4) layout boxes (fractions of a square reference)
+        self.boxes = boxes  # (K, 4) fractions
         self.levels = levels  # the base UNet's levels (geometry.unet_levels)
         self.weight = float(weight)
         self.sigma_start, self.sigma_end = sigma_range
@@ -98,7 +97,7 @@ class RegionalIPAttention:
         key = (tokens, hw, device, dtype)
         if key not in self._masks:
             level = feature_level(tokens, hw, self.levels)
-            boxes = geometry.frac_to_latent(geometry.square_on(self.boxes, hw), hw)
+            boxes = geometry.frac_to_latent(self.boxes, hw)
             mask = geometry.level_box_mask(boxes, hw, level)  # (K, 1, h, w), 0 outside each box
             norm = geometry.overlap_norm(mask)
             if norm is not None:
@@ -151,8 +150,7 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
                               start_percent: float = 0.0, end_percent: float = 1.0):
     """A CLONE of `model_patcher` whose cross-attentions add each face's IP-Adapter identity inside its box.
 
-    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1))], tokens from instantid_model.project(), boxes as the
-    layout gives them (fractions of a square reference, made square on the latent at sampling time).
+    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1) fractions)], tokens from instantid_model.project().
     The input MODEL is never changed (its model_options and weights stay as they were).
     """
     if not faces:

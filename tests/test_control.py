@@ -420,3 +420,14 @@ def test_projection_works_when_the_projector_is_partly_offloaded():
         p_id = model.project(src)
     assert p_id.device.type == "meta" and p_id.shape == (2, 4, T.CONTEXT_DIM)
     assert proj.latents.device.type == "meta" and proj.proj_in.weight.device.type == "cpu"  # module untouched
+
+
+def test_a_layout_made_for_another_aspect_ratio_warns(caplog):
+    from realisid.control import face_boxes
+
+    face = FaceCondition(torch.zeros(1, 4), None, (0.1, 0.1, 0.3, 0.3), source_aspect=1.0)
+    with caplog.at_level("WARNING", logger="realisid.control"):
+        face_boxes([face], (128, 128))
+        assert not caplog.records
+        face_boxes([face], (152, 104))
+    assert "aspect" in caplog.text and "stretched" in caplog.text

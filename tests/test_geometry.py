@@ -326,3 +326,32 @@ def test_crop_shrinking_a_large_box_is_the_area_mean_and_constant_stays_constant
     np.testing.assert_allclose(got[0].numpy(), ref, atol=1e-12)
     const = g.crop_and_resize(torch.full((1, 1, 40, 40), 4.0), [box], 8)
     torch.testing.assert_close(const, torch.full_like(const, 4.0))
+
+
+def test_overlapping_boxes_are_averaged_by_coverage_and_disjoint_ones_summed():
+    """The overlap policy: sum / max(1, total coverage); K = 1 or disjoint boxes are plain sums (no norm built)."""
+    boxes = [[4.0, 4.0, 12.0, 12.0], [8.0, 8.0, 16.0, 16.0]]
+    placement = g.place_boxes(boxes, (20, 20), 8, [g.LEVEL0], dtype=torch.float64)
+    res = torch.stack([torch.full((1, 8, 8), 1.0), torch.full((1, 8, 8), 3.0)]).double()
+    out = g.paste_placed(res, placement, sum_faces=True)[0, 0]
+    assert out[5, 5] == 1.0 and out[14, 14] == 3.0 and out[9, 9] == 2.0  # the overlap holds the mean
+    assert out[2, 2] == 0.0
+    apart = g.place_boxes([[0.0, 0.0, 8.0, 8.0], [10.0, 10.0, 18.0, 18.0]], (20, 20), 8, [g.LEVEL0])
+    assert apart.paste[8].norm is None
+    summed = g.paste_placed(res.float(), apart, sum_faces=True)[0, 0]
+    assert summed[4, 4] == 1.0 and summed[14, 14] == 3.0
+
+
+def test_paired_paste_and_crop_match_the_per_face_calls():
+    gen = torch.Generator().manual_seed(4)
+    latent = torch.randn(2, 3, 24, 24, generator=gen)
+    boxes = [[2.5, 3.1, 12.5, 13.1], [9.2, 6.4, 23.0, 20.2]]
+    placement = g.place_boxes(boxes, (24, 24), 16, [g.LEVEL0, g.Level(((3, 2, 1),))])
+    crops = g.crop_placed(latent, placement, paired=True)
+    for k in range(2):
+        torch.testing.assert_close(crops[k], g.crop_and_resize(latent[k:k + 1], [boxes[k]], 16)[0])
+    res = torch.randn(2, 3, 8, 8, generator=gen)
+    pasted = g.paste_placed(res, placement, paired=True)
+    for k in range(2):
+        torch.testing.assert_close(pasted[k], g.relocate(res[k:k + 1], [boxes[k]], (24, 24), g.Level(((3, 2, 1),)),
+                                                         16)[0])
