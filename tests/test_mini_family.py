@@ -67,3 +67,18 @@ def test_trainable_text_forward_equals_comfyuis(pack_node_ids):
     grads = [p.grad for p in trainable.parameters() if p.grad is not None]
     assert len(grads) > 0.5 * len(list(trainable.parameters()))
     assert all(np.isfinite(g.abs().sum().item()) for g in grads)
+
+
+def test_base_samples_through_comfys_sampler(mini_checkpoint, models_dir):
+    """The base gate's sampler: ComfyUI's loader and sampler, one image per caption, seeded."""
+    from realisid.mini import gates
+
+    path = str(models_dir / "checkpoints" / mini_checkpoint)
+    captions = ["one person, close-up portrait, in a park, wearing a red shirt", "two people, full-body shot, "
+                "on a beach, the left one in a red shirt, the right one in a blue shirt", "three people"]
+    first = gates.sample_base(path, captions, seed=3, steps=2, batch=2)
+    again = gates.sample_base(path, captions, seed=3, steps=2, batch=2)
+    assert len(first) == 3 and first[0].shape == (256, 256, 3) and first[0].dtype == np.uint8
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1])  # each caption (and its noise) gives its own image

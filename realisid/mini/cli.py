@@ -26,8 +26,8 @@ JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
 CARD_COMMANDS = """
 W=mini_work  # any folder: resumable states and curves
 python -m realisid.mini --threads 1 train detector --work $W --steps 1200
-python -m realisid.mini --threads 1 train facenet --work $W --steps 1500
-python -m realisid.mini --threads 1 train judge --work $W --steps 1500
+python -m realisid.mini --threads 1 train facenet --work $W --steps 1200
+python -m realisid.mini --threads 1 train judge --work $W --steps 1200
 python -m realisid.mini --threads 1 train vae --work $W --steps 2000
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
 python -m realisid.mini export vae --work $W

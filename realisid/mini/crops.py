@@ -44,12 +44,19 @@ def from_crop_units(points, box, expand: float = EXPAND) -> np.ndarray:
     return np.asarray(points, np.float64) * (frame[2] - frame[0]) + frame[:2]
 
 
-def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blur, noise and colour drift like a decoded sample's, so the networks also read generated images."""
+def degrade(image: np.ndarray, rng: np.random.Generator, colour_drift: bool) -> np.ndarray:
+    """Blur and noise like a decoded sample's, so the networks also read generated images.
+
+    colour_drift: also shift each channel's gain and offset. Only for the detector: skin, hair and eye colours
+    ARE identity, so the networks that read identity see at most a slight overall brightness change.
+    """
     out = image.astype(np.float32)
     sigma = rng.uniform(0.0, 1.3)
     if sigma > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), sigma)
-    out = out * rng.uniform(0.9, 1.1, 3) + rng.uniform(-12, 12, 3)
+    if colour_drift:
+        out = out * rng.uniform(0.9, 1.1, 3) + rng.uniform(-12, 12, 3)
+    else:
+        out = out * rng.uniform(0.97, 1.03)
     out = out + rng.normal(0, rng.uniform(0, 8), out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)

@@ -193,7 +193,7 @@ def crop_batch(scenes: list[world.Scene], rng: np.random.Generator, batch: int, 
         scene = scenes[int(rng.integers(len(scenes)))]
         face = scene.faces[int(rng.integers(len(scene.faces)))]
         frame_box = jittered_box(face.box, rng, shift, scale)
-        image = crops.degrade(scene.image, rng) if degrade else scene.image
+        image = crops.degrade(scene.image, rng, colour_drift=False) if degrade else scene.image
         images.append(crops.crop(image, frame_box))
         boxes.append(crops.to_crop_units(face.box.reshape(2, 2), frame_box).reshape(4))
         lms.append(crops.to_crop_units(face.landmarks68, frame_box))
@@ -208,16 +208,18 @@ def crop_batch(scenes: list[world.Scene], rng: np.random.Generator, batch: int, 
 def facenet_loss(out: dict, batch: dict, net: FaceNet) -> tuple[torch.Tensor, dict]:
     geo = F.l1_loss(out["box"], batch["box"]) + F.l1_loss(out["landmarks"], batch["landmarks"])
     logits = net.attributes(out["embedding"])
-    ce = sum(F.cross_entropy(lg, batch["attributes"][:, i]) for i, lg in enumerate(logits)) / len(logits)
+    # summed, not averaged: each attribute weighs as much as the geometry does (an average starves nine heads)
+    ce = sum(F.cross_entropy(lg, batch["attributes"][:, i]) for i, lg in enumerate(logits))
     acc = float(np.mean([(lg.argmax(1) == batch["attributes"][:, i]).float().mean() for i, lg in enumerate(logits)]))
-    return 10 * geo + ce, {"geo": float(geo), "ce": float(ce), "attr_acc": acc}
+    return 10 * geo + ce, {"geo": float(geo), "ce": float(ce) / len(logits), "attr_acc": acc}
 
 
 def judge_loss(out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
+    # summed: each attribute weighs as much as the expression and the pose (an average learns them 9x slower)
     ce = sum(F.cross_entropy(lg, batch["attributes"][:, i]) for i, lg in enumerate(out["attributes"]))
-    ce = ce / len(out["attributes"])
     ex = F.cross_entropy(out["expression"], batch["expression"])
     pose = F.smooth_l1_loss(out["pose"] / 10.0, batch["pose"] / 10.0)
     acc = float(np.mean([(lg.argmax(1) == batch["attributes"][:, i]).float().mean()
                          for i, lg in enumerate(out["attributes"])]))
-    return ce + ex + pose, {"ce": float(ce), "expr": float(ex), "pose": float(pose), "attr_acc": acc}
+    return ce + ex + pose, {"ce": float(ce) / len(out["attributes"]), "expr": float(ex), "pose": float(pose),
+                            "attr_acc": acc}

@@ -168,3 +168,56 @@ def render_identity(identity, side_fraction: float, rng: np.random.Generator) ->
                               clothing=str(rng.choice(list(world.CLOTHES))))
     return world.render_scene(world.SceneSpec(people=(person,), place=str(rng.choice(world.PLACES)),
                                               seed=int(rng.integers(2**31))))
+
+
+def sample_base(checkpoint_path: str, captions: list[str], seed: int, steps: int = 20, cfg: float = 4.0,
+                batch: int = 4) -> list[np.ndarray]:
+    """Text-only samples of a Mini base checkpoint through ComfyUI's own loader and sampler (euler, normal)."""
+    import comfy.sample
+    import comfy.sd
+    import torch
+
+    patcher, clip, vae_model = comfy.sd.load_checkpoint_guess_config(checkpoint_path, output_vae=True,
+                                                                      output_clip=True)[:3]
+
+    def encode(texts):
+        out = [clip.encode_from_tokens(clip.tokenize(t), return_pooled=True) for t in texts]
+        return torch.cat([c for c, _ in out]), torch.cat([p for _, p in out])
+
+    images = []
+    for start in range(0, len(captions), batch):
+        texts = captions[start:start + batch]
+        cond, pooled = encode(texts)
+        uncond, upooled = encode([""] * len(texts))
+        latent = torch.zeros(len(texts), 4, world.SIZE // 8, world.SIZE // 8)
+        noise = comfy.sample.prepare_noise(latent, seed + start)
+        samples = comfy.sample.sample(patcher, noise, steps, cfg, "euler", "normal",
+                                      [[cond, {"pooled_output": pooled}]], [[uncond, {"pooled_output": upooled}]],
+                                      latent, seed=seed + start, disable_pbar=True)
+        decoded = vae_model.decode(samples)
+        images += list((decoded.clamp(0, 1) * 255).round().byte().cpu().numpy())
+    return images
+
+
+def base_gate(analyzer, judge, checkpoint_path: str, n: int = 200, seed: int = 61) -> dict:
+    """n text-only samples from training-style captions: does the Mini detector find the requested number of
+    people, and how confidently does the judge read the faces (against its confidence on real renders)?"""
+    import time
+
+    rng = np.random.default_rng(seed)
+    specs = [world.random_spec(rng, split="held_out") for _ in range(n)]
+    start = time.perf_counter()
+    images = sample_base(checkpoint_path, [world.caption(s) for s in specs], seed)
+    seconds = (time.perf_counter() - start) / n
+    found, confidences = [], []
+    for spec, image in zip(specs, images, strict=True):
+        records = analyzer.analyze(image)
+        found.append(len(records) == len(spec.people))
+        if records:
+            readings = judge.read([image] * len(records), [r.box for r in records])
+            confidences += [float(np.mean(list(r["confidence"].values()))) for r in readings]
+    rendered = [world.render_scene(s) for s in specs[:50]]
+    real = judge.read([s.image for s in rendered for _ in s.faces], [f.box for s in rendered for f in s.faces])
+    return {"n": n, "count_correct": float(np.mean(found)), "judge_confidence_samples": float(np.mean(confidences or [0])),
+            "judge_confidence_renders": float(np.mean([np.mean(list(r["confidence"].values())) for r in real])),
+            "seconds_per_image": seconds}

@@ -52,7 +52,7 @@ def train_detector(work: str, steps: int, seed: int = 0, batch: int = 16, lr: fl
         rng = training.step_rng(seed, step)
         scenes = pool.at(step)
         picked = [scenes[int(i)] for i in rng.integers(len(scenes), size=batch)]
-        x = facenets.images_to_tensor(np.stack([crops.degrade(s.image, rng) for s in picked]))
+        x = facenets.images_to_tensor(np.stack([crops.degrade(s.image, rng, colour_drift=True) for s in picked]))
         loss = facenets.detector_loss(net(x), facenets.detector_targets(picked))
         _optimise(optimizer, loss, net.parameters())
         return {"loss": float(loss.detach())}
