@@ -1,0 +1,81 @@
+"""RealisID-Mini weight files and the readers built on them, with random networks written at test time
+(the trained files are tested against the model card once they ship)."""
+
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from realisid.mini import backend, facenets, files, gates, judge, world
+
+
+@pytest.fixture(scope="module")
+def random_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mini")
+    torch.manual_seed(0)
+    backend.save_face_models(folder / "faces.safetensors", facenets.Detector().eval(), facenets.FaceNet().eval())
+    judge.save_judge(folder / "judge.safetensors", facenets.Judge().eval())
+    return folder
+
+
+def test_files_are_fp16_and_round_trip(random_files):
+    state = safetensors.torch.load_file(str(random_files / "faces.safetensors"))
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    net = facenets.Judge()
+    info = files.load_networks(random_files / "judge.safetensors", "judge", {"judge": net})
+    assert info["kind"] == "judge" and not net.training
+    assert next(net.parameters()).dtype == torch.float32
+
+
+def test_a_file_of_another_kind_or_shape_is_refused(random_files, tmp_path):
+    with pytest.raises(ValueError, match="expected a RealisID-Mini 'faces' file"):
+        backend.MiniFaceAnalyzer(random_files / "judge.safetensors")
+    with pytest.raises(FileNotFoundError, match="models/mini"):
+        judge.MiniJudge(tmp_path / "absent.safetensors")
+    wrong = tmp_path / "wrong.safetensors"
+    small = torch.nn.Linear(2, 2)
+    files.save_networks(wrong, {"judge": small}, "judge")
+    with pytest.raises(ValueError, match="do not match"):
+        judge.MiniJudge(wrong)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable"):
+        judge.MiniJudge(tmp_path / "junk.safetensors")
+
+
+def test_readers_return_the_interfaces_contracts(random_files):
+    scene = world.random_scene(11, n_people=2)
+    analyzer = backend.MiniFaceAnalyzer(random_files / "faces.safetensors", threshold=0.0)
+    records = analyzer.analyze(scene.image, image_index=3)
+    assert records, "threshold 0 keeps every local maximum of the heat map"
+    rec = records[0]
+    assert rec.space == backend.SPACE and rec.embedding.shape == (facenets.EMBEDDING_DIM,)
+    assert rec.landmarks68.shape == (68, 2) and rec.kps.shape == (5, 2) and rec.image_index == 3
+    assert rec.image_size == (256, 256)
+    np.testing.assert_allclose(rec.kps[2], rec.landmarks68[30], atol=1e-4)
+    readings = judge.MiniJudge(random_files / "judge.safetensors").read([scene.image] * 2,
+                                                                        [f.box for f in scene.faces])
+    assert len(readings) == 2 and set(readings[0]["attributes"]) == set(gates.ATTRIBUTES)
+    assert readings[0]["expression"] in ("neutral", "smile", "surprise", "frown")
+
+
+def test_roc_auc_against_brute_force():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, 40), rng.normal(0, 1, 30)
+    pos[:3] = neg[:3]  # some ties
+    brute = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
+    assert gates.roc_auc(pos, neg) == pytest.approx(brute)
+
+
+def test_judge_scores_count_what_they_say():
+    scenes = gates.single_person_scenes(1 / 4, 4, seed=1)
+    truths = [s.faces[0] for s in scenes]
+    perfect = [{"attributes": t.identity.as_dict(), "confidence": {k: 1.0 for k in gates.ATTRIBUTES},
+                "expression": t.expression, "pose": t.pose} for t in truths]
+    scores = gates.score_readings(perfect, truths)
+    assert all(v == 1.0 for v in scores.attributes.values()) and scores.expression == 1.0
+    assert scores.pose_mae == {"yaw": 0.0, "pitch": 0.0, "roll": 0.0}
+    wrong = [dict(r, attributes={**r["attributes"], "skin": (r["attributes"]["skin"] + 1) % 6}) for r in perfect]
+    assert gates.score_readings(wrong, truths).attributes["skin"] == 0.0
+    assert json.dumps(scores.as_dict())
