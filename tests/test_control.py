@@ -392,15 +392,16 @@ def test_one_face_composite_equals_local_then_global_chained(node_setup):
 
 
 def test_prepared_faces_send_only_the_compute_dtype_to_the_device(sdxl):
-    """MPS has no float64: everything prepare_faces puts on the compute device must be in the compute dtype."""
+    """MPS has no float64: everything prepare_faces puts on the compute device is in the compute dtype, except the
+    crop/paste matrices, which are in the resampling dtype (float32 for half precision, never float64)."""
     from realisid.control import prepare_faces
 
     _, model, faces = sdxl
     device = torch.device("meta")
     prep = prepare_faces(model, faces, (T.LATENT, T.LATENT), device, torch.float16)
-    placed = [prep.p_id, prep.local_hint, prep.global_hint, prep.placement.crop_grid, prep.placement.crop_inside]
-    placed += [t for pair in prep.placement.paste.values() for t in pair]
-    assert all(t.device == device and t.dtype == torch.float16 for t in placed)
+    assert all(t.device == device and t.dtype == torch.float16 for t in (prep.p_id, prep.local_hint, prep.global_hint))
+    matrices = [*prep.placement.crop] + [t for lv in prep.placement.paste.values() for t in (lv.rows, lv.cols)]
+    assert all(t.device == device and t.dtype == torch.float32 for t in matrices)
     assert prep.boxes_latent.device.type == "cpu" and prep.boxes_latent.shape == (len(faces), 4)
 
 
