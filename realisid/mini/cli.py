@@ -134,10 +134,9 @@ def _state(work: str, name: str) -> dict:
 
 
 def _record(state: dict) -> dict:
-    from realisid.mini import training
-
+    """How a stage was trained, from its state (the machine is the one that trained it, not the exporter's)."""
     return {"steps": state["step"], "seconds": round(state["seconds"], 1), "seed": state["seed"],
-            "machine": training.machine()}
+            "machine": state.get("machine", "not recorded")}
 
 
 def _export(what: str, work: str, seed: int) -> None:

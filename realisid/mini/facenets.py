@@ -54,7 +54,7 @@ class Detector(nn.Module):
 
 
 class CropNet(nn.Module):
-    """A 64 x 64 crop -> a flat feature and a pooled feature (shared trunk of the face net and the judge)."""
+    """A 64 x 64 crop -> a flat 8 x 8 feature (shared trunk of the face net and the judge)."""
 
     def __init__(self, widths=(32, 48, 64, 128)):
         super().__init__()
@@ -62,11 +62,9 @@ class CropNet(nn.Module):
         self.trunk = nn.Sequential(_block(3, a), _block(a, a), _block(a, b, 2), _block(b, b), _block(b, c, 2),
                                    _block(c, c), _block(c, d, 2), _block(d, d))  # 8 x 8
         self.flat_dim = d * 64
-        self.pool_dim = d
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.trunk(_normalise(x))
-        return f.flatten(1), f.mean((2, 3))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(_normalise(x)).flatten(1)
 
 
 class CosineHeads(nn.Module):
@@ -94,7 +92,7 @@ class FaceNet(nn.Module):
         self.attributes = CosineHeads(EMBEDDING_DIM, ATTRIBUTE_SIZES)
 
     def forward(self, x: torch.Tensor) -> dict:
-        flat, _ = self.crop_net(x)
+        flat = self.crop_net(x)
         geo = self.geometry(flat)
         emb = F.normalize(self.embed(flat), dim=1)
         return {"box": geo[:, :4] + 0.5, "landmarks": geo[:, 4:].reshape(-1, 68, 2) + 0.5, "embedding": emb}
@@ -113,7 +111,7 @@ class Judge(nn.Module):
         self.pose = nn.Linear(hidden, 3)
 
     def forward(self, x: torch.Tensor) -> dict:
-        flat, _ = self.crop_net(x)
+        flat = self.crop_net(x)
         h = self.fc(flat)
         return {"attributes": list(self.attributes(h).split(ATTRIBUTE_SIZES, dim=1)),
                 "expression": self.expression(h), "pose": self.pose(h) * 30.0}

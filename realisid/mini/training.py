@@ -75,7 +75,7 @@ class ResumableRun:
     def save(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "seconds": self.seconds, "seed": self.seed}, tmp)
+                    "seconds": self.seconds, "seed": self.seed, "machine": machine()}, tmp)
         os.replace(tmp, self.state_path)  # never a half-written state file
 
     def run(self, steps: int, step_fn: Callable[[int], dict], save_every: int = 100, lr_at=None) -> None:
