@@ -177,6 +177,8 @@ def sample_base(checkpoint_path: str, captions: list[str], seed: int, steps: int
     import comfy.sd
     import torch
 
+    from realisid.mini import family
+
     patcher, clip, vae_model = comfy.sd.load_checkpoint_guess_config(checkpoint_path, output_vae=True,
                                                                       output_clip=True)[:3]
 
@@ -189,7 +191,7 @@ def sample_base(checkpoint_path: str, captions: list[str], seed: int, steps: int
         texts = captions[start:start + batch]
         cond, pooled = encode(texts)
         uncond, upooled = encode([""] * len(texts))
-        latent = torch.zeros(len(texts), 4, world.SIZE // 8, world.SIZE // 8)
+        latent = torch.zeros(len(texts), family.LATENT_CHANNELS, world.SIZE // 8, world.SIZE // 8)
         noise = comfy.sample.prepare_noise(latent, seed + start)
         samples = comfy.sample.sample(patcher, noise, steps, cfg, "euler", "normal",
                                       [[cond, {"pooled_output": pooled}]], [[uncond, {"pooled_output": upooled}]],

@@ -53,8 +53,9 @@ _JAW = [(RX * 0.97 * math.cos(math.radians(a)), RY * 0.97 * math.sin(math.radian
 _BROW_L = [(-0.30, -0.165), (-0.25, -0.19), (-0.19, -0.2), (-0.13, -0.195), (-0.08, -0.18)]
 _NOSE_BRIDGE = [(0.0, -0.09), (0.0, -0.04), (0.0, 0.01), (0.0, 0.07)]
 _NOSE_BASE = [(-0.06, 0.11), (-0.03, 0.125), (0.0, 0.13), (0.03, 0.125), (0.06, 0.11)]
-_EYE_L = [(-0.28, -0.06), (-0.22, -0.115), (-0.14, -0.115), (-0.08, -0.06), (-0.14, -0.01), (-0.22, -0.01)]
-_EYE_R = [(0.08, -0.06), (0.14, -0.115), (0.22, -0.115), (0.28, -0.06), (0.22, -0.01), (0.14, -0.01)]
+# big cartoon eyes: the iris (eye colour, a fine attribute) must survive an 8x autoencoder at 1/7
+_EYE_L = [(-0.29, -0.06), (-0.22, -0.13), (-0.14, -0.13), (-0.07, -0.06), (-0.14, 0.005), (-0.22, 0.005)]
+_EYE_R = _mirror(_EYE_L[3::-1]) + _mirror(_EYE_L[:3:-1])
 _LIPS_OUT = [(-0.14, 0.27), (-0.10, 0.245), (-0.04, 0.235), (0.0, 0.24), (0.04, 0.235), (0.10, 0.245),
              (0.14, 0.27), (0.10, 0.30), (0.04, 0.315), (0.0, 0.318), (-0.04, 0.315), (-0.10, 0.30)]
 _LIPS_IN = [(-0.12, 0.27), (-0.04, 0.262), (0.0, 0.262), (0.04, 0.262), (0.12, 0.27), (0.04, 0.278), (0.0, 0.28),
@@ -75,11 +76,17 @@ def surface_z(xy: np.ndarray) -> np.ndarray:
 
 
 def _shape_nose(pts: np.ndarray, nose: int) -> None:
-    if nose == 1:  # wide
-        pts[31:36, 0] *= 1.6
+    # the three noses differ in outline, not shading: a button, a broad base, a long one reaching the lip
+    if nose == 0:  # small
+        pts[31:36, 0] *= 0.7
+        pts[29:31, 1] -= (0.02, 0.04)
+        pts[31:36, 1] -= 0.04
+    elif nose == 1:  # wide
+        pts[31:36, 0] *= 2.3
+        pts[[31, 35], 1] -= 0.015
     elif nose == 2:  # long
-        pts[29:31, 1] += (0.025, 0.05)
-        pts[31:36, 1] += 0.05
+        pts[29:31, 1] += (0.04, 0.08)
+        pts[31:36, 1] += 0.08
 
 
 def _express(pts: np.ndarray, expression: str) -> None:
@@ -109,8 +116,9 @@ def canonical_landmarks(identity: Identity, expression: str) -> np.ndarray:
     """(68, 3) landmarks of a frontal head with this identity's nose and brows and this expression."""
     pts = NEUTRAL_68.copy()
     _shape_nose(pts, identity.nose)
-    if identity.brows == 1:  # arched: the middle of each brow higher
-        pts[[18, 19, 20, 23, 24, 25], 1] -= (0.02, 0.035, 0.02, 0.02, 0.035, 0.02)
+    if identity.brows == 1:  # arched: a steep inverted V, outer ends dropped
+        pts[[17, 18, 19, 20, 21, 22, 23, 24, 25, 26], 1] += (0.03, -0.03, -0.065, -0.035, 0.0,
+                                                              0.0, -0.035, -0.065, -0.03, 0.03)
     _express(pts, expression)
     z = surface_z(pts) + NOSE_Z
     return np.concatenate([pts, z[:, None]], axis=1)
@@ -230,14 +238,15 @@ def draw_head(canvas: Canvas, head: HeadPlacement, identity: Identity, expressio
     lm = head.project(pts3)
     s = head.side
     if identity.mole:
-        mole = np.array([[-0.22 if identity.mole == 1 else 0.22, 0.12, 0.0]])
+        # low on the cheek, close enough to the middle to stay in view at the widest yaw
+        mole = np.array([[-0.19 if identity.mole == 1 else 0.19, 0.17, 0.0]])
         mole[0, 2] = surface_z(mole[:, :2])[0]
         if head.facing(mole)[0] > 0.02:
-            canvas.circle(head.project(mole)[0], 0.045 * s, (60, 30, 20))
+            canvas.circle(head.project(mole)[0], 0.055 * s, (45, 20, 12))
     _draw_nose(canvas, lm, skin, s)
     _draw_eyes(canvas, head, lm, pts3, identity, s)
     brow_colour = shade(hair, 0.55) if identity.hair_colour != 0 else (10, 8, 8)
-    brow_width = (0.065 if identity.brows == 2 else 0.035) * s
+    brow_width = (0.1 if identity.brows == 2 else 0.045) * s
     canvas.polyline(lm[17:22], brow_colour, brow_width)
     canvas.polyline(lm[22:27], brow_colour, brow_width)
     _draw_facial_hair(canvas, head, identity, hair)
@@ -249,10 +258,10 @@ def draw_head(canvas: Canvas, head: HeadPlacement, identity: Identity, expressio
 
 
 def _draw_nose(canvas: Canvas, lm: np.ndarray, skin, s: float) -> None:
-    shadow = shade(skin, 0.72)
-    canvas.polygon(np.array([lm[29], lm[35], lm[33], lm[31]]), shadow)
-    canvas.polyline(lm[27:31], shadow, 0.025 * s)
-    canvas.polyline(lm[31:36], shade(skin, 0.55), 0.02 * s)
+    shadow = shade(skin, 0.62)
+    canvas.polygon(np.array([lm[28], lm[35], lm[33], lm[31]]), shadow)
+    canvas.polyline(lm[27:31], shadow, 0.03 * s)
+    canvas.polyline(lm[31:36], shade(skin, 0.4), 0.035 * s)
 
 
 def _draw_eyes(canvas: Canvas, head: HeadPlacement, lm, pts3, identity: Identity, s: float) -> None:
@@ -262,7 +271,7 @@ def _draw_eyes(canvas: Canvas, head: HeadPlacement, lm, pts3, identity: Identity
         canvas.polygon(eye, (250, 250, 250))
         centre3 = pts3[first:first + 6].mean(axis=0)
         open_h = float(np.linalg.norm(lm[first + 1] - lm[first + 5]) + np.linalg.norm(lm[first + 2] - lm[first + 4])) / 2
-        r = min(0.052 * s, 0.5 * open_h)
+        r = min(0.068 * s, 0.5 * open_h)
         if r > 0.15:
             c = head.project((centre3 + np.array([0, 0, 0.02]))[None])[0]
             canvas.circle(c, r, iris)
@@ -299,11 +308,11 @@ def _draw_front_hair(canvas: Canvas, head: HeadPlacement, identity: Identity, ha
     cap = _SURFACE[(_SURFACE[:, 1] < line) & (_SURFACE[:, 2] > -0.25)] * 1.05
     canvas.polygon(_hull(head.project(cap)), hair)
     if style == 3:  # spiky: triangles out of the crown
-        for angle in np.linspace(-70, 70, 5):
+        for angle in np.linspace(-75, 75, 7):
             a = math.radians(angle)
-            base = np.array([[math.sin(a) * 0.36 - 0.07 * math.cos(a), -math.cos(a) * 0.44, 0.0],
-                             [math.sin(a) * 0.36 + 0.07 * math.cos(a), -math.cos(a) * 0.44, 0.0],
-                             [math.sin(a) * 0.62, -math.cos(a) * 0.66, 0.0]])
+            base = np.array([[math.sin(a) * 0.36 - 0.09 * math.cos(a), -math.cos(a) * 0.44, 0.0],
+                             [math.sin(a) * 0.36 + 0.09 * math.cos(a), -math.cos(a) * 0.44, 0.0],
+                             [math.sin(a) * 0.6, -math.cos(a) * 0.66, 0.0]])
             canvas.polygon(head.project(base), hair)
     elif style == 4:  # bun on top
         top = head.project(np.array([[0.0, -0.6, -0.05]]))[0]

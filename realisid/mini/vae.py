@@ -1,4 +1,4 @@
-"""The Mini VAE: ComfyUI's TAESD architecture (8x, 4 latent channels), trained on Mini scenes with a face-weighted loss.
+"""The Mini VAE: ComfyUI's TAESD architecture (8x, family.LATENT_CHANNELS latent channels), trained on Mini scenes with a face-weighted loss.
 
 Trained on patches (the network is convolutional; a 256 px image costs 16x a 64 px patch), half of them centred on
 a face, with the loss weighted up inside the faces and their hair, where identity lives. After training,
@@ -26,7 +26,9 @@ FACE_MARGIN = 1.4  # the weighted square around a face box, relative to its side
 def build_taesd(seed: int = 0) -> torch.nn.Module:
     import comfy.taesd.taesd
 
-    model = comfy.taesd.taesd.TAESD(latent_channels=4)
+    from realisid.mini import family
+
+    model = comfy.taesd.taesd.TAESD(latent_channels=family.LATENT_CHANNELS)
     training.init_like_torch(model, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         model.vae_scale.fill_(1.0)
@@ -91,7 +93,7 @@ def reconstruction_loss(model: torch.nn.Module, x: torch.Tensor, w: torch.Tensor
     return loss, {"loss": float(loss.detach()), "psnr_face": psnr_face}
 
 
-def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 5e-4) -> dict:
+def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3) -> dict:
     model = build_taesd(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -129,7 +131,7 @@ def calibrate(model: torch.nn.Module, seed: int = 12345, n: int = 48) -> tuple[f
 
 @torch.no_grad()
 def encode(model: torch.nn.Module, images_uint8: np.ndarray, batch: int = 8) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 4, H/8, W/8) normalised latents (TAESD.encode semantics, ComfyUI's input range)."""
+    """(N, H, W, 3) uint8 -> (N, C, H/8, W/8) normalised latents (TAESD.encode semantics, ComfyUI's input range)."""
     out = []
     for i in range(0, len(images_uint8), batch):
         x = torch.from_numpy(np.ascontiguousarray(images_uint8[i:i + batch])).permute(0, 3, 1, 2).float() / 255.0
