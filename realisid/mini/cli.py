@@ -1,6 +1,6 @@
 """Command line of RealisID-Mini: one seeded, resumable command per training stage, its export, and the gates.
 
-    python -m realisid.mini train vae --work W --steps 3000          # then: export vae --work W
+    python -m realisid.mini train vae --work W --steps 2000          # then: export vae --work W
     python -m realisid.mini train detector|facenet|judge --work W --steps N
     python -m realisid.mini export faces|judge|vae --work W          # fp16 files into models/mini/
     python -m realisid.mini encode --work W --shards 10              # VAE latents of training scenes
@@ -26,9 +26,9 @@ JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
 CARD_COMMANDS = """
 W=mini_work  # any folder: resumable states and curves
 python -m realisid.mini --threads 1 train detector --work $W --steps 1200
-python -m realisid.mini --threads 1 train facenet --work $W --steps 1200
+python -m realisid.mini --threads 1 train facenet --work $W --steps 1000
 python -m realisid.mini --threads 1 train judge --work $W --steps 1500
-python -m realisid.mini --threads 1 train vae --work $W --steps 3000
+python -m realisid.mini --threads 1 train vae --work $W --steps 2000
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
 python -m realisid.mini export vae --work $W
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json

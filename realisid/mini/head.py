@@ -18,7 +18,7 @@ from realisid.mini.identity import EYE_RGB, HAIR_RGB, SKIN_RGB, Identity
 
 RX, RY, RZ = 0.40, 0.50, 0.40  # ellipsoid radii (head units)
 EXPRESSIONS = ("neutral", "smile", "surprise", "frown")
-POSE_RANGE_DEG = {"yaw": 45.0, "pitch": 20.0, "roll": 20.0}
+POSE_RANGE_DEG = {"yaw": 45.0, "pitch": 15.0, "roll": 20.0}
 SHIFT = 4  # sub-pixel bits of cv2 drawing
 _ONE = 1 << SHIFT
 
@@ -50,7 +50,8 @@ def _mirror(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 # frontal, neutral landmarks (x, y) in head units, iBUG 68 order; image-left = the subject's right
 _JAW = [(RX * 0.97 * math.cos(math.radians(a)), RY * 0.97 * math.sin(math.radians(a)))
         for a in np.linspace(175.0, 5.0, 17)]
-_BROW_L = [(-0.30, -0.165), (-0.25, -0.19), (-0.19, -0.2), (-0.13, -0.195), (-0.08, -0.18)]
+# brows clear of the glasses' frames, which sit just above the eyes
+_BROW_L = [(-0.30, -0.19), (-0.25, -0.215), (-0.19, -0.225), (-0.13, -0.22), (-0.08, -0.205)]
 _NOSE_BRIDGE = [(0.0, -0.09), (0.0, -0.04), (0.0, 0.01), (0.0, 0.07)]
 _NOSE_BASE = [(-0.06, 0.11), (-0.03, 0.125), (0.0, 0.13), (0.03, 0.125), (0.06, 0.11)]
 # big cartoon eyes: the iris (eye colour, a fine attribute) must survive an 8x autoencoder at 1/7
@@ -117,8 +118,8 @@ def canonical_landmarks(identity: Identity, expression: str) -> np.ndarray:
     pts = NEUTRAL_68.copy()
     _shape_nose(pts, identity.nose)
     if identity.brows == 1:  # arched: a steep inverted V, outer ends dropped
-        pts[[17, 18, 19, 20, 21, 22, 23, 24, 25, 26], 1] += (0.03, -0.03, -0.065, -0.035, 0.0,
-                                                              0.0, -0.035, -0.065, -0.03, 0.03)
+        pts[[17, 18, 19, 20, 21, 22, 23, 24, 25, 26], 1] += (0.03, -0.025, -0.05, -0.025, 0.0,
+                                                              0.0, -0.025, -0.05, -0.025, 0.03)
     _express(pts, expression)
     z = surface_z(pts) + NOSE_Z
     return np.concatenate([pts, z[:, None]], axis=1)
@@ -245,13 +246,14 @@ def draw_head(canvas: Canvas, head: HeadPlacement, identity: Identity, expressio
             canvas.circle(head.project(mole)[0], 0.055 * s, (45, 20, 12))
     _draw_nose(canvas, lm, skin, s)
     _draw_eyes(canvas, head, lm, pts3, identity, s)
-    brow_colour = shade(hair, 0.55) if identity.hair_colour != 0 else (10, 8, 8)
-    brow_width = (0.1 if identity.brows == 2 else 0.045) * s
-    canvas.polyline(lm[17:22], brow_colour, brow_width)
-    canvas.polyline(lm[22:27], brow_colour, brow_width)
     _draw_facial_hair(canvas, head, identity, hair)
     _draw_mouth(canvas, lm, skin, s)
     _draw_front_hair(canvas, head, identity, hair)
+    # brows over the fringe, as in a cartoon: a head looking up would otherwise hide arched brows under its hair
+    brow_colour = shade(hair, 0.4) if identity.hair_colour != 0 else (10, 8, 8)
+    brow_width = (0.1 if identity.brows == 2 else 0.045) * s
+    canvas.polyline(lm[17:22], brow_colour, brow_width)
+    canvas.polyline(lm[22:27], brow_colour, brow_width)
     if identity.glasses:
         _draw_glasses(canvas, head, identity.glasses == 2, s)
     return lm
@@ -305,7 +307,9 @@ def _draw_front_hair(canvas: Canvas, head: HeadPlacement, identity: Identity, ha
     if style == 2:
         return
     line = -0.33 if style == 1 else -0.30
-    cap = _SURFACE[(_SURFACE[:, 1] < line) & (_SURFACE[:, 2] > -0.25)] * 1.05
+    cap = _SURFACE[_SURFACE[:, 1] < line] * 1.05
+    # only the part of the cap that faces the viewer: the hull of hidden points would paint hair over the forehead
+    cap = cap[head.facing(cap) > 0.0]
     canvas.polygon(_hull(head.project(cap)), hair)
     if style == 3:  # spiky: triangles out of the crown
         for angle in np.linspace(-75, 75, 7):
@@ -323,7 +327,7 @@ def _draw_glasses(canvas: Canvas, head: HeadPlacement, square: bool, s: float) -
     frame = (15, 15, 20)
     rings = []
     for cx in (-0.18, 0.18):
-        ring = _face_plane_ring((cx, -0.06), 0.115, 0.09 if square else 0.105, 0.04, square)
+        ring = _face_plane_ring((cx, -0.06), 0.115, 0.078 if square else 0.088, 0.04, square)
         rings.append(head.project(ring))
         canvas.polyline(rings[-1], frame, 0.03 * s, closed=True)
     bridge = np.array([[-0.065, -0.07, 0.0], [0.065, -0.07, 0.0]])

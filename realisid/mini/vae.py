@@ -31,6 +31,14 @@ def build_taesd(seed: int = 0) -> torch.nn.Module:
     model = comfy.taesd.taesd.TAESD(latent_channels=family.LATENT_CHANNELS)
     training.init_like_torch(model, torch.Generator().manual_seed(seed))
     with torch.no_grad():
+        # SkipInit: every block starts as the identity (its last conv at zero), so the network first trains as a
+        # shallow one; measured on the Mini world: face PSNR 19.0 dB after 150 steps, against 18.4 after 950 with
+        # every block's residual branch initialised like the other convs
+        for sub in model.modules():
+            if isinstance(sub, comfy.taesd.taesd.Block):
+                sub.conv[4].weight.zero_()
+                sub.conv[4].bias.zero_()
+    with torch.no_grad():
         model.vae_scale.fill_(1.0)
         model.vae_shift.fill_(0.0)
     model.vae_scale.requires_grad_(False)
