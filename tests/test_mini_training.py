@@ -82,3 +82,46 @@ def test_warmup_cosine_schedule():
     assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)
     assert lr(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
+
+
+def test_warmup_constant_schedule_can_be_extended():
+    """The VAE's schedule depends on the step only (not the planned total), so a longer run is the same run."""
+    lr = training.warmup_constant(2.0, 4)
+    assert [lr(s) for s in range(6)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    assert type(lr(0)) is float
+
+
+def test_ema_update_warms_up_then_follows_the_decay():
+    live, ema = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+        ema.weight.zero_()
+    training.update_ema(live, ema, step=0, decay=0.999)  # d = 1/10: the first update moves 90 % of the way
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9))
+    training.update_ema(live, ema, step=10_000, decay=0.999)
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9 + 0.1 * 0.001))
+
+
+def test_vae_blocks_start_as_the_identity(pack_node_ids):
+    """SkipInit: every TAESD block of a fresh Mini VAE passes its (non-negative) input through unchanged."""
+    import comfy.taesd.taesd
+
+    from realisid.mini import family, vae
+
+    model = vae.build_taesd(3)
+    blocks = [m for m in model.modules() if isinstance(m, comfy.taesd.taesd.Block)]
+    assert len(blocks) == 20  # TAESD: 10 blocks in the encoder, 10 in the decoder
+    x = torch.rand(1, 64, 8, 8)
+    for block in blocks:
+        torch.testing.assert_close(block(x), x)
+    assert model.taesd_encoder(torch.rand(1, 3, 64, 64)).shape == (1, family.LATENT_CHANNELS, 8, 8)
+
+
+def test_vae_patches_are_mostly_faces():
+    from realisid.mini import vae
+
+    pool = vae.ScenePool(seed=0, index=0, size=6)
+    x, w = vae.sample_patches(pool, np.random.default_rng(1), batch=8, patch=64)
+    assert x.shape == (8, 3, 64, 64) and w.shape == (8, 1, 64, 64)
+    face_patches = [bool((w[i] > 1).any()) for i in range(8)]
+    assert sum(face_patches[i] for i in range(8) if i % 4 < vae.FACE_PATCHES) == 2 * vae.FACE_PATCHES

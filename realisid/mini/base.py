@@ -139,12 +139,9 @@ class BaseNets(torch.nn.Module):
         for p in [*self.ema_unet.parameters(), *self.ema_clip.parameters()]:
             p.requires_grad_(False)
 
-    @torch.no_grad()
     def update_ema(self, step: int) -> None:
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        for live, ema in ((self.unet, self.ema_unet), (self.clip, self.ema_clip)):
-            for p, e in zip(live.parameters(), ema.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+        training.update_ema(self.unet, self.ema_unet, step, EMA_DECAY)
+        training.update_ema(self.clip, self.ema_clip, step, EMA_DECAY)
 
 
 def diffusion_loss(base, unet, context, y, x0, generator) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from realisid.mini import files
+from realisid.mini import family, files
 from realisid.mini.identity import ATTRIBUTES, N_IDENTITIES
 
 # the gates of the issue that defined RealisID-Mini, checked here against the measured figures
@@ -92,7 +92,8 @@ def write_card(commands: str) -> Path:
                                                                    "(box, 68 landmarks, 64-d identity)"),
             ("judge", files.FACES_DIR / files.JUDGE_FILE, "judge", "judge: 9 attributes, expression, pose (metrics "
                                                                    "only)"),
-            ("vae", files.VAE_DIR / files.VAE_FILE, "vae", "TAESD-architecture VAE, 8x, 4 channels, face-weighted")):
+            ("vae", files.VAE_DIR / files.VAE_FILE, "vae", f"TAESD-architecture VAE, 8x, {family.LATENT_CHANNELS} "
+                                                           "latent channels, face-weighted")):
         if path.exists():
             infos[label] = files.read_info(path, kind)
             rel = path.relative_to(files.MODELS_DIR)

@@ -154,8 +154,9 @@ def _export(what: str, work: str, seed: int) -> None:
         net.load_state_dict(state["model"])
         judge.save_judge(files.FACES_DIR / files.JUDGE_FILE, net.eval(), training={"judge": _record(state)})
     else:
-        model, state = vae.build_taesd(seed), _state(work, "vae")
-        model.load_state_dict(state["model"])
+        nets, state = vae.VaeNets(vae.build_taesd(seed)), _state(work, "vae")
+        nets.load_state_dict(state["model"])
+        model = nets.ema
         mean, std = vae.calibrate(model)
         files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae",
                             training={"vae": _record(state)}, raw_latent_mean=mean, raw_latent_std=std)

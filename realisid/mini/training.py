@@ -106,6 +106,22 @@ class ResumableRun:
         return {"steps": self.step, "seconds": round(self.seconds, 1), "seed": self.seed, "machine": machine()}
 
 
+def warmup_constant(base_lr: float, warmup: int) -> Callable[[int], float]:
+    """Linear warm-up, then constant: a stage that may be extended (more --steps, resumed) keeps one schedule,
+    and its EMA copy does the annealing."""
+    def lr(step: int) -> float:
+        return float(base_lr * min(1.0, (step + 1) / warmup))
+    return lr
+
+
+@torch.no_grad()
+def update_ema(live: torch.nn.Module, ema: torch.nn.Module, step: int, decay: float) -> None:
+    """ema <- lerp(ema, live, 1 - d), d = min(decay, (1 + step) / (10 + step)): early averages do not keep the init."""
+    d = min(decay, (1 + step) / (10 + step))
+    for p, e in zip(live.parameters(), ema.parameters(), strict=True):
+        e.lerp_(p, 1 - d)
+
+
 def warmup_cosine(base_lr: float, warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
     def lr(step: int) -> float:
         if step < warmup:

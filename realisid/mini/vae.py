@@ -8,6 +8,7 @@ format then needs no scale factor.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -21,6 +22,8 @@ POOL_SIZE = 1200  # scenes per pool; a new pool every POOL_STEPS steps
 POOL_STEPS = 400
 FACE_WEIGHT = 4.0  # loss weight inside faces (plus 1 everywhere)
 FACE_MARGIN = 1.4  # the weighted square around a face box, relative to its side (hair included)
+FACE_PATCHES = 3  # of every 4 patches, this many are centred on a face: the gates read faces, not backgrounds
+EMA_DECAY = 0.999
 
 
 def build_taesd(seed: int = 0) -> torch.nn.Module:
@@ -68,13 +71,13 @@ class ScenePool:
 
 
 def sample_patches(pool: ScenePool, rng: np.random.Generator, batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, P, P) images in [0, 1] and (B, 1, P, P) weights; half the patches centred on a face (jittered)."""
+    """(B, 3, P, P) images in [0, 1] and (B, 1, P, P) weights; FACE_PATCHES of 4 centred on a face (jittered)."""
     images, weights = [], []
     for i in range(batch):
         k = int(rng.integers(len(pool.scenes)))
         scene, weight = pool.scenes[k], pool.weights[k]
         size = scene.image.shape[0]
-        if i % 2 == 0 and scene.faces:
+        if i % 4 < FACE_PATCHES and scene.faces:
             face = scene.faces[int(rng.integers(len(scene.faces)))]
             cx = (face.box[0] + face.box[2]) / 2 + rng.uniform(-0.25, 0.25) * patch
             cy = (face.box[1] + face.box[3]) / 2 + rng.uniform(-0.25, 0.25) * patch
@@ -101,11 +104,22 @@ def reconstruction_loss(model: torch.nn.Module, x: torch.Tensor, w: torch.Tensor
     return loss, {"loss": float(loss.detach()), "psnr_face": psnr_face}
 
 
+class VaeNets(torch.nn.Module):
+    """What the VAE's training state holds: the trained TAESD and its EMA copy (the one exported)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.vae, self.ema = model, copy.deepcopy(model)
+        self.ema.requires_grad_(False)
+
+
 def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3) -> dict:
-    model = build_taesd(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Constant LR after warm-up, so the stage can be extended across sessions (`--steps` larger, resumed) and
+    still be one schedule; the EMA copy does the annealing."""
+    nets = VaeNets(build_taesd(seed))
+    params = [p for p in nets.vae.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
-    run = training.ResumableRun(work, "vae", model, optimizer, seed)
+    run = training.ResumableRun(work, "vae", nets, optimizer, seed)
     pools: dict[int, ScenePool] = {}
 
     def step_fn(step: int) -> dict:
@@ -114,15 +128,16 @@ def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64,
             pools.clear()
             pools[index] = ScenePool(seed, index)
         x, w = sample_patches(pools[index], training.step_rng(seed, step), batch, patch)
-        loss, metrics = reconstruction_loss(model, x, w)
+        loss, metrics = reconstruction_loss(nets.vae, x, w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        training.update_ema(nets.vae, nets.ema, step, EMA_DECAY)
         return metrics
 
-    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_cosine(lr, 100, steps))
-    return {"model": model, "record": run.record()}
+    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_constant(lr, 100))
+    return {"model": nets.ema, "record": run.record()}
 
 
 @torch.no_grad()

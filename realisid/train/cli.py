@@ -18,7 +18,9 @@ def _prepare_parser(sub) -> None:
     src.add_argument("--manifest", help='JSONL of {"image": path, "caption": text}')
     src.add_argument("--shards", help="WebDataset-style tars, brace ranges allowed: 'data-{000..009}.tar'")
     p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--backend", choices=("embedded", "insightface"), default="embedded")
+    p.add_argument("--backend", choices=("embedded", "insightface", "mini"), default="embedded",
+                   help="face backend: embedded (dlib), insightface (ArcFace, --insightface-root) or mini "
+                        "(RealisID-Mini scenes, the bundled Mini face networks)")
     p.add_argument("--insightface-root", help="folder with models/<pack>/ (insightface backend)")
     p.add_argument("--min-face", type=int, default=64, help="minimum square face box side, pixels of the training image")
     p.add_argument("--min-score", type=float, default=0.9, help="detector score below which a face is ignored")

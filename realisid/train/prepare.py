@@ -321,4 +321,8 @@ def make_analyzer(backend: str, insightface_root: str | None = None, min_score: 
         from realisid.faces.insightface_backend import InsightFaceAnalyzer
 
         return InsightFaceAnalyzer(insightface_root)
-    raise ValueError(f"unknown face backend {backend!r}; use embedded or insightface")
+    if backend == "mini":  # RealisID-Mini scenes: the bundled Mini detector and face net
+        from realisid.mini.backend import get_mini_analyzer
+
+        return get_mini_analyzer()
+    raise ValueError(f"unknown face backend {backend!r}; use embedded, insightface or mini")
