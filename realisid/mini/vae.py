@@ -35,8 +35,8 @@ def build_taesd(seed: int = 0) -> torch.nn.Module:
     training.init_like_torch(model, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         # SkipInit: every block starts as the identity (its last conv at zero), so the network first trains as a
-        # shallow one; measured on the Mini world: face PSNR 19.0 dB after 150 steps, against 18.4 after 950 with
-        # every block's residual branch initialised like the other convs
+        # shallow one. Measured on the Mini world (face PSNR, mean over 50 steps): about +0.5 to +1 dB in the first
+        # 300 steps, the same as the plain init by step 450; kept because it never hurt
         for sub in model.modules():
             if isinstance(sub, comfy.taesd.taesd.Block):
                 sub.conv[4].weight.zero_()
