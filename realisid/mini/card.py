@@ -85,7 +85,7 @@ def _verdicts(gates: dict) -> list[str]:
 
 def write_card(commands: str) -> Path:
     gates = json.loads((files.MODELS_DIR / "gates.json").read_text())
-    lines = [INTRO.format(n_attr=len(ATTRIBUTES), n_ids=N_IDENTITIES)]
+    lines = [INTRO.format(n_attr=len(ATTRIBUTES), n_ids=N_IDENTITIES).rstrip("\n")]
     infos = {}
     for label, path, kind, what in (
             ("faces", files.FACES_DIR / files.FACES_FILE, "faces", "detector (CenterNet, stride 8) + face net "
@@ -134,7 +134,11 @@ def write_card(commands: str) -> Path:
 
 STATUS = """## Status and what it does not show
 
-* Trained and gated: the world, the Mini face backend (`mini` in RealisID Face Analysis), the judge, the VAE.
+* Trained and gated: the world, the Mini face backend (`mini` in RealisID Face Analysis) and the judge.
+* In training, not shipped: the VAE. Trained with pixel losses alone (4 or 16 latent channels, 2k steps at batch
+  8 on 64 px patches, about 1.2 h of one core each) it failed its gate badly (at step 1,000 of the last such run,
+  on 50 faces: eye colour 0.50 / 0.20 at 1/4 / 1/7 against a ceiling of 1.00, expression 0.42 / 0.22), so it now
+  also has an identity loss through the face net; it resumes across sessions (`--steps` larger).
 * Not yet trained: the Mini base model (text encoders + UNet, `train base`) and the RealisID-Mini branches; the
   main job still needs them. Their stages exist and are tested for start-up and one step.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.

@@ -28,11 +28,12 @@ W=mini_work  # any folder: resumable states and curves
 python -m realisid.mini --threads 1 train detector --work $W --steps 1200
 python -m realisid.mini --threads 1 train facenet --work $W --steps 1000
 python -m realisid.mini --threads 1 train judge --work $W --steps 1500
-python -m realisid.mini --threads 1 train vae --work $W --steps 2000
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
-python -m realisid.mini export vae --work $W
-python -m realisid.mini --threads 2 gates --out models/mini/gates.json
-python -m realisid.mini curves --work $W && python -m realisid.mini card
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ceiling detection verification
+python -m realisid.mini curves --work $W --stages detector facenet judge && python -m realisid.mini card
+# in progress: the VAE (its identity loss reads $W's face net), resumable; extend with a larger --steps
+python -m realisid.mini --threads 2 train vae --work $W --steps 12000
+python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
 """
 
 
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     curves = sub.add_parser("curves", help="training curves of the stages in --work as PNGs for the model card")
     curves.add_argument("--work", required=True)
     curves.add_argument("--out", default=None, help="folder (default models/mini/curves)")
+    curves.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES,
+                        help="only these stages (the final ones: a stage still training has no final curve)")
     gates = sub.add_parser("gates", help="measure the model card's gates with the exported files")
     gates.add_argument("--out", required=True, help="JSON file for the figures")
     gates.add_argument("--n", type=int, default=200, help="faces per cell")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "curves":
         from realisid.mini import curves, files
 
-        curves.plot_curves(args.work, args.out or str(files.MODELS_DIR / "curves"), STAGES)
+        curves.plot_curves(args.work, args.out or str(files.MODELS_DIR / "curves"), tuple(args.stages))
     elif args.command == "card":
         from realisid.mini import card
 
