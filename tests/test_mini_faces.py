@@ -1,6 +1,7 @@
 """The committed RealisID-Mini networks: the `mini` backend (detector + face net) and the judge, re-measured on
 small fixed samples against the model card's figures (models/mini/gates.json), and the backend through the nodes."""
 
+import inspect
 import json
 
 import numpy as np
@@ -88,9 +89,11 @@ def test_face_layout_photo_node_with_the_mini_backend(pack_node_ids):
     driver = _image("mini_driver.png")
     truth = json.loads((INPUTS / "mini_inputs.json").read_text())["mini_driver.png"]
     image = torch.from_numpy(driver[None] / 255.0).float()
-    layout = mapping["RealisIDLayoutFromPhoto"].execute(image=image, face_analysis=mini, expand=1.0,
-                                                        copy_pose=True)[0]
     h, w = driver.shape[:2]
+    node = mapping["RealisIDLayoutFromPhoto"]
+    # the output size is an input only while the layout nodes still repeat it (#11 removes it)
+    size = {"width": w, "height": h} if "width" in inspect.signature(node.execute).parameters else {}
+    layout = node.execute(image=image, face_analysis=mini, expand=1.0, copy_pose=True, **size)[0]
     boxes = layout.pixel_boxes(w, h)
     assert len(boxes) == 1 and gates.box_iou(boxes[0], truth["box"]) >= 0.7
     assert layout.slots[0].driver is not None  # copy_pose: the detected face drives pose and expression
