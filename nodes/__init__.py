@@ -4,7 +4,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import apply, faces, guider, instantid, layout, loaders, paths, preview
 
-paths.on_load()
+paths.register_model_folders()
+paths.register_mini()
 
 NODE_MODULES = [loaders, faces, layout, apply, guider, preview, instantid]
 
