@@ -4,8 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import apply, faces, guider, instantid, layout, loaders, paths, preview
 
-paths.register_model_folders()
-paths.register_mini()
+paths.on_load()
 
 NODE_MODULES = [loaders, faces, layout, apply, guider, preview, instantid]
 

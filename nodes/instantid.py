@@ -7,6 +7,7 @@ from realisid import conditioning, instantid, instantid_attention, validation
 from realisid.faces import check_space
 from realisid.layout import LayoutError
 
+from .loaders import check_present, model_path
 from .types import Faces, Layout, RealisIDModel
 
 CATEGORY = "RealisID/instantid"
@@ -37,9 +38,14 @@ class InstantIDLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, control_net_name, ip_adapter_name) -> bool | str:
+        return check_present(control_net_name=("controlnet", control_net_name),
+                             ip_adapter_name=("instantid", ip_adapter_name))
+
+    @classmethod
     def execute(cls, control_net_name, ip_adapter_name, crop_size) -> io.NodeOutput:
-        cn_path = folder_paths.get_full_path_or_raise("controlnet", control_net_name)
-        ip_path = folder_paths.get_full_path_or_raise("instantid", ip_adapter_name)
+        cn_path = model_path("controlnet", control_net_name)
+        ip_path = model_path("instantid", ip_adapter_name)
         return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size))
 
 

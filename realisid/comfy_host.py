@@ -7,12 +7,13 @@ Shared by the headless runner (`python -m realisid run`) and the tests, so both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pathlib
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 PACK_DIR = pathlib.Path(__file__).resolve().parents[1]
@@ -21,6 +22,74 @@ log = logging.getLogger(__name__)
 
 class PromptError(RuntimeError):
     """A prompt failed validation or execution; the message names the node and the reason."""
+
+
+def is_comfyui(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(path, "comfy", "model_management.py"))
+
+
+def find_comfyui(explicit: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None) -> pathlib.Path:
+    """The ComfyUI folder to run in: `explicit` (--comfyui), else $COMFYUI_DIR, else the ComfyUI whose
+    custom_nodes/ holds this pack (seen from the pack's own path or from the working directory, so a symlinked
+    install counts), else the one scripts/setup.sh recorded. SystemExit with what to do when there is none."""
+    if explicit is not None:
+        if not is_comfyui(explicit):
+            raise SystemExit(f"{explicit} is not a ComfyUI folder (no comfy/model_management.py)")
+        return pathlib.Path(explicit).absolute()
+    if os.environ.get("COMFYUI_DIR"):
+        return find_comfyui(os.environ["COMFYUI_DIR"])
+    starts = [pathlib.Path(os.path.abspath(__file__)).parents[1], PACK_DIR, pathlib.Path(cwd or os.getcwd()).absolute()]
+    for start in starts:
+        for folder in (start, *start.parents):
+            if folder.name == "custom_nodes" and is_comfyui(folder.parent):
+                return folder.parent
+    home = pathlib.Path(os.environ.get("REALISID_HOME", pathlib.Path.home() / ".cache" / "comfyui-realisid"))
+    recorded = home / "comfyui-dir"
+    if recorded.is_file() and is_comfyui(recorded.read_text().strip()):
+        return pathlib.Path(recorded.read_text().strip())
+    raise SystemExit("ComfyUI not found: run this from the pack inside ComfyUI/custom_nodes, pass --comfyui DIR, "
+                     "set COMFYUI_DIR, or run scripts/setup.sh (it builds a ComfyUI host for the tests and the runner)")
+
+
+AUDIO_EXTRAS = ("nodes_audio.py", "nodes_audio_encoder.py")
+
+
+class _TorchaudioFilter(logging.Filter):
+    """Drops ComfyUI's log lines about its audio nodes lacking torchaudio (two tracebacks, a 'pip install'
+    banner, three model warnings); RealisID never uses them. Counts what it dropped."""
+
+    BANNER = ("WARNING: some comfy_extras/ nodes did not import correctly", "This issue might be caused by new",
+              "Please do a: pip install -r requirements.txt")
+
+    def __init__(self):
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record whose arguments do not format: leave it to the handler
+            return True
+        audio = "torchaudio" in text or any(f"IMPORT FAILED: {name}" == text.strip() for name in AUDIO_EXTRAS)
+        banner = text.strip().startswith(self.BANNER) or (text.strip() == "" and record.levelno == logging.WARNING)
+        if audio or banner:
+            self.dropped += 1
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_torchaudio() -> Iterator[None]:
+    """Within it, ComfyUI's missing-torchaudio noise becomes one info line. Other import failures still show."""
+    root = logging.getLogger()
+    flt = _TorchaudioFilter()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+        if flt.dropped:
+            log.info("ComfyUI's audio nodes are unavailable (no torchaudio); RealisID does not use them")
 
 
 def boot(comfyui_dir: str | os.PathLike, cpu: bool = False) -> None:
@@ -65,11 +134,28 @@ def load_core_extras(names: tuple[str, ...] = ("nodes_custom_sampler.py", "nodes
 _LOADED_EXTRAS: set[str] = set()
 
 
-def load_all_extras() -> None:
-    """All of comfy_extras, as ComfyUI's start-up loads them (user workflows may use any core node)."""
-    import nodes
+def load_all_extras(custom_nodes: bool = False) -> None:
+    """All of comfy_extras, as ComfyUI's start-up loads them (user workflows may use any core node), and with
+    `custom_nodes` every pack in ComfyUI's custom_nodes folders (this one too, when it is installed there)."""
+    with quiet_torchaudio():
+        import nodes
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=custom_nodes, init_api_nodes=False))
+
+
+def load_extra_model_paths(comfyui_dir: str | os.PathLike, extra: list | tuple = ()) -> list[str]:
+    """What main.py does: ComfyUI's own extra_model_paths.yaml when there is one, then each --extra-model-paths
+    file. Returns the files read."""
+    import utils.extra_config
+
+    files = []
+    default = os.path.join(comfyui_dir, "extra_model_paths.yaml")
+    for path in ([default] if os.path.isfile(default) else []) + [str(p) for p in extra]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"extra model paths file {path} does not exist")
+        utils.extra_config.load_extra_path_config(path)
+        files.append(path)
+    return files
 
 
 @dataclass

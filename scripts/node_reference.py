@@ -64,8 +64,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from realisid import comfy_host, workflow_format
 
-    comfy_host.boot(os.environ["COMFYUI_DIR"], cpu=True)
-    comfy_host.load_pack()
+    with comfy_host.quiet_torchaudio():
+        comfy_host.boot(os.environ["COMFYUI_DIR"], cpu=True)
+        comfy_host.load_pack()
     readme = REPO / "README.md"
     readme.write_text(updated_readme(readme.read_text(), render(workflow_format.object_info())))
 

@@ -55,7 +55,7 @@ log "installing this pack's dependencies and the test tools"
 grep -v '^onnxruntime' "$REPO/requirements.txt" > "$REALISID_HOME/pack-requirements.txt"
 "${PIP[@]}" -c "$REALISID_HOME/torch-pin.txt" -r "$REALISID_HOME/pack-requirements.txt" -r "$REPO/requirements-dev.txt" "${REALISID_ORT:-onnxruntime}"
 # insightface declares the GUI opencv-python, which fights the headless build over cv2/: install it bare.
-"${PIP[@]}" --no-deps "insightface>=0.7.3"
+"${PIP[@]}" --no-deps "insightface>=0.7.3,<3"
 "$PY" -c "import torch, torchvision, insightface, cv2; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 echo "$COMFYUI_DIR" > "$REALISID_HOME/comfyui-dir"
 bash "$HERE/setup_browser.sh"  # Debian's chromium + chromedriver for tests/test_frontend.py

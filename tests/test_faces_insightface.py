@@ -128,3 +128,48 @@ def test_provider_fallback_to_cpu_with_warning(caplog, monkeypatch):
     assert resolve_providers("CPU") == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="unknown onnxruntime provider"):
         resolve_providers("TPU")
+
+
+def test_a_listed_cuda_that_cannot_load_falls_back_with_one_warning(caplog, capfd, monkeypatch):
+    """onnxruntime-gpu on a machine without usable CUDA libraries lists CUDA anyway. The probe session (real
+    onnxruntime, asked for CUDA that this build cannot give) sees it, says so once, and prints nothing else."""
+    import onnxruntime
+
+    from realisid.faces import insightface_backend
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(insightface_backend, "_USABLE", {})
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_providers("CUDA") == ["CPUExecutionProvider"]
+        assert resolve_providers("CUDA") == ["CPUExecutionProvider"]  # probed once, warned each time it is asked
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and "lists CUDAExecutionProvider but cannot use it here" in warnings[0].getMessage()
+    out, err = capfd.readouterr()
+    assert "libcublas" not in out + err and "Failed to load" not in out + err, (out, err)
+
+
+def test_a_usable_provider_is_kept_ahead_of_the_cpu(monkeypatch):
+    import onnxruntime
+
+    from realisid.faces import insightface_backend
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(insightface_backend, "_USABLE", {"CUDAExecutionProvider": (True, "")})
+    assert resolve_providers("CUDA") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_cuda_major_mismatch_is_named(monkeypatch):
+    import torch
+    from onnxruntime.capi import onnxruntime_validation
+
+    from realisid.faces import insightface_backend
+
+    monkeypatch.setattr(onnxruntime_validation, "get_package_name_and_version_info",
+                        lambda: ("onnxruntime-gpu", "1.31.1", "13.0"))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert "built for CUDA 13.0, torch uses CUDA 12.8" in insightface_backend._cuda_major_mismatch()
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert insightface_backend._cuda_major_mismatch() == ""

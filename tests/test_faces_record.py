@@ -79,8 +79,14 @@ def test_select_modes():
 def test_no_face_policies(caplog):
     recs = [make()]
     assert apply_no_face_policy(recs, "error") == recs
-    with pytest.raises(NoFaceError, match="image 3 of the batch.*larger.*other face backend"):
+    with pytest.raises(NoFaceError, match="image 3 of the batch.*larger.*InstantID workflows choose insightface "
+                                          "antelopev2"):
         apply_no_face_policy([], "error", image_index=3)
+    # for a model that reads one identity only (InstantID: ArcFace antelopev2), the tip names that backend alone
+    with pytest.raises(NoFaceError) as error:
+        apply_no_face_policy([], "error", required_space="arcface-antelopev2-512")
+    assert "use insightface antelopev2 as the RealisID Face Analysis backend" in str(error.value)
+    assert "embedded" not in str(error.value)
     with caplog.at_level(logging.WARNING):
         assert apply_no_face_policy([], "skip", image_index=1) == []
     assert "image 1" in caplog.text
@@ -105,6 +111,9 @@ def test_check_space():
     with pytest.raises(EmbeddingSpaceError, match="got 'dlib-resnet-128'.*'arcface-antelopev2-512' is required") as err:
         check_space("dlib-resnet-128", "arcface-antelopev2-512")
     assert isinstance(err.value, ValueError)
+    assert "choose backend 'insightface antelopev2'" in str(err.value)  # what to do, in the node's own words
+    with pytest.raises(EmbeddingSpaceError, match="choose backend 'embedded"):
+        check_space("arcface-antelopev2-512", "dlib-resnet-128")
 
 
 def test_analyze_batch_passes_image_index():

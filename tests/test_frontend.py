@@ -21,9 +21,18 @@ API_DIR = REPO / "workflows" / "api"
 WORKFLOWS = sorted(path.stem for path in UI_DIR.glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory, models_dir):
-    root = tmp_path_factory.mktemp("frontend")
+def model_files_present(models_dir):
+    """Every file the workflows list, under its name (tiny stand-ins; the insightface pack is a fake one)."""
+    from tests.helpers import fake_insightface, fake_instantid
+    from tests.helpers import tiny_host_models as tiny
+
+    if not (models_dir / "instantid" / "ip-adapter.bin").exists():
+        fake_instantid.write_instantid(models_dir, tiny.unet_config("sdxl"))
+    if not (models_dir / "insightface" / "models" / "antelopev2").is_dir():
+        fake_insightface.build_fake_pack(str(models_dir / "insightface"), "antelopev2")
+
+
+def open_frontend(root, models_dir):
     base, yaml = server_base_dir(root, models_dir)
     frontend.seed_user_settings(base)
     stage_example_inputs(base / "input")
@@ -38,6 +47,28 @@ def page(tmp_path_factory, models_dir):
         if browser is not None:
             browser.close()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, models_dir):
+    """The frontend of a server that has every model file the workflows name."""
+    model_files_present(models_dir)
+    yield from open_frontend(tmp_path_factory.mktemp("frontend"), models_dir)
+
+
+@pytest.fixture(scope="module")
+def bare_page(tmp_path_factory):
+    """The frontend of a server with no model files at all (a fresh install: its model folders are empty)."""
+    root = tmp_path_factory.mktemp("frontend-bare")
+    empty = root / "no-models"
+    empty.mkdir()
+    yield from open_frontend(root, empty)
+
+
+def listed_models(workflow: dict) -> set[str]:
+    """'directory / name' of every model file the workflow lists: what the Missing Models dialog shows."""
+    entries = [m for node in workflow["nodes"] for m in node.get("properties", {}).get("models", [])]
+    return {f"{m['directory']} / {m['name']}" for m in entries + workflow.get("models", [])}
 
 
 def api_differences(ui_prompt: dict, twin: dict) -> list[str]:
@@ -87,7 +118,7 @@ def test_frontend_prompt_equals_the_api_twin(page, name):
 def test_an_unknown_node_type_is_reported_missing(page):
     """Negative control: the same checks see a node type the server does not have."""
     workflow = json.loads((UI_DIR / f"{WORKFLOWS[0]}.json").read_text())
-    renamed = workflow["nodes"][-1]
+    renamed = [n for n in workflow["nodes"] if n["type"] != "Note"][-1]
     renamed["type"] = "RealisIDDoesNotExist"
     state = page.load(json.dumps(workflow))
     assert state["missing"] == ["RealisIDDoesNotExist"]
@@ -119,3 +150,32 @@ def test_api_differences_sees_a_changed_widget_value():
                "2": {"class_type": "C", "inputs": {}}}
     assert api_differences(changed, twin) == ["1:A.x: frontend 0.4 vs twin 0.3", "1:A: frontend adds inputs ['y']",
                                               "2: class C vs twin B"]
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_missing_models_dialog_lists_every_file_of_the_workflow(bare_page, name):
+    """With the model files absent, ComfyUI's own Missing Models dialog names each file (with its source) the
+    moment the workflow loads, all at once; test_ui_workflow_loads_without_reported_problems is the other half
+    (files present: no dialog)."""
+    workflow = json.loads((UI_DIR / f"{name}.json").read_text())
+    expected = listed_models(workflow)
+    assert expected, name
+    bare_page.load(json.dumps(workflow))
+    opened = bare_page.wait_for_dialog("/ ")
+    dialogs = [text for text in opened if "/ " in text]
+    assert dialogs, opened
+    shown = "\n".join(dialogs)
+    assert sorted(m for m in expected if m not in shown) == [], shown
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_opens_readable(page, name):
+    """At the zoom it opens with: the top-left (the Note and the identity group) clear of the sidebar and the top
+    bar, no node (with its title bar and badges) over another, every node in a group, no label cut short."""
+    page.load((UI_DIR / f"{name}.json").read_text())
+    layout = page.layout()
+    assert layout["overlaps"] == [], layout["overlaps"]
+    assert layout["outside"] == [] and len(layout["groups"]) >= 2, layout
+    assert layout["cut"] == [], layout["cut"]
+    assert layout["hidden"] == [], layout["hidden"]
+    assert not [what for what in layout["off_screen"] if "Identity" in what or what.startswith("Read me")], layout

@@ -13,8 +13,9 @@ from tests.helpers.host import REPO, comfyui_dir
 LAYOUT_PROMPT = {
     "1": {"class_type": "RealisIDLayoutFromNumbers", "_meta": {"title": "Face"},
           "inputs": {"width": 128, "height": 96, "x": 0.5, "y": 0.5, "size": 0.5}},
-    "2": {"class_type": "RealisIDLayoutPreview", "inputs": {"layout": ["1", 0]}},
+    "2": {"class_type": "RealisIDLayoutPreview", "inputs": {"layout": ["1", 0], "image": ["4", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "runner"}},
+    "4": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "batch_size": 1, "color": 0}},
 }
 
 
@@ -46,12 +47,15 @@ def test_ui_round_trip_is_the_same_prompt(pack_node_ids):
     ui = workflow_format.api_to_ui(LAYOUT_PROMPT, info)
     assert workflow_format.check_ui_workflow(ui, info) == []
     back = workflow_format.ui_to_api(ui, info)
-    assert {k: v["inputs"] for k, v in back.items()} == {k: v["inputs"] for k, v in LAYOUT_PROMPT.items()}
+    known = {k: {n: v for n, v in node["inputs"].items() if n in info[node["class_type"]]["input"]["required"]
+                 or n in info[node["class_type"]]["input"].get("optional", {})} for k, node in LAYOUT_PROMPT.items()}
+    assert {k: v["inputs"] for k, v in back.items()} == known  # inputs the node does not declare are dropped
     broken = json.loads(json.dumps(ui))
+    count = len(broken["nodes"][0]["widgets_values"])
     broken["nodes"][0]["widgets_values"].pop()
     broken["links"][0][5] = "IMAGE"
     problems = workflow_format.check_ui_workflow(broken, info)
-    assert any("4 widget values, the node has 5" in p for p in problems)
+    assert any(f"{count - 1} widget values, the node has {count}" in p for p in problems)
     assert any("type IMAGE but the output is REALISID_LAYOUT" in p for p in problems)
 
 
@@ -65,6 +69,9 @@ def test_cli_runs_a_ui_workflow_and_writes_the_image(tmp_path, pack_node_ids):
     proc = subprocess.run([sys.executable, "-m", "realisid", "run", str(workflow), "--output", str(out),
                            "--set", "Face.size=0.25"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "running Face (RealisIDLayoutFromNumbers)" in proc.stderr  # nodes by title, not "running node 1"
+    assert "Traceback" not in proc.stderr and "No module named 'torchaudio'" not in proc.stderr, proc.stderr[-3000:]
+    assert sum("torchaudio" in line for line in proc.stderr.splitlines()) <= 1  # ComfyUI's audio noise: one line
     images = list(out.glob("runner*.png"))
     assert len(images) == 1
     from PIL import Image
@@ -82,6 +89,7 @@ def test_cli_lists_missing_models_and_exits_2(tmp_path):
                            str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "sd_xl_base_1.0.safetensors  ->  " in proc.stderr and "checkpoints" in proc.stderr
+    assert "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/" in proc.stderr  # where it comes from
 
 
 def test_example_inputs_are_staged_into_the_input_folder(tmp_path, pack_node_ids):
@@ -97,3 +105,114 @@ def test_example_inputs_are_staged_into_the_input_folder(tmp_path, pack_node_ids
         assert runner.stage_example_inputs(prompt) == []  # already there: nothing copied twice
     finally:
         folder_paths.set_input_directory(previous)
+
+
+def _fake_comfyui(root):
+    (root / "comfy").mkdir(parents=True)
+    (root / "comfy" / "model_management.py").write_text("")
+    (root / "custom_nodes" / "ComfyUI-RealisID").mkdir(parents=True)
+    return root
+
+
+def test_find_comfyui_from_inside_custom_nodes(tmp_path, monkeypatch):
+    from realisid import comfy_host
+
+    comfy = _fake_comfyui(tmp_path / "ComfyUI")
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    monkeypatch.setenv("REALISID_HOME", str(tmp_path / "no-setup"))
+    assert comfy_host.find_comfyui(cwd=comfy / "custom_nodes" / "ComfyUI-RealisID" / "workflows") == comfy
+    with pytest.raises(SystemExit, match="ComfyUI not found: run this from the pack inside ComfyUI/custom_nodes"):
+        comfy_host.find_comfyui(cwd=tmp_path)
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match="is not a ComfyUI folder"):
+        comfy_host.find_comfyui(cwd=comfy / "custom_nodes")
+    (tmp_path / "no-setup").mkdir()
+    (tmp_path / "no-setup" / "comfyui-dir").write_text(str(comfy))
+    monkeypatch.delenv("COMFYUI_DIR")
+    assert comfy_host.find_comfyui(cwd=tmp_path) == comfy  # the host scripts/setup.sh recorded
+
+
+def test_every_missing_file_is_listed_with_its_source(tmp_path, pack_node_ids, monkeypatch):
+    """Model files, every .onnx file of an insightface pack (a pack missing one file counts), input images."""
+    import folder_paths
+
+    root = tmp_path / "insightface"
+    (root / "models" / "antelopev2").mkdir(parents=True)
+    for name in ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "2d106det.onnx", "genderage.onnx"):
+        (root / "models" / "antelopev2" / name).write_bytes(b"x")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(root)], set()))
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path))
+    monkeypatch.setattr(folder_paths, "get_full_path", lambda folder, name: None)  # whatever other tests installed
+    prompt = {
+        "1": {"class_type": "RealisIDInstantIDLoader", "_meta": {"title": "InstantID"},
+              "inputs": {"control_net_name": "instantid_controlnet.safetensors", "ip_adapter_name": "ip-adapter.bin",
+                         "crop_size": 128}},
+        "2": {"class_type": "RealisIDFaceAnalysis", "_meta": {"title": "Faces"},
+              "inputs": {"backend": "insightface antelopev2", "provider": "CPU"}},
+        "3": {"class_type": "LoadImage", "_meta": {"title": "Person 1"}, "inputs": {"image": "me.jpg"}},
+        "4": {"class_type": "RealisIDModelLoader", "inputs": {"model_name": "realisid_sdxl_absent.safetensors"}},
+    }
+    missing = runner.missing_files(prompt)
+    assert [(m.file, m.folder, m.node) for m in missing] == [
+        ("instantid_controlnet.safetensors", "controlnet", "InstantID"), ("ip-adapter.bin", "instantid", "InstantID"),
+        ("models/antelopev2/1k3d68.onnx", "insightface", "Faces"), ("me.jpg", "input", "Person 1"),
+        ("realisid_sdxl_absent.safetensors", "realisid", "RealisIDModelLoader")]
+    text = runner.describe_missing(missing)
+    assert "https://huggingface.co/InstantX/InstantID/resolve/main/ip-adapter.bin" in text
+    assert "drive.google.com" in text and "non-commercial" in text
+    assert f"me.jpg  ->  {tmp_path}" in text and "--set" in text
+    (root / "models" / "antelopev2" / "1k3d68.onnx").write_bytes(b"x")
+    assert not any(m.folder == "insightface" for m in runner.missing_files(prompt))
+
+
+def test_a_file_reachable_only_through_extra_model_paths_is_found(tmp_path, pack_node_ids):
+    """ComfyUI's own extra_model_paths.yaml (in the ComfyUI folder) is read, as main.py reads it."""
+    import folder_paths
+
+    from realisid import comfy_host
+
+    comfy, elsewhere = _fake_comfyui(tmp_path / "ComfyUI"), tmp_path / "my_models"
+    (elsewhere / "instantid").mkdir(parents=True)
+    (elsewhere / "instantid" / "ip-adapter-only-via-yaml.bin").write_bytes(b"x")
+    prompt = {"1": {"class_type": "RealisIDInstantIDLoader", "inputs": {
+        "control_net_name": "tiny_sdxl_controlnet.safetensors", "ip_adapter_name": "ip-adapter-only-via-yaml.bin",
+        "crop_size": 128}}}
+    assert ("ip-adapter-only-via-yaml.bin", "instantid") in runner.missing_models(prompt)
+    (comfy / "extra_model_paths.yaml").write_text(f"mine:\n    base_path: {elsewhere}\n    instantid: instantid\n")
+    before = list(folder_paths.get_folder_paths("instantid"))
+    try:
+        assert comfy_host.load_extra_model_paths(comfy) == [str(comfy / "extra_model_paths.yaml")]
+        assert ("ip-adapter-only-via-yaml.bin", "instantid") not in runner.missing_models(prompt)
+    finally:
+        folder_paths.folder_names_and_paths["instantid"] = (before, folder_paths.folder_names_and_paths["instantid"][1])
+
+
+def test_progress_names_nodes_by_title_with_one_bar(caplog):
+    import logging
+
+    prompt = {"7": {"class_type": "SamplerCustomAdvanced", "_meta": {"title": "Sample"}, "inputs": {}},
+              "8": {"class_type": "VAEDecode", "_meta": {"title": "Decode"}, "inputs": {}}}
+    progress = runner._Progress(prompt)
+    with caplog.at_level(logging.INFO, logger="realisid.run"):
+        progress("executing", {"node": "7"})
+        for step in range(1, 4):
+            progress("progress", {"value": step, "max": 3, "node": None})  # ComfyUI's hook has no node id here
+        bar = progress.bar
+        assert bar is not None and bar.desc.startswith("Sample") and bar.n == 3
+        progress("progress", {"value": 3, "max": 3, "node": None})
+        assert progress.bar is bar  # one bar per node, never a second one
+        progress("executing", {"node": "8"})
+        assert progress.bar is None
+        progress("executing", {"node": None})
+    assert [r.getMessage() for r in caplog.records] == ["running Sample (SamplerCustomAdvanced)",
+                                                        "running Decode (VAEDecode)"]
+
+
+def test_run_sh_before_setup_says_what_to_run_first(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_DIR"}
+    env["REALISID_HOME"] = str(tmp_path / "nothing-here")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "bash scripts/setup.sh && bash scripts/run.sh" in proc.stderr
+    assert "No such file" not in proc.stderr and "cat:" not in proc.stderr

@@ -66,3 +66,109 @@ def test_realisid_workflows_are_up_to_date(pack_node_ids):
     for name, prompt in build.realisid_workflows().items():
         committed = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
         assert committed == json.loads(json.dumps(prompt)), f"{name}: run workflows/build.py"
+
+
+UI = sorted((REPO / "workflows" / "ui").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
+def test_ui_workflow_lists_its_model_files_with_their_sources(path):
+    """What ComfyUI's Missing Models dialog reads: each model widget's file with its public URL on its node,
+    insightface packs at the workflow level; a file with no public source stays out (the frontend requires a URL)
+    and the Note explains it."""
+    from realisid import model_files
+
+    ui = json.loads(path.read_text())
+    api = json.loads((REPO / "workflows" / "api" / path.name).read_text())
+    note = next(n for n in ui["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    for node in ui["nodes"]:
+        if node["type"] == "Note":
+            continue
+        inputs = api[str(node["id"])]["inputs"]
+        expected = []
+        for (kind, name), folder in model_files.MODEL_INPUTS.items():
+            if node["type"] == kind and isinstance(inputs.get(name), str):
+                entry = model_files.lookup(folder, inputs[name])
+                assert entry is not None, (path.stem, inputs[name])  # every bundled file is in the catalogue
+                assert f"models/{folder}/{entry.name}" in note
+                if entry.url:
+                    expected.append({"name": entry.name, "url": entry.url, "directory": folder})
+                else:
+                    assert "train it" in note and "RealisID-Mini needs no download" in note
+        assert node["properties"].get("models", []) == expected, (path.stem, node["title"])
+        for entry in expected:
+            assert entry["url"].startswith("https://") and entry["name"] in node["widgets_values"]
+    packs = [model_files.insightface_pack(api[str(n["id"])]["inputs"]["backend"]) for n in ui["nodes"]
+             if n["type"] == "RealisIDFaceAnalysis"]
+    wanted = [{"name": model_files.INSIGHTFACE_PACKS[p].name, "url": model_files.INSIGHTFACE_PACKS[p].url,
+               "directory": "insightface"} for p in packs if p]
+    assert ui.get("models", []) == wanted
+    if path.stem.startswith("instantid"):
+        assert wanted and "models/insightface/models/antelopev2/" in note
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
+def test_ui_workflow_has_groups_a_note_and_titles_counted_from_1(path):
+    import re
+
+    ui = json.loads(path.read_text())
+    titles = [g["title"] for g in ui["groups"]]
+    assert [t.split(":")[0] for t in titles] == ["1. Identity", "2. Layout", "3. Sampling"], titles
+    (note,) = [n for n in ui["nodes"] if n["type"] == "Note"]
+    text = note["widgets_values"][0]
+    for node in ui["nodes"]:
+        if node["type"] == "LoadImage" or node["type"].startswith("RealisIDLayoutFrom"):
+            assert f"'{node['title']}'" in text, node["title"]
+    counted: dict[str, list[int]] = {}
+    for node in ui["nodes"]:
+        match = re.fullmatch(r"(Person|Face|Encode person) (\d+)", node["title"])
+        if match:
+            counted.setdefault(match.group(1), []).append(int(match.group(2)))
+        match = re.fullmatch(r"People (\d+)-(\d+)", node["title"])
+        if match:
+            assert match.group(1) == "1" and int(match.group(2)) >= 2, node["title"]
+    assert counted and all(sorted(v) == list(range(1, len(v) + 1)) for v in counted.values()), counted
+
+
+def _extent(node: dict) -> tuple[float, float, float, float]:
+    """A node's box with its title bar and the room the frontend's badges take above it (file coordinates)."""
+    from realisid import workflow_format as wf
+
+    x, y = node["pos"]
+    w, h = node["size"]
+    top = wf.TITLE_HEIGHT + (0 if node["type"] == "Note" else wf.BADGE_SPACE)
+    return x, y - top, w, h + top
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
+def test_ui_workflow_nodes_do_not_overlap_and_open_in_view(path):
+    from realisid import workflow_format as wf
+
+    ui = json.loads(path.read_text())
+    boxes = [(n["title"], _extent(n)) for n in ui["nodes"]]
+    for i, (a, (ax, ay, aw, ah)) in enumerate(boxes):
+        for b, (bx, by, bw, bh) in boxes[i + 1:]:
+            assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (a, b)
+    for node in ui["nodes"]:
+        if node["type"] == "Note":
+            continue
+        x, y, w, h = _extent(node)
+        assert sum(gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh
+                   for gx, gy, gw, gh in (g["bounding"] for g in ui["groups"])) == 1, node["title"]
+    ds = ui["extra"]["ds"]
+    left = min(b[0] for _, b in boxes)
+    top = min([b[1] for _, b in boxes] + [g["bounding"][1] for g in ui["groups"]])
+    screen = ((left + ds["offset"][0]) * ds["scale"], (top + ds["offset"][1]) * ds["scale"])
+    assert screen[0] >= wf.VIEW_MARGIN_LEFT - 1 and screen[1] >= wf.VIEW_MARGIN_TOP - 1, screen
+    assert screen[0] < 200 and screen[1] < 200, screen  # and not pushed off into empty canvas
+
+
+def test_node_width_fits_the_longest_widget_text(pack_node_ids):
+    """The rule the layout sizes nodes by; the browser test measures the real text against the real widths."""
+    info = workflow_format.object_info()
+    node = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"},
+            "_meta": {"title": "CLIP vision"}}
+    width = workflow_format.node_width(node, info["CLIPVisionLoader"])
+    assert width >= workflow_format.WIDGET_CHAR * len("clip_nameCLIP-ViT-H-14-laion2B-s32B-b79K.safetensors") + 60
+    short = workflow_format.node_width({**node, "inputs": {"clip_name": "a.safetensors"}}, info["CLIPVisionLoader"])
+    assert short == workflow_format.MIN_NODE_WIDTH < width

@@ -4,13 +4,16 @@ The API prompts are defined here once; the UI files are rendered from them with 
 host, so the twins cannot drift (tests/test_workflows.py checks both). InstantID workflows are kept as API
 files in workflows/api and only get their UI twin from here.
 
-    COMFYUI_DIR=... python workflows/build.py
+    COMFYUI_DIR=... python workflows/build.py             # both forms
+    COMFYUI_DIR=... python workflows/build.py --ui-only   # the UI files from the API files as they are
+
+Each UI file gets three groups (identity, layout, sampling), a Note saying what to set, and its model files'
+sources in properties.models (see realisid/workflow_format.py and realisid/model_files.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 
@@ -64,8 +67,8 @@ def place(g: Graph, faces: list[tuple[float, float, float]], width: int, height:
     layout = None
     for i, (x, y, size) in enumerate(faces):
         extra = {"previous": g.out(layout)} if layout else {}
-        layout = g.node("RealisIDLayoutFromNumbers", f"Face {i}", width=width, height=height, x=x, y=y, size=size,
-                        **extra)
+        layout = g.node("RealisIDLayoutFromNumbers", f"Face {i + 1}", width=width, height=height, x=x, y=y,
+                        size=size, **extra)
     return layout
 
 
@@ -103,8 +106,8 @@ def people_workflow(prompt: str, placements: list[tuple[float, float, float]], w
     model, clip_vision, analysis = realisid_inputs(g)
     faces = None
     for i, name in enumerate(references):
-        encoded = encode(g, name, f"Person {i}", model, analysis, clip_vision)
-        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 0-{i}",
+        encoded = encode(g, name, f"Person {i + 1}", model, analysis, clip_vision)
+        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
                                                      faces_1=g.out(faces), faces_2=g.out(encoded))
     layout = place(g, placements, width, height)
     comp = composite(g, pos, neg, model, faces, layout)
@@ -121,7 +124,7 @@ def small_face_workflow() -> dict:
     ckpt, pos, neg, latent = base(g, "full-body photo of a woman walking on a beach at sunset, wide shot", width,
                                   height)
     model, clip_vision, analysis = realisid_inputs(g)
-    faces = encode(g, "astronaut.jpg", "Person 0", model, analysis, clip_vision)
+    faces = encode(g, "astronaut.jpg", "Person 1", model, analysis, clip_vision)
     layout = place(g, [(0.5, 0.18, 1 / 6)], width, height)
     local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
                    realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
@@ -140,7 +143,7 @@ def pose_workflow() -> dict:
     width = height = 1024
     ckpt, pos, neg, latent = base(g, "portrait photo of a woman in a garden, soft light", width, height)
     model, clip_vision, analysis = realisid_inputs(g)
-    faces = encode(g, "astronaut.jpg", "Person 0", model, analysis, clip_vision)
+    faces = encode(g, "astronaut.jpg", "Person 1", model, analysis, clip_vision)
     layout = place(g, [(0.5, 0.4, 0.3)], width, height)
     driver = g.node("LoadImage", "Driving photo", image="astronaut_driver.jpg")
     driven = g.node("RealisIDLayoutDrivers", "Pose from photo", layout=g.out(layout), image=g.out(driver),
@@ -168,31 +171,85 @@ def realisid_workflows() -> dict[str, dict]:
     }
 
 
-def write_all() -> list[pathlib.Path]:
+def note_for(prompt: dict) -> str:
+    """The Note node's text: what to set, node by node (by title), and which model files go where."""
+    from realisid import model_files, workflow_format
+
+    def titles(kind, group=None):
+        return [n["_meta"]["title"] for nid, n in prompt.items() if n["class_type"] == kind
+                and (group is None or workflow_format.group_of(prompt, nid) == group)]
+
+    people, drivers = titles("LoadImage", "identity"), titles("LoadImage", "layout")
+    faces = titles("RealisIDLayoutFromNumbers")
+    sized = titles("EmptyLatentImage") + [n["_meta"]["title"] for n in prompt.values()
+                                          if n["class_type"].startswith("RealisIDLayout") and "width" in n["inputs"]]
+    lines = ["What to set (left to right, top to bottom):",
+             f"1. Identity: a reference photo with one clear face in {', '.join(repr(t) for t in people)} "
+             f"({'one person each' if len(people) > 1 else 'the person to generate'}).",
+             f"2. Layout: {', '.join(repr(t) for t in faces)}: x, y = the face's centre, size = its side, as "
+             f"fractions of the image" + (" (person i goes to face box i)." if len(faces) > 1 else ".")]
+    if drivers:
+        lines.append(f"   {', '.join(repr(t) for t in drivers)}: the photo whose pose and expression the face copies.")
+    size = (f"the output size in {sized[0]!r}" if len(sized) == 1 else
+            f"the output size in {', '.join(repr(t) for t in sized)} (keep their width and height the same)")
+    lines += [f"3. Sampling: the scene in 'Prompt', the seed in 'Seed', {size}.",
+              "Model files (ComfyUI's Missing Models dialog lists the downloadable ones when they are absent):"]
+    for node in prompt.values():
+        for (kind, name), folder in model_files.MODEL_INPUTS.items():
+            value = node["inputs"].get(name)
+            if node["class_type"] == kind and isinstance(value, str):
+                entry = model_files.lookup(folder, value)
+                what = entry.what if entry else "see the README"
+                if entry and entry.url is None:
+                    what += ("; no public download: train it (python -m realisid.train, docs/training.md). "
+                             "RealisID-Mini needs no download")
+                elif entry and entry.note:
+                    what += f"; {entry.note}"
+                lines.append(f"- models/{folder}/{value}: {what}")
+        pack = model_files.insightface_pack(node["inputs"].get("backend")) if node["class_type"] == \
+            model_files.FACE_ANALYSIS else None
+        if pack:
+            lines.append(f"- models/insightface/models/{pack}/: the five .onnx files of insightface {pack} "
+                         "(non-commercial licence)")
+    lines.append("Sources, sizes, licences and VRAM: README, 'Which path needs what'.")
+    return "\n".join(lines)
+
+
+def write_ui(info: dict) -> list[pathlib.Path]:
+    """Every UI file rendered from its API twin (the API files as they are on disk)."""
     from realisid import workflow_format
 
-    info = workflow_format.object_info()
     written = []
-    for name, prompt in realisid_workflows().items():
-        path = HERE / "api" / f"{name}.json"
-        path.write_text(json.dumps(prompt, indent=2) + "\n")
-        written.append(path)
     for path in sorted((HERE / "api").glob("*.json")):
-        ui = workflow_format.api_to_ui(json.loads(path.read_text()), info)
+        prompt = json.loads(path.read_text())
+        ui = workflow_format.api_to_ui(prompt, info, note=note_for(prompt))
         target = HERE / "ui" / path.name
         target.write_text(json.dumps(ui, indent=2) + "\n")
         written.append(target)
     return written
 
 
+def write_all(ui_only: bool = False) -> list[pathlib.Path]:
+    from realisid import workflow_format
+
+    info = workflow_format.object_info()
+    written = []
+    if not ui_only:
+        for name, prompt in realisid_workflows().items():
+            path = HERE / "api" / f"{name}.json"
+            path.write_text(json.dumps(prompt, indent=2) + "\n")
+            written.append(path)
+    return written + write_ui(info)
+
+
 def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     from realisid import comfy_host
 
-    comfy_host.boot(os.environ["COMFYUI_DIR"], cpu=True)
+    comfy_host.boot(comfy_host.find_comfyui(), cpu=True)
     comfy_host.load_all_extras()
     comfy_host.load_pack()
-    for path in write_all():
+    for path in write_all(ui_only="--ui-only" in sys.argv[1:]):
         sys.stderr.write(f"wrote {path.relative_to(HERE.parent)}\n")
 
 

@@ -30,13 +30,25 @@ def check_rgb_image(image_rgb) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# Face Analysis backend (the node's option) that produces each identity space, for the errors below
+SPACE_BACKENDS = {"arcface-antelopev2-512": "insightface antelopev2", "arcface-buffalo_l-512": "insightface buffalo_l",
+                  "dlib-resnet-128": "embedded (MTCNN + dlib, offline)"}
+
+
+def backend_for_space(space: str) -> str | None:
+    """The RealisID Face Analysis backend whose embeddings live in `space`, when one does."""
+    return SPACE_BACKENDS.get(space)
+
+
 def check_space(actual: str, expected: str) -> None:
     """Refuse to mix embedding spaces (e.g. dlib vectors fed to an adapter trained on ArcFace)."""
     if actual != expected:
+        backend = backend_for_space(expected)
+        fix = (f"in RealisID Face Analysis choose backend '{backend}'" if backend else
+               f"analyse the reference faces with the backend that produces '{expected}'")
         raise EmbeddingSpaceError(
-            f"identity embedding space mismatch: got '{actual}', but '{expected}' is required. "
-            f"Embeddings from different face models are not comparable; analyse the reference faces with the "
-            f"backend that produces '{expected}' (or load a model trained on '{actual}')."
+            f"identity embedding space mismatch: got '{actual}', but '{expected}' is required: {fix} "
+            f"(embeddings from different face models are not comparable; or load a model trained on '{actual}')."
         )
 
 

@@ -7,22 +7,23 @@ insightface as an absolute directory, which takes no download path in 0.7.3 or 2
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..model_files import INSIGHTFACE_PACK_FILES
 from .analyzer import check_rgb_image
 from .errors import FaceBackendUnavailableError, FaceModelsMissingError
 from .record import FaceRecord
 
 log = logging.getLogger(__name__)
 
-PACK_FILES = {
-    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"),
-    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"),
-}
+PACK_FILES = INSIGHTFACE_PACK_FILES
 PROVIDERS = {
     "CPU": "CPUExecutionProvider",
     "CUDA": "CUDAExecutionProvider",
@@ -91,23 +92,103 @@ def _describe_unreadable(folder: Path, pack: str, exc: Exception) -> str:
 
 
 def resolve_providers(provider: str) -> list[str]:
-    """onnxruntime providers for `provider` ('CPU', 'CUDA', 'ROCM', 'CoreML' or a full name), with CPU fallback."""
+    """onnxruntime providers for `provider` ('CPU', 'CUDA', 'ROCM', 'CoreML' or a full name), with CPU fallback.
+
+    A provider onnxruntime lists is also tried once on a one-node model with onnxruntime's own log silenced:
+    onnxruntime-gpu lists CUDA even where its CUDA libraries cannot load, and then prints one red
+    "cannot open shared object file" line per model file and runs on the CPU anyway. Here it costs one warning.
+    """
     import onnxruntime
 
     name = PROVIDERS.get(provider, provider)
     if name not in PROVIDERS.values():
         raise ValueError(f"unknown onnxruntime provider '{provider}'; use one of {', '.join(PROVIDERS)}")
+    if name == PROVIDERS["CPU"]:
+        return [name]
     available = onnxruntime.get_available_providers()
     if name not in available:
-        if name != PROVIDERS["CPU"]:
-            log.warning(
-                "onnxruntime provider %s is not available (have: %s); using CPU. For CUDA install onnxruntime-gpu "
-                "instead of onnxruntime (never both).",
-                name,
-                ", ".join(available),
-            )
+        hint = (" For CUDA install onnxruntime-gpu instead of onnxruntime (never both; see the README)."
+                if name == PROVIDERS["CUDA"] else "")
+        log.warning("onnxruntime provider %s is not available (have: %s); using the CPU.%s", name,
+                    ", ".join(available), hint)
         return [PROVIDERS["CPU"]]
-    return [name] if name == PROVIDERS["CPU"] else [name, PROVIDERS["CPU"]]
+    usable, reason = provider_usable(name)
+    if not usable:
+        log.warning("onnxruntime lists %s but cannot use it here (%s); using the CPU. Face analysis runs once per "
+                    "reference photo, so the CPU costs about a second per photo.", name, reason)
+        return [PROVIDERS["CPU"]]
+    return [name, PROVIDERS["CPU"]]
+
+
+_USABLE: dict[str, tuple[bool, str]] = {}
+
+
+def provider_usable(name: str) -> tuple[bool, str]:
+    """(whether a session on `name` really runs there, why not); tried once per process."""
+    if name not in _USABLE:
+        _USABLE[name] = _probe_provider(name)
+    return _USABLE[name]
+
+
+def _probe_provider(name: str) -> tuple[bool, str]:
+    import onnxruntime
+
+    if name == PROVIDERS["CUDA"]:
+        mismatch = _cuda_major_mismatch()
+        if mismatch:
+            return False, mismatch
+        preload = getattr(onnxruntime, "preload_dlls", None)  # onnxruntime >= 1.21: torch's CUDA wheels' libraries
+        if preload is not None:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+                preload()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    onnxruntime.set_default_logger_severity(4)  # the provider-library load errors go to the default logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session = onnxruntime.InferenceSession(_identity_model(), options, providers=[name, PROVIDERS["CPU"]])
+        used = session.get_providers()
+    except Exception as error:  # onnxruntime raises pybind error types without a stable importable name
+        return False, f"{type(error).__name__}: {error}"
+    finally:
+        onnxruntime.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+    if name not in used:
+        what = "its CUDA/cuDNN libraries did not load" if name == PROVIDERS["CUDA"] else "the provider did not load"
+        return False, what
+    return True, ""
+
+
+def _cuda_major_mismatch() -> str:
+    """Why onnxruntime-gpu cannot use torch's CUDA (different CUDA major versions), or ''."""
+    try:
+        from onnxruntime.capi import onnxruntime_validation
+
+        built = onnxruntime_validation.get_package_name_and_version_info()[2] or ""
+    except Exception:  # an onnxruntime without this helper: let the probe decide
+        built = ""
+    try:
+        import torch
+
+        torch_cuda = torch.version.cuda or ""
+    except ImportError:
+        return ""
+    if built and torch_cuda and built.split(".")[0] != torch_cuda.split(".")[0]:
+        return (f"onnxruntime is built for CUDA {built}, torch uses CUDA {torch_cuda}; install the onnxruntime-gpu "
+                f"build for CUDA {torch_cuda.split('.')[0]}")
+    return ""
+
+
+def _identity_model() -> bytes:
+    """A one-node ONNX model (Identity on a float vector): enough to see which provider a session gets."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def _import_face_analysis():

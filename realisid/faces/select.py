@@ -46,13 +46,29 @@ def select_faces(records: Sequence[FaceRecord], mode: str = "largest", index: in
     return ordered[index : index + count]
 
 
-def apply_no_face_policy(records: Sequence[FaceRecord], policy: str, image_index: int = 0, backend: str = ""):
+def no_face_tips(required_space: str | None = None) -> str:
+    """What to try when no face is found; names the one backend the model accepts when it accepts only one."""
+    from .analyzer import backend_for_space
+
+    backend = backend_for_space(required_space) if required_space else None
+    if backend is not None:
+        other = f"use {backend} as the RealisID Face Analysis backend (the only identity this model reads)"
+    else:
+        other = ("try another face backend: for InstantID workflows choose insightface antelopev2 (the only identity "
+                 "InstantID reads); embedded (dlib) works with RealisID checkpoints trained on its identity")
+    return (f"Tips: use a photo where the face is larger and frontal, crop closer to the face, {other}, or set "
+            f"the no-face policy to 'skip' or 'passthrough'.")
+
+
+def apply_no_face_policy(records: Sequence[FaceRecord], policy: str, image_index: int = 0, backend: str = "",
+                         required_space: str | None = None):
     """Returns `records` when there are any. Otherwise, by `policy`:
 
     error: raise NoFaceError naming the image, with tips.
     skip: log and return [] (the consumer drops this image from its batch).
     passthrough: return None, the marker that the consumer passes its input through unchanged (e.g. a
         conditioning node returns the conditioning without identity, an image node returns the image as is).
+    `required_space`: the identity space of the model the faces are for; the error then names its backend.
     """
     if policy not in NO_FACE_POLICIES:
         raise ValueError(f"unknown no-face policy '{policy}'; use one of {', '.join(NO_FACE_POLICIES)}")
@@ -60,11 +76,7 @@ def apply_no_face_policy(records: Sequence[FaceRecord], policy: str, image_index
         return list(records)
     where = f"image {image_index} of the batch" + (f" (backend {backend})" if backend else "")
     if policy == "error":
-        raise NoFaceError(
-            f"no face found in {where}. Tips: use a photo where the face is larger and frontal, crop closer to the "
-            f"face, try the other face backend (embedded / insightface), or set the no-face policy to 'skip' or "
-            f"'passthrough'."
-        )
+        raise NoFaceError(f"no face found in {where}. {no_face_tips(required_space)}")
     if policy == "skip":
         log.warning("no face found in %s; skipping it", where)
         return []

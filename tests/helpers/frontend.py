@@ -100,6 +100,53 @@ return JSON.stringify({
 });
 """
 
+# What a user sees of the loaded graph's layout: nodes (title bar and badges included) that overlap, nodes outside
+# every group, widget texts and titles the frontend truncates (its own rule: drawTruncatingText / truncateText), and
+# where the view puts the graph's top-left corner on the screen.
+_LAYOUT = """
+const [left, top] = arguments[0];
+const g = app.graph, canvas = app.canvas, ctx = canvas.ctx, ds = canvas.ds;
+const TITLE = LiteGraph.NODE_TITLE_HEIGHT, MARGIN = 15, GAP = 5;
+const badgeHeight = n => {
+  try { return Math.max(0, ...(n.badges || []).map(b => (typeof b === 'function' ? b() : b).height || 0)); }
+  catch (e) { return 0; }
+};
+const rects = g.nodes.map(n => {
+  const [x, y, w, h] = n.boundingRect, b = badgeHeight(n);
+  return {id: n.id, type: n.type, title: n.title, node: [x, y, w, h], all: b ? [x, y - b - 2, w, h + b + 2] : [x, y, w, h]};
+});
+const meets = (a, b) => a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
+const inside = (a, b) => a[0] >= b[0] && a[1] >= b[1] && a[0] + a[2] <= b[0] + b[2] && a[1] + a[3] <= b[1] + b[3];
+const overlaps = [];
+for (let i = 0; i < rects.length; i++) for (let j = i + 1; j < rects.length; j++)
+  if (meets(rects[i].all, rects[j].all)) overlaps.push(`${rects[i].title} / ${rects[j].title}`);
+const groups = (g._groups || g.groups || []).map(gr => ({title: gr.title, box: [...(gr._bounding || gr.bounding)]}));
+const outside = rects.filter(r => r.type !== 'Note' && !groups.some(gr => inside(r.all, gr.box))).map(r => r.title);
+const measure = (text, font) => { ctx.save(); ctx.font = font; const w = ctx.measureText(text).width; ctx.restore(); return w; };
+const cut = [];
+for (const n of g.nodes) {
+  const widthOf = w => w.width || n.size[0];
+  if (measure(String(n.title), n.titleFontStyle) > n.size[0] - 2 * TITLE) cut.push(`${n.title} (title)`);
+  for (const w of n.widgets || []) {
+    if (!['combo', 'number', 'text', 'string'].includes(w.type) || w.value == null) continue;
+    const stepped = w.type === 'combo' || w.type === 'number';
+    const [lp, rp] = stepped ? [5, 20] : [0, 0];
+    let value = String(w.value);
+    if (w.type === 'number' && typeof w.value === 'number' && w.options?.precision != null)
+      value = w.value.toFixed(w.options.precision);
+    const label = w.label || w.localized_name || w.name;
+    const room = widthOf(w) - (MARGIN * 2 + lp) - 2 * MARGIN - rp;
+    if (measure(label, n.innerFontStyle) + GAP + measure(value, n.innerFontStyle) > room) cut.push(`${n.title}.${w.name}`);
+  }
+}
+const screen = ([x, y]) => [(x + ds.offset[0]) * ds.scale, (y + ds.offset[1]) * ds.scale];
+const corners = [...groups.map(gr => ({what: gr.title, at: screen(gr.box)})),
+                 ...rects.filter(r => r.type === 'Note').map(r => ({what: r.title, at: screen(r.all)}))];
+return JSON.stringify({overlaps, outside, cut, groups: groups.map(gr => gr.title), scale: ds.scale,
+  hidden: corners.filter(c => c.at[0] < left || c.at[1] < top).map(c => `${c.what} at ${c.at.map(Math.round)}`),
+  off_screen: corners.filter(c => c.at[0] > window.innerWidth || c.at[1] > window.innerHeight).map(c => c.what)});
+"""
+
 _PROMPT = """
 const done = arguments[arguments.length - 1];
 app.graphToPrompt().then(p => done(JSON.stringify(p.output)), e => done('ERROR ' + String(e)));
@@ -163,10 +210,31 @@ class Frontend:
     def load(self, workflow_text: str) -> dict:
         """loadGraphData from a JSON string; returns what the page then reports (see _STATE)."""
         self.driver.execute_script(_DISMISS)
+        # a dialog still closing swallows the next one with its key (the Missing Models dialog of the previous
+        # graph would hide this graph's): wait until the dismissed dialogs are gone
+        deadline = time.monotonic() + 10
+        while self.driver.execute_script("return document.querySelectorAll('.p-dialog').length") and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
         error = self.driver.execute_async_script(_LOAD, workflow_text)
         if error:
             raise AssertionError(f"loadGraphData failed: {error}")
         return json.loads(self.driver.execute_script(_STATE))
+
+    def wait_for_dialog(self, contains: str, timeout: float = 30.0) -> list[str]:
+        """The open dialogs' texts once one contains `contains` (dialogs open after the graph's own load
+        promise on a busy machine), or whatever is open when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            texts = self.driver.execute_script(
+                "return [...document.querySelectorAll('.p-dialog')].map(e => e.innerText)")
+            if any(contains in text for text in texts) or time.monotonic() > deadline:
+                return texts
+            time.sleep(0.25)
+
+    def layout(self) -> dict:
+        """The loaded graph's layout as a user sees it (see _LAYOUT), against the floating bars' FIT_MARGINS."""
+        return json.loads(self.driver.execute_script(_LAYOUT, list(FIT_MARGINS[:2])))
 
     def api_prompt(self) -> dict:
         """The frontend's own UI-to-API conversion of the loaded graph (app.graphToPrompt().output)."""
