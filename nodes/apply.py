@@ -10,8 +10,9 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from realisid import conditioning
+from realisid import conditioning, validation
 from realisid.control import GLOBAL_MODES, RealisIDControl
+from realisid.layout import FaceLayout, LayoutError
 
 from .preview import layout_preview
 from .types import Faces, Layout, RealisIDModel
@@ -46,14 +47,36 @@ def crop_input() -> io.Int.Input:
                                 "64 = 512 px). Every face is up-sampled to this size before the branch sees it.")
 
 
+def checked_inputs(positive, negative, faces, layout, values: dict) -> dict:
+    """Validate an apply node's inputs in its input order, so the first bad one is named: the conditionings, the
+    faces/layout pairing, then `values` (its numbers, in input order: NaN and infinities pass ComfyUI's min/max
+    checks; crop_size 0 or a multiple of 8), then the sampling range and feather. Returns the checked values."""
+    validation.conditioning("positive", positive)
+    validation.conditioning("negative", negative)
+    if not isinstance(layout, FaceLayout):
+        raise validation.InputError(f"layout must come from a RealisID Face Layout node, got {type(layout).__name__}")
+    if faces and len(faces) != len(layout):
+        raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per "
+                          "person (face i goes to box i, see the preview)")
+    out = {}
+    for name, value in values.items():
+        if name == "crop_size":
+            out[name] = 0 if value == 0 else validation.positive_int(name, value, multiple_of=8, maximum=256)
+        else:
+            out[name] = validation.finite_number(name, value)
+    validation.percent_range("start_percent", out["start_percent"], "end_percent", out["end_percent"])
+    if "feather" in out and not 0.0 <= out["feather"] <= 0.5:
+        raise validation.InputError(f"feather must be a fraction of the box side in [0, 0.5], got {out['feather']}")
+    return out
+
+
 def apply_control(positive, negative, realisid_model, faces, layout, start_percent, end_percent, crop_size=0,
                   **options):
-    """(positive, negative) with RealisID's control attached; inputs are passed through when there are no faces."""
+    """(positive, negative) with RealisID's control attached; inputs are passed through when there are no faces
+    (the encoder's passthrough policy)."""
     if not faces:
         log.warning("RealisID: no faces to apply (on_no_face=passthrough); conditioning passed through unchanged")
         return positive, negative
-    if start_percent >= end_percent:
-        raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
     conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
     control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
                               crop_size=crop_size or None, **options)
@@ -82,9 +105,12 @@ class LocalBranchApply(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
                 crop_size, feather) -> io.NodeOutput:
-        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, start_percent,
-                                            end_percent, crop_size, local_strength=strength, feather=feather,
-                                            use_global=False))
+        n = checked_inputs(positive, negative, faces, layout, {"strength": strength, "start_percent": start_percent,
+                                                               "end_percent": end_percent, "crop_size": crop_size,
+                                                               "feather": feather})
+        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, n["start_percent"],
+                                            n["end_percent"], n["crop_size"], local_strength=n["strength"],
+                                            feather=n["feather"], use_global=False))
 
 
 class GlobalLocationApply(io.ComfyNode):
@@ -110,8 +136,10 @@ class GlobalLocationApply(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
                 mode) -> io.NodeOutput:
-        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, start_percent,
-                                            end_percent, global_strength=strength, global_mode=mode,
+        n = checked_inputs(positive, negative, faces, layout, {"strength": strength, "start_percent": start_percent,
+                                                               "end_percent": end_percent})
+        return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, n["start_percent"],
+                                            n["end_percent"], global_strength=n["strength"], global_mode=mode,
                                             use_local=False))
 
 
@@ -141,9 +169,14 @@ class MultiFaceComposite(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, local_strength, global_strength,
                 start_percent, end_percent, crop_size, global_mode, feather) -> io.NodeOutput:
-        pos, neg = apply_control(positive, negative, realisid_model, faces, layout, start_percent, end_percent,
-                                 crop_size, local_strength=local_strength, global_strength=global_strength,
-                                 global_mode=global_mode, feather=feather)
+        n = checked_inputs(positive, negative, faces, layout,
+                           {"local_strength": local_strength, "global_strength": global_strength,
+                            "start_percent": start_percent, "end_percent": end_percent, "crop_size": crop_size,
+                            "feather": feather})
+        pos, neg = apply_control(positive, negative, realisid_model, faces, layout, n["start_percent"],
+                                 n["end_percent"], n["crop_size"], local_strength=n["local_strength"],
+                                 global_strength=n["global_strength"], global_mode=global_mode,
+                                 feather=n["feather"])
         return io.NodeOutput(pos, neg, mapping_preview(layout, faces))
 
 

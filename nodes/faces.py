@@ -1,15 +1,19 @@
 """Face Analysis and Face Encoder: reference photos -> encoded persons in the RealisID model's identity space."""
 
+import logging
+
 import numpy as np
 import torch
 from comfy_api.latest import io
 
 from realisid import drawing, identity_sources, validation
 from realisid.faces import NO_FACE_POLICIES, SELECT_MODES, apply_no_face_policy, select_faces
+from realisid.layout import MAX_FACES
 
 from . import paths
 from .types import FaceAnalyzer, Faces, RealisIDModel
 
+log = logging.getLogger(__name__)
 CATEGORY = "RealisID/faces"
 EMBEDDED = "embedded (MTCNN + dlib, offline)"
 MINI = "mini (RealisID-Mini world, bundled)"
@@ -68,10 +72,14 @@ class FaceAnalysis(io.ComfyNode):
 
 
 def detect_people(analyzer, images: list[np.ndarray], selection: str, index: int, on_no_face: str,
-                  references: str) -> tuple[list[list], list[int]]:
+                  references: str) -> tuple[list[list], list[int], bool]:
     """(per person, the records of that person (one per reference image that shows them); the indices of the
-    images without a face). Under passthrough one faceless image empties the whole result: the people of a batch
-    go to layout boxes by position, so dropping one would silently move every later person to another box."""
+    images without a face; whether passthrough applies).
+
+    The batch policy for a faceless image: `skip` drops that image and keeps the other people (later people move
+    up one box); `passthrough` turns identity off for the WHOLE batch (the apply nodes pass their conditioning
+    through): the people of a batch go to layout boxes by position, so dropping one would silently move every
+    later person to another box. The people found are still returned, for the preview to show them unused."""
     import comfy.utils
 
     people, faceless, passthrough = [], [], False
@@ -86,11 +94,12 @@ def detect_people(analyzer, images: list[np.ndarray], selection: str, index: int
             continue
         count = None if (selection == "left_to_right" and references == ONE_PER_IMAGE) else 1
         people.extend([[r] for r in select_faces(found, selection, index, count)])
-    if passthrough:
-        return [], faceless  # the apply nodes pass their conditioning through
     if references == SAME_PERSON and people:
-        return [[p[0] for p in people]], faceless
-    return people, faceless
+        people = [[p[0] for p in people]]
+    if passthrough and people:
+        log.warning("RealisID: image(s) %s of the reference batch have no face; on_no_face=passthrough turns "
+                    "identity off for the whole batch (%d person(s) found are not used)", faceless, len(people))
+    return people, faceless, passthrough
 
 
 class FaceEncoder(io.ComfyNode):
@@ -114,8 +123,10 @@ class FaceEncoder(io.ComfyNode):
                 io.Int.Input("index", default=0, min=0, max=64,
                              tooltip="For selection 'index': which face counting from the left (0 = leftmost)."),
                 io.Combo.Input("on_no_face", options=list(NO_FACE_POLICIES), default="error",
-                               tooltip="No face found: stop with an error, skip that image, or pass the "
-                                       "conditioning through unchanged downstream."),
+                               tooltip="No face found in an image: stop with an error; skip that image (the "
+                                       "other people keep their order, later ones move up a box); or "
+                                       "passthrough: identity off for the whole batch, the apply nodes pass "
+                                       "the conditioning through unchanged (the preview marks it)."),
                 io.Combo.Input("references", options=[ONE_PER_IMAGE, SAME_PERSON], default=ONE_PER_IMAGE,
                                tooltip="Several photos of one person are merged into one identity."),
                 io.ClipVision.Input("clip_vision", optional=True,
@@ -129,26 +140,32 @@ class FaceEncoder(io.ComfyNode):
     def execute(cls, image, face_analysis, realisid_model, selection, index, on_no_face, references,
                 clip_vision=None) -> io.NodeOutput:
         images = images_to_uint8(image)
-        people, faceless = detect_people(face_analysis, images, selection, index, on_no_face, references)
-        faces = tuple(identity_sources.encode_person(records, images, realisid_model.identity_space, clip_vision,
-                                                     label=f"person {i}") for i, records in enumerate(people))
+        people, faceless, passthrough = detect_people(face_analysis, images, selection, index, on_no_face,
+                                                      references)
+        faces = () if passthrough else tuple(
+            identity_sources.encode_person(records, images, realisid_model.identity_space, clip_vision,
+                                           label=f"person {i}") for i, records in enumerate(people))
         preview = preview_detections(validation.as_rgb("image", image), people, faceless,
-                                     NO_FACE_NOTES.get(on_no_face, "no face"))
+                                     NO_FACE_NOTES.get(on_no_face, "no face"), unused=passthrough)
         return io.NodeOutput(faces, preview)
 
 
 # what the preview writes over an image without a face, by policy (error never gets to draw)
-NO_FACE_NOTES = {"skip": "no face", "passthrough": "no face: no ID"}
+NO_FACE_NOTES = {"skip": "no face: skipped", "passthrough": "no face: ID off for all"}
+UNUSED = "ID off"  # appended to each person's label when passthrough turned identity off for the batch
 
 
 def preview_detections(image: torch.Tensor, people: list[list], faceless: list[int] = (),
-                       note: str = "no face") -> torch.Tensor:
+                       note: str = "no face", unused: bool = False) -> torch.Tensor:
     """Each reference image with its selected faces boxed and numbered by person; faceless images get a box
-    labelled `note` (under passthrough every person's identity is off, not only this image's)."""
+    labelled `note`. unused (passthrough with a faceless image): every person's label says their identity is
+    off, since the whole batch passes through."""
     frames = image.cpu().numpy().astype(np.float32)
+    suffix = f": {UNUSED}" if unused else ""
     out = []
     for i, frame in enumerate(frames):
-        boxes = [(f"person {p}", r.box) for p, records in enumerate(people) for r in records if r.image_index == i]
+        boxes = [(f"person {p}{suffix}", r.box) for p, records in enumerate(people) for r in records
+                 if r.image_index == i]
         if i in faceless:
             boxes.append((note, note_box(*frame.shape[1::-1], note)))
         drawn = drawing.draw_boxes(frame, np.array([b for _, b in boxes], np.float64).reshape(-1, 4),
@@ -184,7 +201,15 @@ class FacesCombine(io.ComfyNode):
 
     @classmethod
     def execute(cls, faces_1, faces_2) -> io.NodeOutput:
-        return io.NodeOutput(tuple(faces_1) + tuple(faces_2))
+        for name, faces in (("faces_1", faces_1), ("faces_2", faces_2)):
+            if not isinstance(faces, (tuple, list)):
+                raise validation.InputError(f"{name} must be the faces output of RealisID Face Encoder, got "
+                                            f"{type(faces).__name__}")
+        combined = tuple(faces_1) + tuple(faces_2)
+        if len(combined) > MAX_FACES:
+            raise validation.InputError(f"faces_2: {len(faces_1)} + {len(faces_2)} people is more than the "
+                                        f"{MAX_FACES} RealisID places in one image; encode fewer people")
+        return io.NodeOutput(combined)
 
 
 NODES = [FaceAnalysis, FaceEncoder, FacesCombine]

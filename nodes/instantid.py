@@ -85,6 +85,7 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
     weight, start_percent, end_percent = (validation.finite_number(name, value) for name, value in
                                           (("weight", weight), ("start_percent", start_percent),
                                            ("end_percent", end_percent)))
+    validation.percent_range("start_percent", start_percent, "end_percent", end_percent, allow_equal=True)
     if not instantid.is_instantid(instantid_model):
         raise ValueError("the 'instantid' input must come from RealisID InstantID Loader (this RealisID model has "
                          "no IP-Adapter weights)")
@@ -96,7 +97,7 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
     for face in faces:
         check_space(face.space, instantid.IDENTITY_SPACE)
     tokens = conditioning.identity_tokens(instantid_model, faces)
-    pairs = [(t, slot.box) for t, slot in zip(tokens, layout.slots, strict=True)]
+    pairs = [(t, slot.square) for t, slot in zip(tokens, layout.slots, strict=True)]
     return instantid_attention.apply_regional_ip_adapter(model, instantid_model, pairs, weight, start_percent,
                                                          end_percent)
 

@@ -1,19 +1,39 @@
 """Face Layout nodes: where the faces go (numbers, a mask, or the faces of a location photo)."""
 
+import logging
+
 from comfy_api.latest import io
 
 from realisid import layout as layouts
+from realisid import validation
 from realisid.faces import select_faces
 
 from .faces import images_to_uint8
 from .preview import layout_preview
 from .types import FaceAnalyzer, Layout
 
+log = logging.getLogger(__name__)
 CATEGORY = "RealisID/layout"
 
 
 def with_preview(layout) -> io.NodeOutput:
     return io.NodeOutput(layout, layout_preview(layout))
+
+
+def checked_expand(expand) -> float:
+    """The box scale: a finite number > 0 (NaN passes ComfyUI's min/max checks)."""
+    expand = validation.finite_number("expand", expand)
+    if expand <= 0:
+        raise validation.InputError(f"expand must be above 0 (1 = the face's own square), got {expand}")
+    return expand
+
+
+def first_mask(name: str, mask):
+    """The first mask of a MASK batch as (H, W) numpy, checked (see validation.mask_batch)."""
+    masks = validation.mask_batch(name, mask)
+    if masks.shape[0] > 1:
+        log.warning("RealisID: %s is a batch of %d masks; the layout uses the first", name, masks.shape[0])
+    return masks[0].cpu().numpy()
 
 
 class LayoutFromNumbers(io.ComfyNode):
@@ -23,12 +43,9 @@ class LayoutFromNumbers(io.ComfyNode):
             node_id="RealisIDLayoutFromNumbers",
             display_name="RealisID Face Layout (numbers)",
             category=CATEGORY,
-            description="Place one face by its centre and size; chain several to place several people.",
+            description="Place one face by its centre and size; chain several to place several people. The box is "
+                        "fitted to the latent when sampling (square at any output size), so no size is typed here.",
             inputs=[
-                io.Int.Input("width", default=1024, min=64, max=8192, step=8,
-                             tooltip="Width in pixels of the image you will generate (match the latent)."),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8,
-                             tooltip="Height in pixels of the image you will generate (match the latent)."),
                 io.Float.Input("x", default=0.5, min=-0.5, max=1.5, step=0.01,
                                tooltip="Face centre, left (0) to right (1) of the image."),
                 io.Float.Input("y", default=0.3, min=-0.5, max=1.5, step=0.01,
@@ -43,8 +60,8 @@ class LayoutFromNumbers(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, width, height, x, y, size, previous=None) -> io.NodeOutput:
-        face = layouts.layout_from_numbers(width, height, [(x, y, size)])
+    def execute(cls, x, y, size, previous=None) -> io.NodeOutput:
+        face = layouts.layout_from_numbers([(x, y, size)])
         return with_preview(previous.appended(face) if previous is not None else face)
 
 
@@ -57,7 +74,8 @@ class LayoutFromMask(io.ComfyNode):
             category=CATEGORY,
             description="One face box per painted region of a mask, numbered left to right.",
             inputs=[
-                io.Mask.Input("mask", tooltip="Paint one blob per face; each blob's bounding square becomes a box."),
+                io.Mask.Input("mask", tooltip="Paint one blob per face; each blob's bounding square becomes a box "
+                                              "(the first mask of a batch; best at the output's aspect ratio)."),
                 io.Float.Input("expand", default=1.0, min=0.5, max=3.0, step=0.05,
                                tooltip="Scale each box around its centre (1 = the blob's bounding square)."),
             ],
@@ -67,7 +85,8 @@ class LayoutFromMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, expand) -> io.NodeOutput:
-        return with_preview(layouts.layout_from_mask(mask[0].cpu().numpy(), expand=expand))
+        painted = first_mask("mask", mask)  # input order: the mask is named before expand
+        return with_preview(layouts.layout_from_mask(painted, expand=checked_expand(expand)))
 
 
 class LayoutFromPhoto(io.ComfyNode):
@@ -80,13 +99,10 @@ class LayoutFromPhoto(io.ComfyNode):
             description="Places faces where they are in a location/pose photo (numbered left to right); "
                         "optionally those faces also drive pose and expression.",
             inputs=[
-                io.Image.Input("image", tooltip="A photo whose faces mark where the generated faces go "
-                                                "(its aspect ratio should match the output)."),
+                io.Image.Input("image", tooltip="A photo whose faces mark where the generated faces go (the first "
+                                                "of a batch). Centres and sizes carry over to any output size; "
+                                                "use the output's aspect ratio to keep them on the same spots."),
                 FaceAnalyzer.Input("face_analysis", tooltip="From RealisID Face Analysis."),
-                io.Int.Input("width", default=1024, min=64, max=8192, step=8,
-                             tooltip="Width in pixels of the image you will generate."),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8,
-                             tooltip="Height in pixels of the image you will generate."),
                 io.Float.Input("expand", default=1.0, min=0.5, max=3.0, step=0.05,
                                tooltip="Scale each detected face box around its centre."),
                 io.Boolean.Input("copy_pose", default=True,
@@ -97,15 +113,16 @@ class LayoutFromPhoto(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, face_analysis, width, height, expand, copy_pose) -> io.NodeOutput:
-        rgb = images_to_uint8(image[:1])[0]
+    def execute(cls, image, face_analysis, expand, copy_pose) -> io.NodeOutput:
+        rgb = images_to_uint8(image)[0]
+        expand = checked_expand(expand)
         found = face_analysis.analyze(rgb)
         if not found:
             raise layouts.LayoutError("no face found in the location photo: use a photo with visible faces, or "
                                       "place the faces with RealisID Face Layout (numbers) or (mask)")
         records = select_faces(found, "left_to_right", 0, None)
         h, w = rgb.shape[:2]
-        return with_preview(layouts.layout_from_boxes([r.box for r in records], w, h, width, height, expand,
+        return with_preview(layouts.layout_from_boxes([r.box for r in records], w, h, expand,
                                                        records if copy_pose else None))
 
 

@@ -23,8 +23,8 @@ class LayoutPreview(io.ComfyNode):
             inputs=[
                 Layout.Input("layout", tooltip="The faces to draw; box i is where face i goes."),
                 io.Image.Input("image", optional=True,
-                               tooltip="Image to draw on (e.g. the generated result); a grey canvas of the "
-                                       "layout's size when not connected."),
+                               tooltip="Image to draw on (e.g. the generated result: the boxes are fitted to "
+                                       "its size); a grey canvas when not connected."),
                 Faces.Input("faces", optional=True,
                             tooltip="Draw each face's landmark map (its pose and expression driver) in its box."),
             ],
@@ -38,13 +38,14 @@ class LayoutPreview(io.ComfyNode):
 
 def layout_preview(layout, image=None, faces=None, labels=None, max_side: int = 768) -> torch.Tensor:
     """IMAGE (1, H, W, 3): the layout's boxes, indices (or labels) and pose drivers' landmark maps over `image`, or
-    over a grey canvas of the layout's aspect ratio (at most max_side pixels) when there is no image. The first
+    over a grey canvas when there is no image (at most max_side pixels, of the layout's source mask or photo's
+    aspect ratio, square for typed-in faces: the boxes are fitted to the latent only when sampling). The first
     image of a batch is drawn on, as RGB whatever its channel count; NaN or infinite boxes raise InputError."""
-    validation.finite_boxes("layout", [slot.box for slot in layout.slots])
+    validation.finite_boxes("layout", [(s.square.cx, s.square.cy, s.square.side) for s in layout.slots])
     if image is None:
-        scale = min(1.0, max_side / max(layout.width, layout.height))
-        canvas = np.full((max(8, round(layout.height * scale)), max(8, round(layout.width * scale)), 3), 0.5,
-                         np.float32)
+        aspect = layout.aspect
+        w, h = (max_side, max_side / aspect) if aspect >= 1 else (max_side * aspect, max_side)
+        canvas = np.full((max(8, round(h)), max(8, round(w)), 3), 0.5, np.float32)
     else:
         canvas = validation.image_batch("image", image)[0].cpu().numpy().astype(np.float32)
     h, w = canvas.shape[:2]

@@ -15,6 +15,7 @@ from realisid.control import FaceCondition
 from realisid.faces import check_space
 from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
 from realisid.layout import FaceLayout, LayoutError
+from realisid.validation import InputError
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,19 @@ def identity_tokens(model, faces) -> list[torch.Tensor]:
     scale_raw = model.config.get("identity_input") == "raw_arcface"
     tokens = []
     with torch.no_grad():
-        for face in faces:
+        for i, face in enumerate(faces):
             source = face.source
+            if not bool(torch.isfinite(source).all()):
+                raise InputError(f"faces: person {i}'s identity holds NaN or infinite values; re-encode the "
+                                 "reference with RealisID Face Encoder")
             norm = getattr(face.record, "embedding_norm", None)
             if scale_raw and norm:
                 source = source * float(norm)  # InstantID's Resampler was trained on un-normalised ArcFace vectors
-            tokens.append(model.project(source[None]).float().cpu()[0])
+            projected = model.project(source[None]).float().cpu()[0]
+            if not bool(torch.isfinite(projected).all()):  # else every step's residuals would be NaN, silently
+                raise InputError(f"realisid_model: its projector turns person {i}'s identity into NaN or infinite "
+                                 "tokens; the checkpoint's projector weights are broken (re-export or re-train it)")
+            tokens.append(projected)
     return tokens
 
 
@@ -67,8 +75,7 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
     for face, slot, p_id in zip(faces, layout.slots, tokens, strict=True):
         driver = slot.driver if slot.driver is not None else face.record
         hint = torch.from_numpy(render_hint(driver, kind, size, expand)).permute(2, 0, 1).contiguous()
-        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=tuple(float(v) for v in slot.box),
-                                        source_aspect=layout.width / layout.height))
+        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=slot.square))
     return conditions
 
 

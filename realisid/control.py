@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
 import comfy.controlnet
 import comfy.model_base
@@ -32,16 +31,13 @@ PREPARED_OPTIONS = ("feather", "crop_size")  # baked into PreparedFaces once, no
 @dataclasses.dataclass
 class FaceCondition:
     """One person: p_id (N, C) tokens, landmark_hint (3, H, W) in [0, 1] in crop coordinates (resized to S*8
-    when needed), box (x0, y0, x1, y1) as fractions of the image.
-
-    source_aspect: width / height of the image the layout was made for, if known: a latent of another aspect
-    stretches the box (fractions are kept), so it gets a warning.
+    when needed), box: a `geometry.FaceSquare` (a layout's face, resolved against each latent so it stays square)
+    or (x0, y0, x1, y1) fractions of the image (the trainer's boxes, taken as they are).
     """
 
     p_id: torch.Tensor
     landmark_hint: torch.Tensor | None
-    box: tuple[float, float, float, float]
-    source_aspect: float | None = None
+    box: geometry.FaceSquare | tuple[float, float, float, float]
 
 
 @dataclasses.dataclass
@@ -92,20 +88,8 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
 
 
 def face_boxes(faces: list[FaceCondition], latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(K, 4) float64 box fractions (warns when the layout was made for another aspect ratio)."""
-    warn_aspect([f.source_aspect for f in faces], latent_hw)
-    return torch.tensor([list(map(float, f.box)) for f in faces], dtype=torch.float64)
-
-
-def warn_aspect(aspects, latent_hw: tuple[int, int], tolerance: float = 0.01) -> None:
-    """Warn when a layout made for one aspect ratio meets a latent of another: its boxes stretch."""
-    latent_aspect = latent_hw[1] / latent_hw[0]
-    for aspect in {a for a in aspects if a is not None}:
-        if abs(math.log(aspect / latent_aspect)) > tolerance:
-            log.warning("RealisID: the layout was made for an image of aspect %.3f (width / height) but the latent "
-                        "is %dx%d cells (aspect %.3f): the face boxes keep their fractions of the width and height, "
-                        "so they are stretched (not square) and the crops and hints with them. Give the layout "
-                        "node the output's width and height.", aspect, latent_hw[1], latent_hw[0], latent_aspect)
+    """(K, 4) float64 box fractions on this latent (FaceSquares resolved against it, see geometry.box_fractions)."""
+    return geometry.box_fractions([f.box for f in faces], latent_hw)
 
 
 def _repeat_faces(t: torch.Tensor | None, k: int) -> torch.Tensor | None:

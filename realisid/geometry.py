@@ -5,12 +5,16 @@ Fractions are relative to the image; latent units are latent cells (pixels / 8).
 
 Resampling (crop: latent box -> S x S; paste: crop residual -> the box's cells of the full residual) is separable
 and linear, so it is stored as two small matrices per face and level (built once per face set, `place_boxes`):
-* when the output cells are larger than the input cells (shrinking), each output cell is the exact AREA
-  integral of the input cells it overlaps (no point sampling, so no aliasing: every input cell counts);
-* when they are smaller or equal (enlarging), each output cell is the bilinear value at its centre (the paper's
-  bilinear up-sampling). The two rules coincide at equal cell sizes, so the choice is continuous in the box size.
+* a latent cell is an AREA (8 x 8 pixels), so the crop reads a continuous field whose cell means ARE the latent's
+  cells: the piecewise-linear field through prefiltered values (a small tridiagonal solve over the cells the box
+  touches), and each crop cell is that field's exact mean over the crop cell. Enlarging, this is a bilinear
+  up-sampling (the paper's) that does not blur; shrinking, it integrates (no aliasing). One rule for every box size.
+* a paste that shrinks (crop cells smaller than the output cells: a small face) integrates the crop cells over
+  each output cell exactly; one that enlarges (a face larger than S) is bilinear at the output cell centres. The
+  two coincide at equal cell sizes. Because the crop's cell means match the latent, crop-then-paste of a small
+  face returns the latent (plain bilinear up-sampling followed by the area paste blurred by [1/8, 3/4, 1/8]).
 Pastes are multiplied by each cell's area coverage of the box (anti-aliased edge; exactly zero outside the box),
-with an optional linear feather. Crops read zero outside the image and clamp to the edge inside it.
+with an optional linear feather. Crops read zero outside the image and only the cells the box touches.
 
 Where each UNet level's cells sit is read from the network's own down-sampling ops (`unet_levels`): a stride-2,
 padding-1, 3x3 convolution (SD1.5, SDXL) centres level-l cell j at latent 2^l * j + 0.5, not at 2^l * (j + 0.5);
@@ -20,6 +24,8 @@ features for that spot are.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 LATENT_DOWNSCALE = 8
+log = logging.getLogger(__name__)
 
 
 def square_box_from_detection(xyxy_px: Sequence[float], expand: float = 1.0) -> tuple[float, float, float, float]:
@@ -65,6 +72,47 @@ def frac_to_latent(boxes_frac, latent_hw: tuple[int, int]) -> torch.Tensor:
     boxes = torch.as_tensor(boxes_frac, dtype=torch.float64).reshape(-1, 4)
     h, w = latent_hw
     return boxes * torch.tensor([w, h, w, h], dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------- face boxes -------
+
+@dataclass(frozen=True)
+class FaceSquare:
+    """A face box that is square at any output size: centre (cx, cy) as fractions of the image width and height,
+    side as a fraction of the shorter side. `source_aspect`: width / height of the image it was read from (a mask,
+    a photo), None when typed in. Resolved against each latent by `fractions`."""
+
+    cx: float
+    cy: float
+    side: float
+    source_aspect: float | None = None
+
+    def fractions(self, hw: tuple[float, float]) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) fractions of an image of (height, width) (any units), square in those units."""
+        h, w = (float(v) for v in hw)
+        half_w, half_h = self.side * min(h, w) / w / 2, self.side * min(h, w) / h / 2
+        return (self.cx - half_w, self.cy - half_h, self.cx + half_w, self.cy + half_h)
+
+
+def box_fractions(boxes, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(K, 4) float64 fractions of `boxes` on a latent of (H, W): FaceSquares are resolved against it (and warn when
+    read from an image of another aspect), (x0, y0, x1, y1) fractions are taken as they are."""
+    warn_aspect([b.source_aspect for b in boxes if isinstance(b, FaceSquare)], latent_hw)
+    rows = [b.fractions(latent_hw) if isinstance(b, FaceSquare) else tuple(map(float, b)) for b in boxes]
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+
+
+def warn_aspect(aspects, latent_hw: tuple[int, int], tolerance: float = 0.01) -> None:
+    """Warn when faces read from an image of one aspect ratio meet a latent of another (the declared rule keeps
+    their centres and relative size, and keeps them square, but they no longer sit on that image's content)."""
+    latent_aspect = latent_hw[1] / latent_hw[0]
+    for aspect in sorted({a for a in aspects if a is not None}):
+        if abs(math.log(aspect / latent_aspect)) > tolerance:
+            log.warning("RealisID: the layout was read from an image of aspect %.3f (width / height) but the latent "
+                        "is %dx%d cells (aspect %.3f): each face keeps its centre (fractions of the width and "
+                        "height) and its size (fraction of the shorter side) and stays square, so the faces no "
+                        "longer sit where they were in that image. Use a mask or photo of the output's aspect "
+                        "ratio to place them exactly.", aspect, latent_hw[1], latent_hw[0], latent_aspect)
 
 
 # ------------------------------------------------------------------------------------------- UNet levels ------
@@ -155,16 +203,47 @@ def _linear(pos: torch.Tensor, n: int) -> torch.Tensor:
     return w
 
 
+def _hat_integral(t: torch.Tensor) -> torch.Tensor:
+    """Integral from -inf to t of the hat max(0, 1 - |u|)."""
+    t = t.clamp(-1.0, 1.0)
+    return torch.where(t < 0, (t + 1) ** 2 / 2, 1 - (1 - t) ** 2 / 2)
+
+
+def _linear_field_integrals(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+    """(T, n): integral over [lo_t, hi_t] (clipped to [0, n]) of each basis function of the piecewise-linear field
+    through values at the cell centres 0.5 .. n - 0.5, flat beyond the first and last centre (edge clamp)."""
+    lo, hi = lo.clamp(0.0, n), hi.clamp(0.0, n)
+    hi = torch.maximum(lo, hi)
+    centres = torch.arange(-1, n + 1, dtype=torch.float64) + 0.5  # a ghost cell on each side carries the clamp
+    w = _hat_integral(hi[:, None] - centres[None]) - _hat_integral(lo[:, None] - centres[None])
+    w[:, 1] += w[:, 0]
+    w[:, -2] += w[:, -1]
+    return w[:, 1:-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_prefilter(n: int) -> torch.Tensor:
+    """(n, n): cell values -> the values at the centres of the piecewise-linear field whose cell means they are.
+
+    The cell-mean matrix is tridiagonal [1/8, 3/4, 1/8] (7/8, 1/8 at the clamped ends), diagonally dominant, so
+    its inverse gains at most 2x (at the grid's Nyquist frequency) and decays by 0.17 per cell.
+    """
+    edges = torch.arange(n + 1, dtype=torch.float64)
+    return torch.linalg.inv(_linear_field_integrals(edges[:-1], edges[1:], n))
+
+
 def _crop_weights(x0: float, x1: float, size: int, n: int) -> torch.Tensor:
-    """(size, n): crop cell p covers latent [x0 + p*r, x0 + (p+1)*r], r = (x1 - x0) / size; zero off the image."""
+    """(size, n): crop cell p = mean over latent [x0 + p*r, x0 + (p+1)*r], r = (x1 - x0) / size, of the
+    mean-preserving linear field of the cells the box touches (so nothing outside them is read); zero off the
+    image (a crop cell half off the image reads half)."""
+    w = torch.zeros(size, n, dtype=torch.float64)
+    i0, i1 = min(max(math.floor(x0), 0), n), min(max(math.ceil(x1), 0), n)
+    if i1 <= i0:  # the box misses the image
+        return w
     r = (x1 - x0) / size
-    lo = x0 + torch.arange(size, dtype=torch.float64) * r
-    if r > 1.0:  # shrinking: integrate over the cell (cells off the image add nothing)
-        left = torch.arange(n, dtype=torch.float64)
-        return _overlap(lo, lo + r, left, left + 1) / r
-    centre = lo + r / 2
-    inside = ((centre >= 0) & (centre <= n)).double()[:, None]
-    return _linear(centre - 0.5, n) * inside
+    lo = x0 - i0 + torch.arange(size, dtype=torch.float64) * r
+    w[:, i0:i1] = _linear_field_integrals(lo, lo + r, i1 - i0) / r @ _mean_prefilter(i1 - i0)
+    return w
 
 
 def _edge_ramp(c: torch.Tensor, x0: float, x1: float, feather: float) -> torch.Tensor:
@@ -370,9 +449,10 @@ def check_paired(k: int, b: int) -> None:
 def crop_and_resize(latent: torch.Tensor, boxes, size: int) -> torch.Tensor:
     """Crop each box (latent units, (K,4) xyxy) from (B,C,H,W) and resample it to S x S.
 
-    Returns (K*B, C, S, S), face-major (row k*B + b). Area-integrated when the box is larger than S, bilinear
-    when smaller; zero outside the image, edge-clamped inside (a constant latent crops to a constant wherever
-    the crop cell lies inside the image).
+    Returns (K*B, C, S, S), face-major (row k*B + b). Each crop cell is the mean of the latent's mean-preserving
+    linear field over it (see the module note): a bilinear up-sampling that keeps cell means when the box is
+    smaller than S, an area integral when larger; zero outside the image (a constant latent crops to that
+    constant wherever the crop cell lies inside the image).
     """
     placement = place_boxes(boxes, tuple(latent.shape[-2:]), size, (), dtype=latent.dtype, device=latent.device)
     return crop_placed(latent, placement)

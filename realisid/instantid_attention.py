@@ -77,12 +77,12 @@ class RegionalIPAttention:
     def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, levels, previous=None):
         self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner)
         self.k_null, self.v_null = k_null, v_null  # (1, N, inner)
-        self.boxes = boxes  # (K, 4) fractions
+        self.boxes = boxes  # K geometry.FaceSquare or (x0, y0, x1, y1) fractions, resolved per latent size
         self.levels = levels  # the base UNet's levels (geometry.unet_levels)
         self.weight = float(weight)
         self.sigma_start, self.sigma_end = sigma_range
         self.previous = previous  # an attn2 replacement already on the MODEL for this block, kept in the chain
-        self._masks = {}
+        self._masks, self._boxes = {}, {}
 
     def _active(self, extra_options) -> bool:
         sigmas = extra_options.get("sigmas")
@@ -97,13 +97,19 @@ class RegionalIPAttention:
         key = (tokens, hw, device, dtype)
         if key not in self._masks:
             level = feature_level(tokens, hw, self.levels)
-            boxes = geometry.frac_to_latent(self.boxes, hw)
+            boxes = self._latent_boxes(hw)
             mask = geometry.level_box_mask(boxes, hw, level)  # (K, 1, h, w), 0 outside each box
             norm = geometry.overlap_norm(mask)
             if norm is not None:
                 mask = mask * norm
             self._masks[key] = mask.reshape(mask.shape[0], -1, 1).to(device, dtype)
         return self._masks[key]
+
+    def _latent_boxes(self, hw) -> torch.Tensor:
+        """(K, 4) latent units of the boxes on an (H, W) latent, resolved once per size (one aspect warning)."""
+        if hw not in self._boxes:
+            self._boxes[hw] = geometry.frac_to_latent(geometry.box_fractions(self.boxes, hw), hw)
+        return self._boxes[hw]
 
     def _identity_rows(self, batch, extra_options) -> torch.Tensor:
         """(B,) bool: which rows get the faces' tokens (the others get the null tokens)."""
@@ -150,7 +156,8 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
                               start_percent: float = 0.0, end_percent: float = 1.0):
     """A CLONE of `model_patcher` whose cross-attentions add each face's IP-Adapter identity inside its box.
 
-    faces: [(ip_tokens (N, C), box (x0, y0, x1, y1) fractions)], tokens from instantid_model.project().
+    faces: [(ip_tokens (N, C), box)], box a geometry.FaceSquare (resolved against each latent) or (x0, y0, x1, y1)
+    fractions; tokens from instantid_model.project().
     The input MODEL is never changed (its model_options and weights stay as they were).
     """
     if not faces:
@@ -162,7 +169,7 @@ def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: flo
     pairs = pair_blocks(diffusion_model, ip_adapter)
     levels = geometry.unet_levels(diffusion_model)
     tokens = torch.stack([torch.as_tensor(t).reshape(-1, t.shape[-1]).float() for t, _ in faces])
-    boxes = [tuple(float(v) for v in box) for _, box in faces]
+    boxes = [box if isinstance(box, geometry.FaceSquare) else tuple(float(v) for v in box) for _, box in faces]
     null = instantid_model.null_identity(1).float()
     sampling = model_patcher.get_model_object("model_sampling")
     sigma_range = (sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))

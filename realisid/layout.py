@@ -1,7 +1,12 @@
-"""Where the faces go: square boxes as fractions of the target image, plus an optional pose/expression driver.
+"""Where the faces go: square face boxes that fit any output size, plus an optional pose/expression driver.
 
-A layout is resolution independent: boxes are fractions of the image it was made for (x0, y0, x1, y1),
-square in pixels of that image, and may extend past its edges (the branches pad, they never reject).
+A layout never holds the output size. Each face is a `geometry.FaceSquare`: its centre as fractions of the image
+width and height and its side as a fraction of the shorter side. The box is resolved against the latent when
+sampling (`FaceSquare.fractions`), so it is square in pixels at every output size and never stretched. A layout
+read from a mask or a photo remembers that image's aspect ratio; on a latent of another aspect the declared rule
+above still holds (centres and relative size kept, the box square), but the faces no longer sit on the same
+content of that image, so sampling logs a warning (`geometry.box_fractions`). Boxes may extend past the edges
+(the branches pad, they never reject).
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
+from realisid.geometry import FaceSquare
+from realisid.validation import InputError, finite_number
 
 MAX_FACES = 16
 
@@ -20,30 +28,40 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class FaceSlot:
-    box: tuple[float, float, float, float]
+    square: FaceSquare
     # A face record (realisid.faces.record.FaceRecord) whose landmarks set pose and expression; None = the reference's
     driver: Any = None
+
+    def box(self, width: float, height: float) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) fractions of a width x height image (square in its pixels)."""
+        return self.square.fractions((height, width))
 
 
 @dataclass(frozen=True)
 class FaceLayout:
-    width: int
-    height: int
     slots: tuple[FaceSlot, ...]
 
     def __len__(self) -> int:
         return len(self.slots)
 
-    def pixel_boxes(self, width: int | None = None, height: int | None = None) -> np.ndarray:
-        """Boxes in pixels of an image of the given size (default: the size the layout was made for)."""
-        w, h = width or self.width, height or self.height
-        boxes = np.array([s.box for s in self.slots], dtype=np.float64).reshape(-1, 4)
-        return boxes * np.array([w, h, w, h], dtype=np.float64)
+    @property
+    def aspect(self) -> float:
+        """The aspect ratio (width / height) to preview the layout at: its source image's, else square."""
+        aspects = [s.square.source_aspect for s in self.slots if s.square.source_aspect is not None]
+        return aspects[0] if aspects else 1.0
+
+    def boxes(self, width: float, height: float) -> np.ndarray:
+        """(K, 4) box fractions for an image of the given size."""
+        return np.array([s.box(width, height) for s in self.slots], dtype=np.float64).reshape(-1, 4)
+
+    def pixel_boxes(self, width: float, height: float) -> np.ndarray:
+        """(K, 4) boxes in pixels of an image of the given size."""
+        return self.boxes(width, height) * np.array([width, height, width, height], dtype=np.float64)
 
     def appended(self, other: FaceLayout) -> FaceLayout:
+        """This layout's faces, then `other`'s (each keeps its own centre, size and source aspect)."""
         _check_count(len(self) + len(other))
-        rescaled = [replace(s, box=_rescale_box(s.box, other, self)) for s in other.slots]
-        return replace(self, slots=self.slots + tuple(rescaled))
+        return replace(self, slots=self.slots + other.slots)
 
     def with_drivers(self, drivers: list) -> FaceLayout:
         """Assign pose/expression drivers to slots in order; None keeps the slot's current driver."""
@@ -59,32 +77,20 @@ def _check_count(n: int) -> None:
         raise LayoutError(f"{n} faces requested; RealisID handles at most {MAX_FACES} in one image")
 
 
-def _rescale_box(box, src: FaceLayout, dst: FaceLayout) -> tuple[float, float, float, float]:
-    """Keep a square box square when moving it between layouts made for different aspect ratios."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side_px = (box[2] - box[0]) * src.width
-    half_w, half_h = side_px / dst.width / 2, side_px / dst.height / 2
-    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+def face_square(x, y, size, source_aspect: float | None = None, name: str = "") -> FaceSquare:
+    """A checked FaceSquare: finite centre (fractions) and a side in (0, 1] of the shorter image side."""
+    prefix = f"{name}." if name else ""
+    x, y = finite_number(f"{prefix}x", x), finite_number(f"{prefix}y", y)
+    size = finite_number(f"{prefix}size", size)
+    if not 0.0 < size <= 1.0:
+        raise InputError(f"{prefix}size must be a fraction of the shorter image side in (0, 1], got {size}")
+    return FaceSquare(x, y, size, source_aspect)
 
 
-def square_box_fractions(cx: float, cy: float, side_px: float, width: int, height: int) -> tuple[float, ...]:
-    """A square of `side_px` pixels centred at (cx, cy) (fractions), as fractions of a width x height image."""
-    if side_px <= 0:
-        raise LayoutError(f"face size must be positive, got {side_px} px")
-    half_w, half_h = side_px / width / 2, side_px / height / 2
-    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
-
-
-def layout_from_numbers(width: int, height: int, faces: list[tuple[float, float, float]]) -> FaceLayout:
+def layout_from_numbers(faces: list[tuple[float, float, float]]) -> FaceLayout:
     """Faces given as (x centre, y centre, size), all fractions; size is relative to the shorter image side."""
-    _check_size(width, height)
     _check_count(len(faces))
-    slots = []
-    for x, y, size in faces:
-        if not (0.0 < size <= 1.0):
-            raise LayoutError(f"face size {size} must be a fraction of the image side in (0, 1]")
-        slots.append(FaceSlot(square_box_fractions(x, y, size * min(width, height), width, height)))
-    return FaceLayout(width, height, tuple(slots))
+    return FaceLayout(tuple(FaceSlot(face_square(x, y, size)) for x, y, size in faces))
 
 
 def layout_from_mask(mask: np.ndarray, expand: float = 1.0, min_pixels: int = 16) -> FaceLayout:
@@ -95,10 +101,9 @@ def layout_from_mask(mask: np.ndarray, expand: float = 1.0, min_pixels: int = 16
     if mask.ndim != 2:
         raise LayoutError(f"expected a single (H, W) mask, got shape {mask.shape}")
     height, width = mask.shape
-    labels, count = ndimage.label(mask)
+    labels, _ = ndimage.label(mask)
     boxes = []
-    for region in ndimage.find_objects(labels):
-        ys, xs = region
+    for ys, xs in ndimage.find_objects(labels):
         if (ys.stop - ys.start) * (xs.stop - xs.start) < min_pixels:
             continue
         side = max(ys.stop - ys.start, xs.stop - xs.start) * expand
@@ -107,24 +112,20 @@ def layout_from_mask(mask: np.ndarray, expand: float = 1.0, min_pixels: int = 16
         raise LayoutError("the mask has no region large enough for a face: paint one blob per face")
     _check_count(len(boxes))
     boxes.sort(key=lambda b: b[0])
-    slots = tuple(FaceSlot(square_box_fractions(cx, cy, side, width, height)) for cx, cy, side in boxes)
-    return FaceLayout(width, height, slots)
+    short = min(width, height)
+    return FaceLayout(tuple(FaceSlot(FaceSquare(cx, cy, side / short, width / height)) for cx, cy, side in boxes))
 
 
-def layout_from_boxes(boxes_px: list, image_width: int, image_height: int, width: int, height: int,
-                      expand: float = 1.0, drivers: list | None = None) -> FaceLayout:
-    """Faces found in a location photo (xyxy pixels of that photo) placed at the same spots of the target image."""
-    _check_size(width, height)
+def layout_from_boxes(boxes_px: list, image_width: int, image_height: int, expand: float = 1.0,
+                      drivers: list | None = None) -> FaceLayout:
+    """Faces found in a location photo (xyxy pixels of that photo) placed at the same spots of the output, with the
+    same size relative to the shorter side."""
     _check_count(len(boxes_px))
+    short = min(image_width, image_height)
     slots = []
     for i, (x0, y0, x1, y1) in enumerate(boxes_px):
-        side = max(x1 - x0, y1 - y0) * expand * width / image_width
+        side = max(x1 - x0, y1 - y0) * expand / short
         cx, cy = (x0 + x1) / 2 / image_width, (y0 + y1) / 2 / image_height
         driver = drivers[i] if drivers else None
-        slots.append(FaceSlot(square_box_fractions(cx, cy, side, width, height), driver))
-    return FaceLayout(width, height, tuple(slots))
-
-
-def _check_size(width: int, height: int) -> None:
-    if width < 8 or height < 8:
-        raise LayoutError(f"image size {width}x{height} is too small")
+        slots.append(FaceSlot(FaceSquare(cx, cy, side, image_width / image_height), driver))
+    return FaceLayout(tuple(slots))

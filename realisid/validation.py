@@ -74,3 +74,48 @@ def finite_boxes(name: str, boxes) -> None:
         if not all(math.isfinite(float(v)) for v in box):
             raise InputError(f"{name}: box {i} has non-finite coordinates {tuple(box)}; expected finite fractions "
                              f"of the image")
+
+
+def mask_batch(name: str, mask) -> torch.Tensor:
+    """A ComfyUI MASK (B, H, W) (an (H, W) mask gets a batch of one) with B, H, W > 0 and finite values."""
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        mask = mask[None]
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 3:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name} must be a MASK batch of shape (B, H, W), got {shape}")
+    if mask.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (0 masks); connect a painted mask")
+    if mask.shape[1] == 0 or mask.shape[2] == 0:
+        raise InputError(f"{name} has zero size ({mask.shape[2]}x{mask.shape[1]} pixels); paint a mask of the "
+                         f"output's aspect ratio")
+    if not bool(torch.isfinite(mask).all()):
+        raise InputError(f"{name} holds NaN or infinite values")
+    return mask
+
+
+def percent_range(start_name: str, start, end_name: str, end, allow_equal: bool = False) -> tuple[float, float]:
+    """(start, end) fractions of sampling, finite, 0 <= start < end <= 1 (start == end too with allow_equal)."""
+    start, end = finite_number(start_name, start), finite_number(end_name, end)
+    for label, value in ((start_name, start), (end_name, end)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{label} must be a fraction of sampling in [0, 1], got {value}")
+    if start > end or (start == end and not allow_equal):
+        raise InputError(f"{start_name} ({start}) must be below {end_name} ({end})")
+    return start, end
+
+
+def conditioning(name: str, cond) -> list:
+    """A ComfyUI CONDITIONING: a list of [tensor, dict] pairs with finite tensors (NaN would spread to the latent)."""
+    if not isinstance(cond, list) or not cond:
+        raise InputError(f"{name} must be a non-empty CONDITIONING list, got "
+                         f"{'an empty list' if isinstance(cond, list) else type(cond).__name__}")
+    for i, entry in enumerate(cond):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)
+                and isinstance(entry[1], dict)):
+            raise InputError(f"{name}: entry {i} is not a [tensor, options] pair; connect a CLIP Text Encode output")
+        if not bool(torch.isfinite(entry[0]).all()):
+            raise InputError(f"{name}: entry {i} holds NaN or infinite values (check the text encoder upstream)")
+        pooled = entry[1].get("pooled_output")
+        if isinstance(pooled, torch.Tensor) and not bool(torch.isfinite(pooled).all()):
+            raise InputError(f"{name}: entry {i}'s pooled output holds NaN or infinite values")
+    return cond

@@ -15,7 +15,8 @@ import torch
 
 from realisid import instantid
 from realisid.comfy_host import PromptError
-from realisid.layout import FaceLayout, FaceSlot
+from realisid.geometry import FaceSquare
+from realisid.layout import FaceLayout, FaceSlot, LayoutError
 from realisid.validation import InputError
 from tests.helpers import fake_instantid as fi
 from tests.helpers import tiny_realisid as T
@@ -118,7 +119,7 @@ def instantid_model(tmp_path_factory):
 
 
 def run_attention(mapping, base, model, values, faces=()):
-    layout = mapping["RealisIDLayoutFromNumbers"].execute(64, 64, 0.5, 0.5, 0.5)[0]
+    layout = mapping["RealisIDLayoutFromNumbers"].execute(0.5, 0.5, 0.5)[0]
     return mapping["RealisIDInstantIDAttention"].execute(base, model, faces, layout,
                                                          **{**GOOD_ATTENTION, **values})
 
@@ -216,30 +217,34 @@ def test_grey_reference_photo_is_encoded(mapping, analyzer, realisid_model, clip
 
 
 def test_faceless_image_in_a_batch_is_marked_by_policy(mapping, analyzer, realisid_model, clip_vision):
-    """skip drops the faceless image and keeps the other people; passthrough turns identity off for the whole
-    batch (no person is boxed). The preview labels the faceless image with the policy's note."""
+    """The declared batch policy: skip drops the faceless image and keeps the other people; passthrough turns
+    identity off for the whole batch (no faces out, the apply nodes pass through). The preview boxes person 0 in
+    both, labelled 'ID off' under passthrough, and labels the faceless image with the policy's note."""
     photo = astronaut_image()
     batch = torch.cat([photo, torch.full_like(photo, 0.5)])
     kept, skip_preview = encode(mapping, analyzer, realisid_model, clip_vision, batch, "skip")
     dropped, pass_preview = encode(mapping, analyzer, realisid_model, clip_vision, batch, "passthrough")
     assert len(kept) == 1 and dropped == ()
-    assert not torch.allclose(skip_preview[0], photo[0], atol=0.02)  # person 0 boxed
-    assert torch.allclose(pass_preview[0], photo[0], atol=0.01)  # nobody boxed: identity is off everywhere
     for preview in (skip_preview, pass_preview):
+        assert not torch.allclose(preview[0], photo[0], atol=0.02)  # person 0 boxed
         assert float((preview[1] - 0.5).abs().amax()) > 0.2  # the faceless image carries a label
-    assert not torch.equal(skip_preview[1], pass_preview[1])  # ... that says which policy applied
+    assert not torch.equal(skip_preview[0], pass_preview[0])  # person 0's label says its identity is off
+    assert not torch.equal(skip_preview[1], pass_preview[1])  # ... and the note says which policy applied
+    alone, _ = encode(mapping, analyzer, realisid_model, clip_vision, photo, "passthrough")
+    assert len(alone) == 1  # passthrough only acts when an image of the batch has no face
 
 
 # ---------------------------------------------------------------------------------------- Layout Preview ------
-def layout_of(*boxes) -> FaceLayout:
-    return FaceLayout(64, 64, tuple(FaceSlot(tuple(b)) for b in boxes))
+def layout_of(*squares) -> FaceLayout:
+    """A layout built by hand (bypassing the layout nodes' checks), faces as (cx, cy, side)."""
+    return FaceLayout(tuple(FaceSlot(FaceSquare(*square)) for square in squares))
 
 
-GOOD_BOX = (0.25, 0.25, 0.75, 0.75)
+GOOD_BOX = (0.5, 0.5, 0.5)
 BAD_BOXES = [
-    ("nan-x0", [(NAN, 0.2, 0.6, 0.6)], "box 0"), ("inf-y1", [(0.2, 0.2, 0.6, INF)], "box 0"),
-    ("neg-inf-x1", [(0.2, 0.2, -INF, 0.6)], "box 0"), ("nan-second-box", [GOOD_BOX, (0.1, NAN, 0.3, 0.3)], "box 1"),
-    ("all-nan", [(NAN,) * 4], "box 0"),
+    ("nan-cx", [(NAN, 0.4, 0.4)], "box 0"), ("inf-side", [(0.4, 0.4, INF)], "box 0"),
+    ("neg-inf-cy", [(0.4, -INF, 0.4)], "box 0"), ("nan-second-box", [GOOD_BOX, (0.2, NAN, 0.2)], "box 1"),
+    ("all-nan", [(NAN,) * 3], "box 0"),
 ]
 
 
@@ -256,8 +261,8 @@ def test_layout_preview_refuses_bad_images(mapping, case, make, fragment):
 
 
 PREVIEW_COMBINATIONS = [
-    ("nan-box+empty-image", [(NAN, 0, 1, 1)], lambda: torch.zeros(0, 8, 8, 3), "layout"),
-    ("inf-box+five-channels", [(0, 0, INF, 1)], lambda: torch.zeros(1, 8, 8, 5), "layout"),
+    ("nan-box+empty-image", [(NAN, 0.5, 1)], lambda: torch.zeros(0, 8, 8, 3), "layout"),
+    ("inf-box+five-channels", [(0.5, 0.5, INF)], lambda: torch.zeros(1, 8, 8, 5), "layout"),
     ("good-box+nan-five-channels", [GOOD_BOX], lambda: torch.full((1, 8, 8, 5), NAN), "image holds NaN"),
 ]
 
@@ -274,6 +279,332 @@ def test_layout_preview_draws_grey_and_alpha_images_in_rgb(mapping, channels):
     out = mapping["RealisIDLayoutPreview"].execute(layout_of(GOOD_BOX), image, None)[0]
     assert out.shape == (1, 40, 48, 3)
     np.testing.assert_allclose(out[0, 2, 2].numpy(), [0.25] * 3, atol=0.01)  # outside the box: the grey image
+
+
+# ------------------------------------------------------------------------------------------- Layout nodes ------
+NUMBERS_INPUTS = ("x", "y", "size")
+GOOD_NUMBERS = {"x": 0.5, "y": 0.4, "size": 0.25}
+
+
+def run_numbers(mapping, values, previous=None):
+    return mapping["RealisIDLayoutFromNumbers"].execute(**{**GOOD_NUMBERS, **values}, previous=previous)
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("name", NUMBERS_INPUTS)
+def test_numbers_layout_refuses_non_finite_numbers(mapping, name, value):
+    raises_input_error(lambda: run_numbers(mapping, {name: value}), name, repr(value))
+
+
+@pytest.mark.parametrize("size", [0.0, -0.1, 1.5])
+def test_numbers_layout_refuses_a_size_outside_the_image(mapping, size):
+    raises_input_error(lambda: run_numbers(mapping, {"size": size}), "size", "(0, 1]")
+
+
+NUMBERS_COMBINATIONS = list(bad_subsets(NUMBERS_INPUTS))
+
+
+@pytest.mark.parametrize("values,first", NUMBERS_COMBINATIONS, ids=[repr(v) for v, _ in NUMBERS_COMBINATIONS])
+def test_numbers_layout_combinations_name_the_first_bad_input(mapping, values, first):
+    assert raises_input_error(lambda: run_numbers(mapping, values), first).startswith(first)
+
+
+def test_numbers_layout_holds_no_size_and_chains(mapping):
+    first = run_numbers(mapping, {})[0]
+    both = run_numbers(mapping, {"x": 0.8}, previous=first)[0]
+    assert [s.square for s in both.slots] == [FaceSquare(0.5, 0.4, 0.25), FaceSquare(0.8, 0.4, 0.25)]
+    with pytest.raises(LayoutError, match="at most 16"):
+        layout = first
+        for _ in range(16):
+            layout = run_numbers(mapping, {}, previous=layout)[0]
+
+
+def blob_mask(batch=1, h=64, w=96):
+    mask = torch.zeros(batch, h, w)
+    mask[:, 10:30, 20:40] = 1.0
+    return mask
+
+
+def nan_mask():
+    mask = blob_mask()
+    mask[0, 0, 0] = NAN
+    return mask
+
+
+def inf_mask():
+    mask = blob_mask()
+    mask[0, 50, 50] = -INF
+    return mask
+
+
+BAD_MASKS = [
+    ("empty-batch", lambda: torch.zeros(0, 64, 64), "empty batch (0 masks)"),
+    ("zero-by-zero", lambda: torch.zeros(1, 0, 0), "zero size (0x0"),
+    ("zero-width", lambda: torch.zeros(1, 64, 0), "zero size (0x64"),
+    ("nan-value", nan_mask, "NaN or infinite"),
+    ("inf-value", inf_mask, "NaN or infinite"),
+    ("four-dims", lambda: torch.zeros(1, 64, 64, 3), "shape (B, H, W), got (1, 64, 64, 3)"),
+    ("one-dim", lambda: torch.zeros(64), "shape (B, H, W), got (64,)"),
+    ("not-a-tensor", lambda: np.zeros((8, 8)), "got ndarray"),
+]
+
+
+def run_mask(mapping, mask, expand=1.0):
+    return mapping["RealisIDLayoutFromMask"].execute(mask, expand)
+
+
+@pytest.mark.parametrize("case,make,fragment", BAD_MASKS, ids=[c[0] for c in BAD_MASKS])
+def test_mask_layout_refuses_bad_masks(mapping, case, make, fragment):
+    raises_input_error(lambda: run_mask(mapping, make()), "mask", fragment)
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_mask_layout_refuses_non_finite_expand(mapping, value):
+    raises_input_error(lambda: run_mask(mapping, blob_mask(), value), "expand", repr(value))
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_mask_and_photo_layouts_refuse_an_expand_that_is_not_positive(mapping, analyzer, value):
+    raises_input_error(lambda: run_mask(mapping, blob_mask(), value), "expand", "above 0")
+    raises_input_error(lambda: run_photo(mapping, analyzer, astronaut_image(), value), "expand", "above 0")
+
+
+MASK_COMBINATIONS = [(f"{case}+expand={value!r}", make) for case, make, _ in BAD_MASKS for value in (NAN, INF)]
+
+
+@pytest.mark.parametrize("case,make", MASK_COMBINATIONS, ids=[c[0] for c in MASK_COMBINATIONS])
+def test_mask_layout_combinations_name_the_mask_first(mapping, case, make):
+    expand = NAN if "nan" in case.split("+")[1] else INF
+    assert raises_input_error(lambda: run_mask(mapping, make(), expand), "mask").startswith("mask")
+
+
+def test_mask_layout_of_a_blank_mask_says_to_paint_and_a_2d_mask_is_a_batch_of_one(mapping):
+    with pytest.raises(LayoutError, match="paint one blob per face"):
+        run_mask(mapping, torch.zeros(1, 32, 32))
+    layout = run_mask(mapping, blob_mask()[0])[0]  # (H, W)
+    square = layout.slots[0].square
+    assert (square.cx, square.cy, square.side, square.source_aspect) == pytest.approx((30 / 96, 20 / 64, 20 / 64,
+                                                                                        1.5))
+    batch = run_mask(mapping, torch.cat([blob_mask(), torch.zeros(1, 64, 96)]))[0]
+    assert batch.slots == layout.slots  # the first mask of a batch
+
+
+def run_photo(mapping, analyzer, image, expand=1.0):
+    return mapping["RealisIDLayoutFromPhoto"].execute(image, analyzer, expand, True)
+
+
+@pytest.mark.parametrize("case,make,fragment", BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
+def test_photo_layout_refuses_bad_images(mapping, analyzer, case, make, fragment):
+    raises_input_error(lambda: run_photo(mapping, analyzer, make()), "image", fragment)
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_photo_layout_refuses_non_finite_expand(mapping, analyzer, value):
+    raises_input_error(lambda: run_photo(mapping, analyzer, astronaut_image(), value), "expand", repr(value))
+
+
+PHOTO_COMBINATIONS = [(f"{case}+expand=nan", make) for case, make, _ in BAD_IMAGES]
+
+
+@pytest.mark.parametrize("case,make", PHOTO_COMBINATIONS, ids=[c[0] for c in PHOTO_COMBINATIONS])
+def test_photo_layout_combinations_name_the_image_first(mapping, analyzer, case, make):
+    assert raises_input_error(lambda: run_photo(mapping, analyzer, make(), NAN), "image").startswith("image")
+
+
+@pytest.mark.parametrize("case,make,fragment", BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
+def test_pose_drivers_refuse_bad_images(mapping, analyzer, case, make, fragment):
+    layout = run_numbers(mapping, {})[0]
+    raises_input_error(lambda: mapping["RealisIDLayoutDrivers"].execute(layout, make(), analyzer), "image",
+                       fragment)
+
+
+# ------------------------------------------------------------------------------------------ Combine Faces -----
+@pytest.fixture(scope="module")
+def faces(mapping, analyzer, realisid_model, clip_vision):
+    return encode(mapping, analyzer, realisid_model, clip_vision, astronaut_image())[0]
+
+
+@pytest.mark.parametrize("bad", [None, "person", 3, torch.zeros(2)], ids=repr)
+@pytest.mark.parametrize("name", ["faces_1", "faces_2"])
+def test_combine_refuses_what_is_not_faces(mapping, faces, name, bad):
+    values = {"faces_1": faces, "faces_2": faces, name: bad}
+    raises_input_error(lambda: mapping["RealisIDFacesCombine"].execute(**values), name, "RealisID Face Encoder")
+
+
+def test_combine_refuses_more_people_than_one_image_holds(mapping, faces):
+    raises_input_error(lambda: mapping["RealisIDFacesCombine"].execute(faces * 9, faces * 8), "faces_2",
+                       "9 + 8 people")
+
+
+# ----------------------------------------------------------------------------------------- Apply nodes -------
+def nan_conditioning():
+    positive, _ = T.tiny_conditioning("sdxl")
+    positive[0][0][0, 1, 2] = NAN
+    return positive
+
+
+def inf_pooled_conditioning():
+    positive, _ = T.tiny_conditioning("sdxl")
+    positive[0][1]["pooled_output"][0, 0] = INF
+    return positive
+
+
+BAD_CONDITIONINGS = [
+    ("nan-tokens", nan_conditioning, "entry 0 holds NaN"),
+    ("inf-pooled", inf_pooled_conditioning, "pooled output holds NaN"),
+    ("empty-list", lambda: [], "an empty list"),
+    ("not-a-list", lambda: torch.zeros(1, 5, 32), "got Tensor"),
+    ("entry-not-a-pair", lambda: [[torch.zeros(1, 5, 32)]], "entry 0 is not a [tensor, options] pair"),
+    ("entry-without-tensor", lambda: [["a photo", {}]], "entry 0 is not a [tensor, options] pair"),
+]
+APPLY_NUMBERS = {
+    "RealisIDLocalBranchApply": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "crop_size": 0,
+                                 "feather": 0.0},
+    "RealisIDGlobalLocationApply": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+                                    "mode": "per_person"},
+    "RealisIDMultiFaceComposite": {"local_strength": 1.0, "global_strength": 1.0, "start_percent": 0.0,
+                                   "end_percent": 1.0, "crop_size": 0, "global_mode": "per_person",
+                                   "feather": 0.0},
+}
+APPLY_NODES = list(APPLY_NUMBERS)
+FLOAT_INPUTS = [(node_id, name) for node_id, values in APPLY_NUMBERS.items() for name, v in values.items()
+                if isinstance(v, float)]
+
+
+def run_apply(mapping, node_id, model, faces, values=(), layout=None, positive=None, negative=None):
+    good_positive, good_negative = T.tiny_conditioning("sdxl")
+    return mapping[node_id].execute(
+        positive=good_positive if positive is None else positive,
+        negative=good_negative if negative is None else negative, realisid_model=model, faces=faces,
+        layout=run_numbers(mapping, {})[0] if layout is None else layout, **{**APPLY_NUMBERS[node_id], **dict(values)})
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("node_id,name", FLOAT_INPUTS, ids=[f"{n}.{i}" for n, i in FLOAT_INPUTS])
+def test_apply_nodes_refuse_non_finite_numbers(mapping, realisid_model, faces, node_id, name, value):
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, faces, {name: value}), name,
+                       repr(value))
+
+
+@pytest.mark.parametrize("value,fragment", [(NAN, "positive multiple of 8"), (INF, "positive multiple of 8"),
+                                            ("abc", "whole number"), (-8, "positive multiple of 8"),
+                                            (12, "positive multiple of 8"), (1024, "at most 256"),
+                                            (3.5, "positive multiple of 8")], ids=repr)
+@pytest.mark.parametrize("node_id", ["RealisIDLocalBranchApply", "RealisIDMultiFaceComposite"])
+def test_apply_nodes_refuse_bad_crop_sizes(mapping, realisid_model, faces, node_id, value, fragment):
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, faces, {"crop_size": value}),
+                       "crop_size", fragment)
+
+
+RANGE_FAULTS = [({"start_percent": 0.6, "end_percent": 0.4}, "start_percent (0.6) must be below"),
+                ({"start_percent": 0.5, "end_percent": 0.5}, "start_percent (0.5) must be below"),
+                ({"start_percent": -0.1}, "start_percent must be a fraction"),
+                ({"end_percent": 1.5}, "end_percent must be a fraction")]
+
+
+@pytest.mark.parametrize("values,fragment", RANGE_FAULTS, ids=[repr(v) for v, _ in RANGE_FAULTS])
+@pytest.mark.parametrize("node_id", APPLY_NODES)
+def test_apply_nodes_refuse_an_empty_or_outside_range(mapping, realisid_model, faces, node_id, values, fragment):
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, faces, values), fragment)
+
+
+@pytest.mark.parametrize("feather", [-0.1, 0.6])
+@pytest.mark.parametrize("node_id", ["RealisIDLocalBranchApply", "RealisIDMultiFaceComposite"])
+def test_apply_nodes_refuse_a_feather_outside_its_range(mapping, realisid_model, faces, node_id, feather):
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, faces, {"feather": feather}), "feather")
+
+
+@pytest.mark.parametrize("case,make,fragment", BAD_CONDITIONINGS, ids=[c[0] for c in BAD_CONDITIONINGS])
+@pytest.mark.parametrize("name", ["positive", "negative"])
+@pytest.mark.parametrize("node_id", APPLY_NODES)
+def test_apply_nodes_refuse_bad_conditioning(mapping, realisid_model, faces, node_id, name, case, make, fragment):
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, faces, **{name: make()}), name, fragment)
+
+
+@pytest.mark.parametrize("node_id", APPLY_NODES)
+def test_apply_nodes_refuse_a_face_count_that_misses_the_layout(mapping, realisid_model, faces, node_id):
+    two = run_numbers(mapping, {"x": 0.7}, previous=run_numbers(mapping, {})[0])[0]
+    with pytest.raises(LayoutError, match="1 encoded face.* places 2"):
+        run_apply(mapping, node_id, realisid_model, faces, layout=two)
+
+
+@pytest.mark.parametrize("node_id", APPLY_NODES)
+def test_apply_nodes_refuse_a_nan_identity_by_name(mapping, realisid_model, faces, node_id):
+    import dataclasses
+
+    broken = (dataclasses.replace(faces[0], source=torch.full_like(faces[0].source, NAN)),)
+    raises_input_error(lambda: run_apply(mapping, node_id, realisid_model, broken), "faces: person 0")
+
+
+def test_apply_refuses_a_projector_that_makes_nan_tokens(mapping, faces, models_dir):
+    from realisid import checkpoint
+
+    model = checkpoint.load_realisid(str(models_dir / "realisid" / "tiny_realisid_sdxl.safetensors"))
+    with torch.no_grad():
+        next(model.projector.parameters()).fill_(NAN)  # a private copy: the module fixture's model stays sound
+    raises_input_error(lambda: run_apply(mapping, "RealisIDMultiFaceComposite", model, faces), "realisid_model",
+                       "NaN or infinite tokens")
+
+
+@pytest.mark.parametrize("node_id", APPLY_NODES)
+def test_apply_nodes_accept_good_inputs_and_pass_through_without_faces(mapping, realisid_model, faces, node_id):
+    from realisid.control import RealisIDControl
+
+    positive, negative = T.tiny_conditioning("sdxl")
+    out = run_apply(mapping, node_id, realisid_model, faces, positive=positive, negative=negative)
+    assert isinstance(out[0][0][1]["control"], RealisIDControl)
+    assert "control" not in positive[0][1]  # the incoming conditioning is untouched
+    same = run_apply(mapping, node_id, realisid_model, (), positive=positive, negative=negative)
+    assert same[0] is positive and same[1] is negative
+
+
+GLOBAL_INPUTS = ("strength", "start_percent", "end_percent")
+GLOBAL_COMBINATIONS = list(bad_subsets(GLOBAL_INPUTS))
+
+
+@pytest.mark.parametrize("values,first", GLOBAL_COMBINATIONS, ids=[repr(v) for v, _ in GLOBAL_COMBINATIONS])
+def test_global_apply_combinations_name_the_first_bad_input(mapping, realisid_model, faces, values, first):
+    message = raises_input_error(lambda: run_apply(mapping, "RealisIDGlobalLocationApply", realisid_model, faces,
+                                                   values), first)
+    assert message.startswith(first)
+
+
+COMPOSITE_INPUTS = ("local_strength", "global_strength", "start_percent", "end_percent", "feather")
+COMPOSITE_PAIRS = [(dict(zip(pair, (NAN, INF), strict=True)), pair[0])
+                   for pair in itertools.combinations(COMPOSITE_INPUTS, 2)]
+
+
+@pytest.mark.parametrize("values,first", COMPOSITE_PAIRS, ids=[repr(v) for v, _ in COMPOSITE_PAIRS])
+def test_composite_pairs_of_bad_numbers_name_the_first(mapping, realisid_model, faces, values, first):
+    message = raises_input_error(lambda: run_apply(mapping, "RealisIDMultiFaceComposite", realisid_model, faces,
+                                                   values), first)
+    assert message.startswith(first)
+
+
+CROSS_COMBINATIONS = [
+    ("nan-positive+nan-strength", {"positive": nan_conditioning}, {"local_strength": NAN}, "positive"),
+    ("empty-negative+bad-crop", {"negative": lambda: []}, {"crop_size": 12}, "negative"),
+    ("nan-positive+nan-negative", {"positive": nan_conditioning, "negative": nan_conditioning}, {}, "positive"),
+    ("nan-feather+bad-crop", {}, {"feather": NAN, "crop_size": 12}, "crop_size"),  # crop_size comes first
+    ("reversed-range+nan-feather", {}, {"start_percent": 0.9, "end_percent": 0.1, "feather": NAN}, "feather"),
+    ("inf-global+reversed-range", {}, {"global_strength": INF, "start_percent": 0.9, "end_percent": 0.1},
+     "global_strength"),
+]
+
+
+@pytest.mark.parametrize("case,conds,values,first", CROSS_COMBINATIONS, ids=[c[0] for c in CROSS_COMBINATIONS])
+def test_composite_cross_input_combinations_name_the_first(mapping, realisid_model, faces, case, conds, values,
+                                                            first):
+    made = {name: make() for name, make in conds.items()}
+    message = raises_input_error(lambda: run_apply(mapping, "RealisIDMultiFaceComposite", realisid_model, faces,
+                                                   values, **made), first)
+    assert message.startswith(first)
+
+
+def test_a_face_count_mismatch_is_named_before_bad_numbers(mapping, realisid_model, faces):
+    two = run_numbers(mapping, {"x": 0.7}, previous=run_numbers(mapping, {})[0])[0]
+    with pytest.raises(LayoutError, match="places 2"):
+        run_apply(mapping, "RealisIDMultiFaceComposite", realisid_model, faces, {"local_strength": NAN}, layout=two)
 
 
 # ------------------------------------------------------------------------------------ through the executor ----
@@ -309,4 +640,55 @@ def test_executor_names_a_nan_guider_input(run_prompt, name):
                         latent_image=["7", 0]),
               "9": node("SaveLatent", samples=["8", 0], filename_prefix="x")}
     with pytest.raises(PromptError, match=rf"node 3 \(RealisIDGuider\).*{name} must be a finite number"):
+        run_prompt(prompt)
+
+
+def _layout_chain(layout_node: dict) -> dict:
+    return {"1": layout_node, "2": node("RealisIDLayoutPreview", layout=["1", 0]),
+            "3": node("SaveImage", images=["2", 0], filename_prefix="bad")}
+
+
+@pytest.mark.parametrize("name", NUMBERS_INPUTS)
+def test_executor_names_a_nan_layout_number(run_prompt, name):
+    prompt = _layout_chain(node("RealisIDLayoutFromNumbers", **{**GOOD_NUMBERS, name: NAN}))
+    with pytest.raises(PromptError, match=rf"node 1 \(RealisIDLayoutFromNumbers\).*{name} must be a finite"):
+        run_prompt(prompt)
+
+
+def test_executor_names_a_nan_mask(run_prompt):
+    prompt = _layout_chain(node("RealisIDLayoutFromMask", mask=["9", 0], expand=1.0))
+    prompt["9"] = node("SolidMask", value=NAN, width=64, height=64)
+    with pytest.raises(PromptError, match=r"node 1 \(RealisIDLayoutFromMask\).*mask holds NaN"):
+        run_prompt(prompt)
+
+
+def test_executor_runs_a_prompt_that_still_gives_the_layout_a_size(run_prompt):
+    """API prompts saved before the layouts dropped width/height still run: the extra inputs are ignored."""
+    prompt = _layout_chain(node("RealisIDLayoutFromNumbers", width=1024, height=768, **GOOD_NUMBERS))
+    assert run_prompt(prompt).outputs["3"]["images"]
+
+
+def test_executor_names_a_nan_apply_strength(run_prompt):
+    prompt = {"1": node("CheckpointLoaderSimple", ckpt_name="tiny_sdxl.safetensors"),
+              "2": node("CLIPTextEncode", text="a photo", clip=["1", 1]),
+              "3": node("RealisIDModelLoader", model_name="tiny_realisid_sdxl.safetensors"),
+              "4": node("LoadImage", image="astronaut.jpg"),
+              "5": node("RealisIDFaceAnalysis", backend=EMBEDDED, provider="CPU"),
+              "6": node("CLIPVisionLoader", clip_name="tiny_clip_vision.safetensors"),
+              "7": node("RealisIDFaceEncoder", image=["4", 0], face_analysis=["5", 0], realisid_model=["3", 0],
+                        selection="largest", index=0, on_no_face="error", references=ONE_PER_IMAGE,
+                        clip_vision=["6", 0]),
+              "8": node("RealisIDLayoutFromNumbers", **GOOD_NUMBERS),
+              "9": node("RealisIDLocalBranchApply", positive=["2", 0], negative=["2", 0], realisid_model=["3", 0],
+                        faces=["7", 0], layout=["8", 0], strength=NAN, start_percent=0.0, end_percent=1.0,
+                        crop_size=0, feather=0.0),
+              "10": node("RealisIDGuider", model=["1", 0], positive=["9", 0], negative=["9", 1], **GOOD_GUIDER),
+              "11": node("KSamplerSelect", sampler_name="euler"),
+              "12": node("BasicScheduler", model=["1", 0], scheduler="normal", steps=1, denoise=1.0),
+              "13": node("RandomNoise", noise_seed=1),
+              "14": node("EmptyLatentImage", width=64, height=64, batch_size=1),
+              "15": node("SamplerCustomAdvanced", noise=["13", 0], guider=["10", 0], sampler=["11", 0],
+                         sigmas=["12", 0], latent_image=["14", 0]),
+              "16": node("SaveLatent", samples=["15", 0], filename_prefix="x")}
+    with pytest.raises(PromptError, match=r"node 9 \(RealisIDLocalBranchApply\).*strength must be a finite"):
         run_prompt(prompt)

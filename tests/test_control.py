@@ -364,7 +364,7 @@ def test_one_face_composite_equals_local_then_global_chained(node_setup):
     gen = torch.Generator().manual_seed(12)
     positive = [[torch.randn(1, 7, tiny.SDXL_CONTEXT_DIM, generator=gen), {"pooled_output": torch.zeros(1, 64)}]]
     negative = [[torch.zeros(1, 7, tiny.SDXL_CONTEXT_DIM), {}]]
-    layout = mapping["RealisIDLayoutFromNumbers"].execute(128, 128, 0.4, 0.45, 0.5)[0]
+    layout = mapping["RealisIDLayoutFromNumbers"].execute(0.4, 0.45, 0.5)[0]
     multi = mapping["RealisIDMultiFaceComposite"].execute(positive, negative, realisid_model, faces, layout, 0.8, 1.3,
                                                           0.0, 1.0, 0, "per_person", 0.0)
     local = mapping["RealisIDLocalBranchApply"].execute(positive, negative, realisid_model, faces, layout, 0.8, 0.0,
@@ -423,12 +423,22 @@ def test_projection_works_when_the_projector_is_partly_offloaded():
     assert proj.latents.device.type == "meta" and proj.proj_in.weight.device.type == "cpu"  # module untouched
 
 
-def test_a_layout_made_for_another_aspect_ratio_warns(caplog):
+def test_layout_faces_stay_square_on_any_latent_and_a_photo_layout_of_another_aspect_warns(caplog):
+    """The declared rule: centre as fractions, side as a fraction of the shorter side, resolved per latent."""
     from realisid.control import face_boxes
+    from realisid.geometry import FaceSquare
 
-    face = FaceCondition(torch.zeros(1, 4), None, (0.1, 0.1, 0.3, 0.3), source_aspect=1.0)
-    with caplog.at_level("WARNING", logger="realisid.control"):
-        face_boxes([face], (128, 128))
-        assert not caplog.records
-        face_boxes([face], (152, 104))
-    assert "aspect" in caplog.text and "stretched" in caplog.text
+    typed = FaceCondition(torch.zeros(1, 4), None, FaceSquare(0.5, 0.3, 0.25))
+    from_photo = FaceCondition(torch.zeros(1, 4), None, FaceSquare(0.5, 0.3, 0.25, source_aspect=1.0))
+    for h, w in ((128, 128), (152, 104), (104, 152)):
+        x0, y0, x1, y1 = face_boxes([typed], (h, w))[0].tolist()
+        assert (x1 - x0) * w == pytest.approx((y1 - y0) * h) == pytest.approx(0.25 * min(h, w))  # square cells
+        assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((0.5, 0.3))
+    with caplog.at_level("WARNING", logger="realisid.geometry"):
+        face_boxes([typed, from_photo], (128, 128))
+        face_boxes([typed], (152, 104))
+        assert not caplog.records  # typed-in faces fit any aspect; a photo layout on its own aspect
+        face_boxes([from_photo], (152, 104))
+    assert "aspect 1.000" in caplog.text and "stays square" in caplog.text
+    trainer_box = FaceCondition(torch.zeros(1, 4), None, (0.1, 0.2, 0.3, 0.5))  # fractions are taken as given
+    assert face_boxes([trainer_box], (152, 104))[0].tolist() == [0.1, 0.2, 0.3, 0.5]

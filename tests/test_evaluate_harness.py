@@ -36,7 +36,7 @@ def test_plan_expands_the_protocol_grid(references):
     assert len({c.case_id for c in cases}) == len(cases)
     two = [c for c in cases if c.persons == 2 and c.size == pytest.approx(1 / 7)]
     assert {c.references for c in two} == {tuple(references), tuple(references[::-1])}
-    boxes = two[0].layout.pixel_boxes()
+    boxes = two[0].pixel_boxes()
     assert np.allclose(boxes[:, 2] - boxes[:, 0], 768 / 7) and np.allclose(boxes[:, 3] - boxes[:, 1], 768 / 7)
     assert next(c for c in cases if c.variant == "no_local").settings == {"5.strength": 0.0}
     with pytest.raises(LayoutError, match="do not fit"):
@@ -63,7 +63,7 @@ def make_paste_generator(analyzer):
         return faces[path]
 
     def generate(case):
-        boxes = case.layout.pixel_boxes()
+        boxes = case.pixel_boxes()
         refs = list(case.references)
         if case.settings.get("swap"):
             refs = [r for r in refs[::-1]] if len(refs) > 1 else refs
@@ -74,7 +74,7 @@ def make_paste_generator(analyzer):
             img, face = face_of(ref)
             patches.append(face_patch(img, face.square_box(), int(round(box[2] - box[0]))))
             keep.append(box)
-        return [paste_faces(case.layout.width, case.layout.height, keep, patches)]
+        return [paste_faces(case.width, case.height, keep, patches)]
 
     return generate
 
@@ -154,7 +154,7 @@ def test_harness_through_comfyui_executor(run_prompt, tmp_path, analyzer, refere
     finally:
         folder_paths.set_input_directory(old_input)
     assert len(rows) == 1 and rows[0]["found"] == 1
-    requested = plan.cases()[0].layout.pixel_boxes()[0]
+    requested = plan.cases()[0].pixel_boxes()[0]
     from realisid.evaluate import box_iou
 
     assert rows[0]["iou"] == pytest.approx(box_iou(requested, ref_face.square_box()), abs=1e-6)

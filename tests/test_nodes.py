@@ -62,7 +62,7 @@ def test_model_loader_rejects_a_corrupt_file_with_a_clear_error(run_prompt, mode
     bad = models_dir / "realisid" / "broken.safetensors"
     bad.write_bytes(b"\x00not a safetensors file")
     prompt = {"1": node("RealisIDModelLoader", model_name="broken.safetensors"),
-              "2": node("RealisIDLayoutFromNumbers", width=64, height=64, x=0.5, y=0.5, size=0.5),
+              "2": node("RealisIDLayoutFromNumbers", x=0.5, y=0.5, size=0.5),
               "3": node("RealisIDLayoutPreview", layout=["2", 0]),
               "4": node("SaveImage", images=["3", 0], filename_prefix="x")}
     prompt["3"]["inputs"]["faces"] = ["5", 0]
@@ -105,7 +105,7 @@ def test_no_face_policies(nodes_by_id, realisid_model, clip_vision, policy):
                                "each image is a different person", clip_vision)
     assert faces == ()
     positive, negative = [[torch.zeros(1, 77, 96), {"pooled_output": torch.zeros(1, 64)}]], [[torch.zeros(1, 77, 96), {}]]
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.5, 0.5, 0.3)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.5, 0.3)[0]
     pos, neg = nodes_by_id["RealisIDLocalBranchApply"].execute(positive, negative, realisid_model, faces, layout, 1.0,
                                                                 0.0, 1.0, 0, 0.0)[:2]
     assert pos is positive and neg is negative
@@ -121,7 +121,7 @@ def test_apply_chains_on_copies_of_the_conditioning(nodes_by_id, encoded, realis
     positive = [[torch.zeros(1, 77, 96), {"control": previous, "pooled_output": torch.zeros(1, 64)}]]
     negative = [[torch.zeros(1, 77, 96), {}]]
     before = [dict(positive[0][1]), dict(negative[0][1])]
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.5, 0.4, 0.3)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.4, 0.3)[0]
     pos, neg, mapping = nodes_by_id["RealisIDMultiFaceComposite"].execute(
         positive, negative, realisid_model, faces, layout, 1.0, 1.0, 0.0, 1.0, 0, "per_person", 0.0)
     assert [positive[0][1], negative[0][1]] == before and previous.previous_controlnet is None
@@ -131,13 +131,13 @@ def test_apply_chains_on_copies_of_the_conditioning(nodes_by_id, encoded, realis
     assert isinstance(negative_control, RealisIDControl) and negative_control.previous_controlnet is None
     assert not negative_control.identity_enabled
     assert pos[0][1]["control_apply_to_uncond"] is False
-    assert mapping.shape == (1, 128, 128, 3)
+    assert mapping.shape == (1, 768, 768, 3)
 
 
 def test_face_count_must_match_the_layout(nodes_by_id, encoded, realisid_model):
     _, faces, _ = encoded
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.3, 0.4, 0.3)[0]
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.7, 0.4, 0.3, layout)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.3, 0.4, 0.3)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.7, 0.4, 0.3, layout)[0]
     cond = [[torch.zeros(1, 77, 96), {}]]
     with pytest.raises(ValueError, match="1 encoded face.* places 2"):
         nodes_by_id["RealisIDMultiFaceComposite"].execute(cond, cond, realisid_model, faces, layout, 1.0, 1.0, 0.0,
@@ -158,7 +158,7 @@ def test_base_model_behaves_the_same_after_a_realisid_graph(nodes_by_id, tiny_sd
     options_before = repr(model.model_options)
     plain = sample(model, positive, negative)
     _, faces, _ = encoded
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.5, 0.4, 0.4)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.4, 0.4)[0]
     pos, neg, _ = nodes_by_id["RealisIDMultiFaceComposite"].execute(
         positive, negative, realisid_model, faces, layout, 1.0, 1.0, 0.0, 1.0, 0, "per_person", 0.0)
     guider = nodes_by_id["RealisIDGuider"].execute(model, pos, neg, 4.0, 3.0, 0.2)[0]
@@ -179,7 +179,7 @@ def test_sd15_base_with_an_sdxl_realisid_model_is_refused(nodes_by_id, models_di
                                                         output_vae=False, output_clip=True)[:2]
     positive = nodes_by_id["CLIPTextEncode"]().encode(clip, "a photo")[0]
     _, faces, _ = encoded
-    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(128, 128, 0.5, 0.4, 0.4)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.4, 0.4)[0]
     pos, neg, _ = nodes_by_id["RealisIDMultiFaceComposite"].execute(
         positive, positive, realisid_model, faces, layout, 1.0, 1.0, 0.0, 1.0, 0, "per_person", 0.0)
     with pytest.raises(ValueError, match="RealisID model is for a SDXL base"):
@@ -189,24 +189,25 @@ def test_sd15_base_with_an_sdxl_realisid_model_is_refused(nodes_by_id, models_di
 def test_layout_from_photo_and_drivers(nodes_by_id, encoded):
     analyzer, faces, _ = encoded
     photo = astronaut_image()
-    layout = nodes_by_id["RealisIDLayoutFromPhoto"].execute(photo, analyzer, 1024, 1024, 1.0, True)[0]
+    layout = nodes_by_id["RealisIDLayoutFromPhoto"].execute(photo, analyzer, 1.0, True)[0]
     assert len(layout) == 1 and layout.slots[0].driver is not None
-    cx = (layout.slots[0].box[0] + layout.slots[0].box[2]) / 2
+    cx = layout.slots[0].square.cx
     assert abs(cx - (faces[0].record.box[0] + faces[0].record.box[2]) / 2 / 512) < 0.02
+    assert layout.slots[0].square.source_aspect == 1.0  # the photo's aspect, for the sampling-time warning
     flipped = torch.flip(photo, dims=[2])
-    numbers = nodes_by_id["RealisIDLayoutFromNumbers"].execute(256, 256, 0.5, 0.5, 0.5)[0]
+    numbers = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.5, 0.5)[0]
     driven = nodes_by_id["RealisIDLayoutDrivers"].execute(numbers, flipped, analyzer)[0]
     driver = driven.slots[0].driver
     assert driver.kps[0, 0] > 512 - faces[0].record.kps[1, 0] - 8  # the mirrored face drives the pose
     preview = nodes_by_id["RealisIDLayoutPreview"].execute(driven, None, faces)[0]
-    assert preview.shape == (1, 256, 256, 3) and float(preview.std()) > 0.01
+    assert preview.shape == (1, 768, 768, 3) and float(preview.std()) > 0.01  # typed-in faces: a square canvas
 
 
 def test_layout_nodes_output_a_preview_of_their_boxes(nodes_by_id):
     from realisid.drawing import face_colour
 
-    layout, preview = nodes_by_id["RealisIDLayoutFromNumbers"].execute(1024, 512, 0.25, 0.5, 0.5)
-    assert preview.shape == (1, 384, 768, 3)  # the layout's aspect ratio, at most 768 px
-    # face 0's box spans x 128..384, y 128..384 of 1024x512, i.e. 96..288 at the preview's 0.75 scale
-    assert torch.allclose(preview[0, 200, 96], torch.tensor(face_colour(0)), atol=0.05)
+    layout, preview = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.25, 0.5, 0.5)
+    assert preview.shape == (1, 768, 768, 3)  # typed-in faces hold no size: a square canvas of 768 px
+    # face 0's box: side 0.5 of 768 = 384 px centred at (192, 384), i.e. x 0..384, y 192..576
+    assert torch.allclose(preview[0, 400, 1], torch.tensor(face_colour(0)), atol=0.05)
     assert torch.allclose(preview[0, 10, 700], torch.full((3,), 0.5), atol=0.01)  # untouched canvas

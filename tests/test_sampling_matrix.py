@@ -94,7 +94,7 @@ def test_all_sampling_paths_work_and_mutate_nothing(setup, models_dir, family):
     text_state = conditioning_state(positive), conditioning_state(negative)
     plain = ksampler(model, positive, negative)
 
-    layout = mapping["RealisIDLayoutFromNumbers"].execute(128, 128, 0.5, 0.45, 0.5)[0]
+    layout = mapping["RealisIDLayoutFromNumbers"].execute(0.5, 0.45, 0.5)[0]
     pos, neg, _ = mapping["RealisIDMultiFaceComposite"].execute(positive, negative, models[family], faces, layout, 1.0,
                                                                 1.0, 0.0, 1.0, 0, "per_person", 0.0)
     controls = pos[0][1]["control"], neg[0][1]["control"]

@@ -63,12 +63,12 @@ def encode(g: Graph, image_name: str, title: str, model: str, analysis: str, cli
                   references="each image is a different person", clip_vision=g.out(clip_vision))
 
 
-def place(g: Graph, faces: list[tuple[float, float, float]], width: int, height: int) -> str:
+def place(g: Graph, faces: list[tuple[float, float, float]]) -> str:
+    """Chained numbers layouts; they hold no size (the boxes are fitted to the latent when sampling)."""
     layout = None
     for i, (x, y, size) in enumerate(faces):
         extra = {"previous": g.out(layout)} if layout else {}
-        layout = g.node("RealisIDLayoutFromNumbers", f"Face {i + 1}", width=width, height=height, x=x, y=y,
-                        size=size, **extra)
+        layout = g.node("RealisIDLayoutFromNumbers", f"Face {i + 1}", x=x, y=y, size=size, **extra)
     return layout
 
 
@@ -109,7 +109,7 @@ def people_workflow(prompt: str, placements: list[tuple[float, float, float]], w
         encoded = encode(g, name, f"Person {i + 1}", model, analysis, clip_vision)
         faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
                                                      faces_1=g.out(faces), faces_2=g.out(encoded))
-    layout = place(g, placements, width, height)
+    layout = place(g, placements)
     comp = composite(g, pos, neg, model, faces, layout)
     g.node("PreviewImage", "Face-to-box mapping", images=g.out(comp, 2))
     image = sample(g, ckpt, (g.out(comp, 0), g.out(comp, 1)), latent)
@@ -125,7 +125,7 @@ def small_face_workflow() -> dict:
                                   height)
     model, clip_vision, analysis = realisid_inputs(g)
     faces = encode(g, "astronaut.jpg", "Person 1", model, analysis, clip_vision)
-    layout = place(g, [(0.5, 0.18, 1 / 6)], width, height)
+    layout = place(g, [(0.5, 0.18, 1 / 6)])
     local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
                    realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
                    start_percent=0.0, end_percent=1.0, crop_size=0, feather=0.0)
@@ -144,7 +144,7 @@ def pose_workflow() -> dict:
     ckpt, pos, neg, latent = base(g, "portrait photo of a woman in a garden, soft light", width, height)
     model, clip_vision, analysis = realisid_inputs(g)
     faces = encode(g, "astronaut.jpg", "Person 1", model, analysis, clip_vision)
-    layout = place(g, [(0.5, 0.4, 0.3)], width, height)
+    layout = place(g, [(0.5, 0.4, 0.3)])
     driver = g.node("LoadImage", "Driving photo", image="astronaut_driver.jpg")
     driven = g.node("RealisIDLayoutDrivers", "Pose from photo", layout=g.out(layout), image=g.out(driver),
                     face_analysis=g.out(analysis))

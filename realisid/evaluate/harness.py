@@ -46,14 +46,20 @@ class EvalCase:
     references: tuple[str, ...]  # one reference image per slot
     drivers: tuple[str, ...]  # optional pose/expression target image per slot; () = the reference's own face
     layout: FaceLayout
+    width: int  # the output size the case is generated at (the layout fits any)
+    height: int
+
+    def pixel_boxes(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """The layout's boxes in pixels of an image of the given size (default: the case's output size)."""
+        return self.layout.pixel_boxes(width or self.width, height or self.height)
 
     def values(self) -> dict:
         """Everything a workflow placeholder may refer to."""
         vals = {
             "case_id": self.case_id, "variant": self.variant, "prompt": self.prompt, "seed": self.seed,
-            "size": self.size, "persons": self.persons, "width": self.layout.width, "height": self.layout.height,
-            "boxes": json.dumps([list(s.box) for s in self.layout.slots]),
-            "boxes_px": json.dumps(self.layout.pixel_boxes().round(2).tolist()),
+            "size": self.size, "persons": self.persons, "width": self.width, "height": self.height,
+            "boxes": json.dumps(self.layout.boxes(self.width, self.height).tolist()),
+            "boxes_px": json.dumps(self.pixel_boxes().round(2).tolist()),
         }
         for i, path in enumerate(self.references):
             vals[f"reference_{i}"] = path
@@ -112,7 +118,8 @@ class EvalPlan:
                             for variant, settings in self.variants.items():
                                 case_id = f"{variant}_p{persons}_s{_size_label(size, True)}_id{k}_t{p_idx}_seed{seed}"
                                 out.append(EvalCase(case_id, variant, dict(settings), prompt, p_idx, float(size),
-                                                    persons, int(seed), group, drivers, layout))
+                                                    persons, int(seed), group, drivers, layout, self.width,
+                                                    self.height))
         return out
 
     def row_layout(self, persons: int, size: float) -> FaceLayout:
@@ -121,7 +128,7 @@ class EvalPlan:
         if persons * side_frac_w > 1.0:
             raise LayoutError(f"{persons} faces of size {size:.3f} do not fit side by side in {self.width} px")
         faces = [((i + 0.5) / persons, self.face_y, size) for i in range(persons)]
-        return layout_from_numbers(self.width, self.height, faces)
+        return layout_from_numbers(faces)
 
 
 def _size_label(size: float, filename: bool = False) -> str:
@@ -238,7 +245,7 @@ def score_image(case: EvalCase, image: np.ndarray, image_index: int, analyzer: F
     """One row per requested face of one generated image."""
     h, w = image.shape[:2]
     faces = analyzer.analyze(image, image_index=image_index)
-    matches = metrics.match_faces(faces, case.layout.pixel_boxes(w, h))
+    matches = metrics.match_faces(faces, case.pixel_boxes(w, h))
     extra = metrics.extra_faces(faces, matches)
     clip_t = _safe(lambda: clip.text_similarity(case.prompt, image)) if clip is not None and clip.clip else math.nan
     rows = []
