@@ -166,3 +166,17 @@ def test_identity_loss_is_zero_for_a_perfect_reconstruction_and_grows_with_damag
     blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2)
     noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
     assert 0 < float(vae.identity_loss(net, x, blurred, boxes)) < float(vae.identity_loss(net, x, noisy, boxes))
+
+
+def test_crop_trunk_features_are_the_forward_pass():
+    """The identity loss reads the face net through with_features + heads: the same numbers as its forward."""
+    torch.manual_seed(0)
+    net = facenets.FaceNet().eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        flat, kept = net.crop_net.with_features(x, (1, 7))
+        direct = net(x)
+        via_heads = net.heads(flat)
+    assert [f.shape[1:] for f in kept] == [(32, 64, 64), (128, 8, 8)]
+    for key in ("box", "landmarks", "embedding"):
+        torch.testing.assert_close(via_heads[key], direct[key], rtol=0, atol=0)

@@ -12,7 +12,7 @@ from tests.helpers.host import REPO, comfyui_dir
 
 LAYOUT_PROMPT = {
     "1": {"class_type": "RealisIDLayoutFromNumbers", "_meta": {"title": "Face"},
-          "inputs": {"width": 128, "height": 96, "x": 0.5, "y": 0.5, "size": 0.5}},
+          "inputs": {"x": 0.5, "y": 0.5, "size": 0.5}},
     "2": {"class_type": "RealisIDLayoutPreview", "inputs": {"layout": ["1", 0], "image": ["4", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "runner"}},
     "4": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "batch_size": 1, "color": 0}},

@@ -66,6 +66,15 @@ class CropNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(_normalise(x)).flatten(1)
 
+    def with_features(self, x: torch.Tensor, layers: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The flat feature and the outputs of the trunk blocks `layers` (a perceptual loss compares them)."""
+        h, kept = _normalise(x), []
+        for i, block in enumerate(self.trunk):
+            h = block(h)
+            if i in layers:
+                kept.append(h)
+        return h.flatten(1), kept
+
 
 class CosineHeads(nn.Module):
     """One cosine classifier per identity attribute over an L2-normalised embedding."""
@@ -92,7 +101,10 @@ class FaceNet(nn.Module):
         self.attributes = CosineHeads(EMBEDDING_DIM, ATTRIBUTE_SIZES)
 
     def forward(self, x: torch.Tensor) -> dict:
-        flat = self.crop_net(x)
+        return self.heads(self.crop_net(x))
+
+    def heads(self, flat: torch.Tensor) -> dict:
+        """The crop trunk's flat feature -> box, landmarks, embedding."""
         geo = self.geometry(flat)
         emb = F.normalize(self.embed(flat), dim=1)
         return {"box": geo[:, :4] + 0.5, "landmarks": geo[:, 4:].reshape(-1, 68, 2) + 0.5, "embedding": emb}

@@ -1,11 +1,11 @@
-"""The Mini VAE: ComfyUI's TAESD architecture (8x, family.LATENT_CHANNELS latent channels), trained on Mini scenes with a face-weighted loss.
+"""The Mini VAE: ComfyUI's TAESD architecture (8x, family.LATENT_CHANNELS latent channels), trained on Mini scenes.
 
 Trained on patches (the network is convolutional; a 256 px image costs 16x a 64 px patch), most of them centred on
 a face, with the loss weighted up inside the faces and their hair, where identity lives, plus an identity loss:
 the trained Mini face net (the conditioning encoder, never the judge that the gates use) reads the face crops of
 the input and of its reconstruction, and its features, landmarks and embedding must agree (a face-specific
-perceptual loss, as LPIPS is for photos; pixel losses alone left irises, glasses and mouths blurred after 2k steps). After training,
-`vae_scale` / `vae_shift` are set so that `encode` gives latents of zero mean and unit variance: the Mini latent
+perceptual loss, as LPIPS is for photos; pixel losses alone left irises, glasses and mouths blurred after 2k steps).
+After training, `vae_scale` / `vae_shift` are set so that `encode` gives latents of zero mean and unit variance: the Mini latent
 format then needs no scale factor.
 """
 
@@ -46,7 +46,6 @@ def build_taesd(seed: int = 0) -> torch.nn.Module:
             if isinstance(sub, comfy.taesd.taesd.Block):
                 sub.conv[4].weight.zero_()
                 sub.conv[4].bias.zero_()
-    with torch.no_grad():
         model.vae_scale.fill_(1.0)
         model.vae_shift.fill_(0.0)
     model.vae_scale.requires_grad_(False)
@@ -133,14 +132,8 @@ def face_crops(images: torch.Tensor, boxes: torch.Tensor, size: int = crops.CROP
 
 
 def _face_net_reading(facenet: facenets.FaceNet, crop: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-    feats, h = [], facenets._normalise(crop)
-    for i, block in enumerate(facenet.crop_net.trunk):
-        h = block(h)
-        if i in IDENTITY_LAYERS:
-            feats.append(h)
-    flat = h.flatten(1)
-    geo = facenet.geometry(flat)
-    return feats, {"landmarks": geo[:, 4:], "embedding": torch.nn.functional.normalize(facenet.embed(flat), dim=1)}
+    flat, feats = facenet.crop_net.with_features(crop, IDENTITY_LAYERS)
+    return feats, facenet.heads(flat)
 
 
 def identity_loss(facenet: facenets.FaceNet, x: torch.Tensor, recon: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
