@@ -180,3 +180,30 @@ def test_crop_trunk_features_are_the_forward_pass():
     assert [f.shape[1:] for f in kept] == [(32, 64, 64), (128, 8, 8)]
     for key in ("box", "landmarks", "embedding"):
         torch.testing.assert_close(via_heads[key], direct[key], rtol=0, atol=0)
+
+
+def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_node_ids):
+    """Stage 2 trains the decoder alone: the exported encoder is stage 1's, bit for bit, so latents the base was
+    trained on stay valid; stage 1 cannot be extended once stage 2 exists."""
+    from realisid.mini import cli, vae
+
+    small_pool = vae.ScenePool
+    monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
+    torch.manual_seed(0)
+    torch.save({"model": facenets.FaceNet().state_dict()}, tmp_path / "facenet.state.pt")
+    vae.train(str(tmp_path), steps=2, batch=2, patch=32)
+    joint = vae.joint_stage_model(str(tmp_path))
+    vae.train_decoder(str(tmp_path), steps=3, batch=2, patch=32)
+
+    exported, records = cli._vae_for_export(str(tmp_path), seed=0)
+    assert set(records) == {"vae", "vae-decoder"} and records["vae-decoder"]["steps"] == 3
+    for (name, a), b in zip(joint.taesd_encoder.state_dict().items(), exported.taesd_encoder.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    moved = [not torch.equal(a, b) for a, b in zip(joint.taesd_decoder.state_dict().values(),
+                                                    exported.taesd_decoder.state_dict().values(), strict=True)]
+    assert any(moved)
+    images = np.stack([world.random_scene(5).image[:64, :64]])
+    torch.testing.assert_close(vae.encode(exported, images), vae.encode(joint, images), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decoder stage has started"):
+        vae.train(str(tmp_path), steps=4, batch=2, patch=32)

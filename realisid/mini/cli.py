@@ -1,6 +1,7 @@
 """Command line of RealisID-Mini: one seeded, resumable command per training stage, its export, and the gates.
 
-    python -m realisid.mini train vae --work W --steps 2000          # then: export vae --work W
+    python -m realisid.mini train vae --work W --steps 4000          # encoder + decoder
+    python -m realisid.mini train vae-decoder --work W --steps N     # the decoder alone, the encoder frozen
     python -m realisid.mini train detector|facenet|judge --work W --steps N
     python -m realisid.mini export faces|judge|vae --work W          # fp16 files into models/mini/
     python -m realisid.mini encode --work W --shards 10              # VAE latents of training scenes
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-STAGES = ("vae", "detector", "facenet", "judge", "base")
+STAGES = ("vae", "vae-decoder", "detector", "facenet", "judge", "base")
 EXPORTS = ("faces", "judge", "vae")
 JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
 CARD_COMMANDS = """
@@ -31,8 +32,10 @@ python -m realisid.mini --threads 1 train judge --work $W --steps 1500
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ceiling detection verification
 python -m realisid.mini curves --work $W --stages detector facenet judge && python -m realisid.mini card
-# in progress: the VAE (its identity loss reads $W's face net), resumable; extend with a larger --steps
-python -m realisid.mini --threads 2 train vae --work $W --steps 12000
+# in progress: the VAE (its identity loss reads $W's face net); stage 1 is final, stage 2 (the decoder, the
+# encoder frozen, so the base trains on final latents meanwhile) is extended with a larger --steps
+python -m realisid.mini --threads 2 train vae --work $W --steps 4000
+python -m realisid.mini --threads 1 train vae-decoder --work $W --steps 12000
 python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
 """
 
@@ -116,6 +119,10 @@ def _train(stage: str, work: str, steps: int, seed: int) -> None:
         from realisid.mini import vae
 
         vae.train(work, steps, seed=seed)
+    elif stage == "vae-decoder":
+        from realisid.mini import vae
+
+        vae.train_decoder(work, steps, seed=seed)
     elif stage == "base":
         from realisid.mini import base, family
 
@@ -157,13 +164,26 @@ def _export(what: str, work: str, seed: int) -> None:
         net.load_state_dict(state["model"])
         judge.save_judge(files.FACES_DIR / files.JUDGE_FILE, net.eval(), training={"judge": _record(state)})
     else:
-        nets, state = vae.VaeNets(vae.build_taesd(seed)), _state(work, "vae")
-        nets.load_state_dict(state["model"])
-        model = nets.ema
+        model, records = _vae_for_export(work, seed)
         mean, std = vae.calibrate(model)
-        files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae",
-                            training={"vae": _record(state)}, raw_latent_mean=mean, raw_latent_std=std)
+        files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae", training=records,
+                            raw_latent_mean=mean, raw_latent_std=std)
     log.info("exported %s", what)
+
+
+def _vae_for_export(work: str, seed: int):
+    """Stage 1's EMA TAESD, with stage 2's EMA decoder once that stage has started (the encoder is stage 1's in
+    both: stage 2 never changes it)."""
+    from realisid.mini import vae
+
+    model = vae.joint_stage_model(work, seed)
+    records = {"vae": _record(_state(work, "vae"))}
+    if vae.decoder_stage_started(work):
+        nets, state = vae.VaeNets(vae.build_taesd(seed)), _state(work, vae.DECODER_STAGE)
+        nets.load_state_dict(state["model"])
+        model.taesd_decoder.load_state_dict(nets.ema.taesd_decoder.state_dict())
+        records[vae.DECODER_STAGE] = _record(state)
+    return model, records
 
 
 def _load_vae():

@@ -29,6 +29,8 @@ FACE_PATCHES = 3  # of every 4 patches, this many are centred on a face: the gat
 EMA_DECAY = 0.999
 IDENTITY_WEIGHT = 0.25  # identity loss beside the pixel loss (which is about 0.2-0.3 once trained a little)
 IDENTITY_LAYERS = (1, 3, 5, 7)  # face-net trunk blocks whose outputs are compared
+DECODER_STAGE = "vae-decoder"  # stage 2: the decoder alone, the encoder frozen
+DECODER_SEED_OFFSET = 1000
 
 
 def build_taesd(seed: int = 0) -> torch.nn.Module:
@@ -171,13 +173,49 @@ class VaeNets(torch.nn.Module):
 
 
 def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3) -> dict:
-    """Constant LR after warm-up, so the stage can be extended across sessions (`--steps` larger, resumed) and
-    still be one schedule; the EMA copy does the annealing."""
+    """Stage 1, encoder and decoder together. Constant LR after warm-up, so the stage can be extended across
+    sessions (`--steps` larger, resumed) and still be one schedule; the EMA copy does the annealing."""
+    if decoder_stage_started(work):
+        raise ValueError(f"{work}: the decoder stage has started, so the encoder (the latent space the base is "
+                         f"trained on) is final; extend the decoder stage instead (train vae-decoder)")
     nets = VaeNets(build_taesd(seed))
-    facenet = load_facenet(work)
     params = [p for p in nets.vae.parameters() if p.requires_grad]
+    return _run_stage(work, "vae", nets, params, steps, seed, batch, patch, lr)
+
+
+def train_decoder(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3) -> dict:
+    """Stage 2: the decoder alone, from stage 1's EMA weights, with stage 1's EMA encoder frozen. The latent space
+    then never changes again, so the base model and the branches can be trained on it while the decoder still
+    improves (as SD's VAE decoders were fine-tuned after the fact with the encoder kept)."""
+    nets = VaeNets(joint_stage_model(work, seed))  # stage 1's EMA copy comes frozen: only its decoder trains
+    params = list(nets.vae.taesd_decoder.requires_grad_(True).parameters())
+    # another noise stream than stage 1's, whose patches the decoder has already seen in that order
+    return _run_stage(work, DECODER_STAGE, nets, params, steps, seed + DECODER_SEED_OFFSET, batch, patch, lr)
+
+
+def decoder_stage_started(work: str) -> bool:
+    from pathlib import Path
+
+    return (Path(work) / f"{DECODER_STAGE}.state.pt").exists()
+
+
+def joint_stage_model(work: str, seed: int = 0) -> torch.nn.Module:
+    """Stage 1's EMA TAESD (the one exported), from `work/vae.state.pt`."""
+    from pathlib import Path
+
+    path = Path(work) / "vae.state.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train the VAE's first stage (train vae) before its decoder stage")
+    nets = VaeNets(build_taesd(seed))
+    nets.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return nets.ema
+
+
+def _run_stage(work: str, name: str, nets: VaeNets, params: list, steps: int, seed: int, batch: int, patch: int,
+               lr: float) -> dict:
+    facenet = load_facenet(work)
     optimizer = torch.optim.Adam(params, lr=lr)
-    run = training.ResumableRun(work, "vae", nets, optimizer, seed)
+    run = training.ResumableRun(work, name, nets, optimizer, seed)
     pools: dict[int, ScenePool] = {}
 
     def step_fn(step: int) -> dict:
