@@ -2,7 +2,8 @@
 
 The base sees captions (people count, framing, place, clothing) and nothing else: location, identity, pose and
 expression are the RealisID branches' job. Training is plain eps prediction through ComfyUI's own SDXL model code
-(model_sampling, encode_adm), with min-SNR weighting, 10 % caption dropout (for CFG) and an EMA copy.
+(model_sampling, encode_adm), with min-SNR weighting, 10 % caption dropout (for CFG), a constant learning rate
+after warm-up and an EMA copy (the one exported).
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr
         nets.update_ema(step)
         return {"loss": float(loss.detach())}
 
-    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_cosine(lr, 200, steps))
+    # constant after warm-up: the stage spans sessions (a larger --steps, resumed) as one schedule; EMA anneals
+    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_constant(lr, 200))
     return nets, base, run.record()
 
 
