@@ -27,9 +27,12 @@ IMAGE_SIZE = 256
 # an easy latent
 LATENT_CHANNELS = 16
 
+# 32/64/128 channels at 32/16/8 cells: a training step (fwd + bwd, batch 32, one CPU thread) costs 3.5 s against
+# 8.7 s for 64/128/128 (7.2 M parameters), so the base and the branches can train on a CPU; capacity is kept where
+# it is cheap, at the coarsest level
 UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "model_channels": 64,
-    "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 2], "transformer_depth": [0, 1, 1],
+    "use_checkpoint": False, "image_size": 32, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+    "model_channels": 32, "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 4], "transformer_depth": [0, 1, 1],
     "transformer_depth_output": [0, 0, 1, 1, 1, 1], "transformer_depth_middle": 1, "use_spatial_transformer": True,
     "legacy": False, "use_temporal_attention": False, "use_temporal_resblock": False,
     "use_linear_in_transformer": True, "adm_in_channels": ADM_CHANNELS, "num_classes": "sequential",
@@ -54,7 +57,7 @@ class MiniSDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
 
 
 class MiniSDXL(comfy.supported_models.SDXL):
-    unet_config = {"model_channels": 64, "use_linear_in_transformer": True, "transformer_depth": [0, 1, 1],
+    unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "transformer_depth": [0, 1, 1],
                    "context_dim": CONTEXT_DIM, "adm_in_channels": ADM_CHANNELS, "use_temporal_attention": False}
     latent_format = MiniLatent
 
