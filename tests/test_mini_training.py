@@ -207,3 +207,38 @@ def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_no
     torch.testing.assert_close(vae.encode(exported, images), vae.encode(joint, images), rtol=0, atol=0)
     with pytest.raises(ValueError, match="decoder stage has started"):
         vae.train(str(tmp_path), steps=4, batch=2, patch=32)
+
+
+def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypatch, pack_node_ids):
+    """`export base`: the EMA UNet and text encoders and the VAE in one checkpoint that the stock loader detects as
+    the Mini family, with the exported VAE's decoder (the base stage's latents come from that encoder)."""
+    import comfy.sd
+
+    from realisid.mini import base, cli, family, vae
+
+    small_pool = vae.ScenePool
+    monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
+    torch.manual_seed(0)
+    torch.save({"model": facenets.FaceNet().state_dict()}, tmp_path / "facenet.state.pt")
+    vae.train(str(tmp_path), steps=1, batch=2, patch=32)
+    (tmp_path / "shards").mkdir()
+    torch.save({"latents": torch.randn(4, family.LATENT_CHANNELS, 32, 32).half(),
+                "captions": ["one person, close-up portrait, in a park, wearing a red shirt"] * 4, "seeds": [0] * 4},
+               tmp_path / "shards" / "shard_0000.pt")
+    base.train(str(tmp_path), str(tmp_path / "shards"), steps=2, batch=2)
+
+    path = tmp_path / "mini_base.safetensors"
+    cli._export_base(str(tmp_path), 0, path)
+    family.register()
+    patcher, _clip, vae_model = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
+    assert type(patcher.model.model_config) is family.MiniSDXL
+    state = torch.load(tmp_path / "base.state.pt", map_location="cpu", weights_only=True)["model"]
+    loaded = patcher.model.diffusion_model.state_dict()
+    for key in ("input_blocks.0.0.weight", "out.2.weight"):
+        torch.testing.assert_close(loaded[key].float(), state[f"ema_unet.{key}"].half().float())
+    key = "input_blocks.0.0.weight"  # the EMA, not the live weights: after two steps the two differ
+    assert not torch.equal(state[f"ema_unet.{key}"], state[f"unet.{key}"])
+    exported, _ = cli._vae_for_export(str(tmp_path), 0)
+    decoder = vae_model.first_stage_model.taesd_decoder.state_dict()
+    for key, value in exported.taesd_decoder.state_dict().items():
+        torch.testing.assert_close(decoder[key].float(), value.half().float())

@@ -22,7 +22,7 @@ import torch
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "vae-decoder", "detector", "facenet", "judge", "base")
-EXPORTS = ("faces", "judge", "vae")
+EXPORTS = ("faces", "judge", "vae", "base")
 JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
 CARD_COMMANDS = """
 W=mini_work  # any folder: resumable states and curves
@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     gates.add_argument("--n", type=int, default=200, help="faces per cell")
     gates.add_argument("--n-vae", type=int, default=100, help="faces per cell for the VAE gate (each one encoded "
                                                               "and decoded)")
-    gates.add_argument("--only", nargs="*", default=None, choices=["ceiling", "vae", "detection", "verification"])
+    gates.add_argument("--only", nargs="*", default=None,
+                       choices=["ceiling", "vae", "detection", "verification", "base"])
     return p
 
 
@@ -163,12 +164,30 @@ def _export(what: str, work: str, seed: int) -> None:
         net, state = facenets.Judge(), _state(work, "judge")
         net.load_state_dict(state["model"])
         judge.save_judge(files.FACES_DIR / files.JUDGE_FILE, net.eval(), training={"judge": _record(state)})
-    else:
+    elif what == "vae":
         model, records = _vae_for_export(work, seed)
         mean, std = vae.calibrate(model)
         files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae", training=records,
                             raw_latent_mean=mean, raw_latent_std=std)
+    else:
+        _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
     log.info("exported %s", what)
+
+
+def _export_base(work: str, seed: int, path: Path) -> None:
+    """The base's EMA UNet and text encoders with the VAE of the same --work folder, as one SDXL-layout checkpoint
+    that ComfyUI's stock loader reads."""
+    from realisid.mini import base, family, vae
+
+    family.register()
+    base_model, clip = base.build(seed)
+    nets, state = base.BaseNets(base_model, clip), _state(work, "base")
+    nets.load_state_dict(state["model"])
+    vae_model, records = _vae_for_export(work, seed)
+    vae.calibrate(vae_model)
+    records["base"] = _record(state)
+    base.save_checkpoint(str(path), base_model, nets.ema_unet.state_dict(), nets.ema_clip.state_dict(),
+                         vae_model.state_dict(), {"kind": "base", "training": records})
 
 
 def _vae_for_export(work: str, seed: int):
@@ -197,7 +216,7 @@ def _load_vae():
 def _gates(out: str, n: int, n_vae: int, only: list[str] | None) -> None:
     from realisid.mini import backend, gates, judge
 
-    wanted = set(only or ["ceiling", "vae", "detection", "verification"])
+    wanted = set(only or ["ceiling", "vae", "detection", "verification", "base"])
     path = Path(out)
     results = json.loads(path.read_text()) if path.exists() else {}
     if wanted & {"ceiling", "vae"}:
@@ -214,6 +233,12 @@ def _gates(out: str, n: int, n_vae: int, only: list[str] | None) -> None:
             results["detection"] = gates.detection_gate(analyzer, max(20, n // 2))
         if "verification" in wanted:
             results["verification"] = gates.verification_gate(analyzer, max(50, n // 2))
+    if "base" in wanted:
+        from realisid.mini import family, files
+
+        family.register()
+        results["base"] = gates.base_gate(backend.MiniFaceAnalyzer(), judge.MiniJudge(),
+                                          str(files.CHECKPOINTS_DIR / files.BASE_FILE), n)
     results["n"], results["n_vae"] = n, n_vae
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
