@@ -79,3 +79,13 @@ def test_judge_scores_count_what_they_say():
     wrong = [dict(r, attributes={**r["attributes"], "skin": (r["attributes"]["skin"] + 1) % 6}) for r in perfect]
     assert gates.score_readings(wrong, truths).attributes["skin"] == 0.0
     assert json.dumps(scores.as_dict())
+
+
+@pytest.mark.parametrize(("found", "verdict"), [(0.92, "pass"), (0.85, "FAIL")])
+def test_card_judges_the_base_gate_at_ninety_percent(found, verdict):
+    from realisid.mini import card
+
+    gates = {"base": {"n": 200, "count_correct": found, "judge_confidence_samples": 0.7,
+                      "judge_confidence_renders": 0.98, "seconds_per_image": 1.5}}
+    (line,) = card._verdicts(gates)
+    assert f"**{verdict}**" in line and "200 text-only samples" in line and "1.50 s per image" in line

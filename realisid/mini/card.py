@@ -14,6 +14,7 @@ CEILING_MIN_AT_QUARTER = 0.95
 VAE_MAX_DROP = {"1/4": 0.03, "1/7": 0.05}
 DETECTION_MIN = 0.95
 VERIFICATION_MIN_AUC = 0.99
+BASE_MIN_COUNT = 0.90  # text-only samples in which the Mini detector finds the requested number of people
 
 INTRO = """# RealisID-Mini: model card
 
@@ -80,6 +81,12 @@ def _verdicts(gates: dict) -> list[str]:
         out.append(f"* Verification ROC AUC at 1/4 >= {VERIFICATION_MIN_AUC}: {_fmt(auc)} -> "
                    f"**{'pass' if auc >= VERIFICATION_MIN_AUC else 'FAIL'}** (1/7: "
                    f"{_fmt(gates['verification']['1/7']['auc'])}).")
+    if "base" in gates:
+        b = gates["base"]
+        out.append(f"* Base: the requested number of people found in >= {BASE_MIN_COUNT} of {b['n']} text-only "
+                   f"samples: {_fmt(b['count_correct'])} -> **{'pass' if b['count_correct'] >= BASE_MIN_COUNT else 'FAIL'}"
+                   f"**; the judge's mean confidence on their faces {_fmt(b['judge_confidence_samples'])} (on renders "
+                   f"{_fmt(b['judge_confidence_renders'])}); {b['seconds_per_image']:.2f} s per image on this CPU.")
     return out
 
 
