@@ -36,6 +36,10 @@ python -m realisid.mini curves --work $W --stages detector facenet judge && pyth
 # encoder frozen, so the base trains on final latents meanwhile) is extended with a larger --steps
 python -m realisid.mini --threads 2 train vae --work $W --steps 4000
 python -m realisid.mini --threads 1 train vae-decoder --work $W --steps 12000
+# in progress: the base, on latents of stage 1's encoder (8 shards of 500 training scenes), resumable
+python -m realisid.mini export vae --work $W && python -m realisid.mini --threads 2 encode --work $W --shards 8
+python -m realisid.mini --threads 1 train base --work $W --steps 20000
+python -m realisid.mini export base --work $W && python -m realisid.mini gates --out models/mini/gates.json --only base
 python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
 """
 
