@@ -145,8 +145,12 @@ STATUS = """## Status and what it does not show
 * In training, not shipped: the VAE. Trained with pixel losses alone (4 or 16 latent channels, 2k steps at batch
   8 on 64 px patches, about 1.2 h of one core each) it failed its gate badly (at step 1,000 of the last such run,
   on 50 faces: eye colour 0.50 / 0.20 at 1/4 / 1/7 against a ceiling of 1.00, expression 0.42 / 0.22), so it now
-  also has an identity loss through the face net; it resumes across sessions (`--steps` larger).
-* Not yet trained: the Mini base model (text encoders + UNet, `train base`) and the RealisID-Mini branches; the
-  main job still needs them. Their stages exist and are tested for start-up and one step.
+  also has an identity loss through the face net, and trains in two stages: encoder and decoder together (3,500
+  steps, final), then the decoder alone with that encoder frozen, so the latent space is final and the base trains
+  on it while the decoder improves (extended across sessions with a larger `--steps`). On 50 faces per size, the
+  lowest attributes at step 3,050 of stage 1 were glasses 0.78 / 0.54 and brows 0.86 / 0.60 at 1/4 / 1/7 (ceiling
+  1.00 / 0.94 or more); 1,100 decoder steps later glasses 0.88 / 0.62, brows 0.92 / 0.66: still far from the gate.
+* In training: the Mini base model (text encoders + UNet, `train base`), on stage 1's latents of 4,000 training
+  scenes. Not yet trained: the RealisID-Mini branches; the main job still needs them.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
 """

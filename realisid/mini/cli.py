@@ -1,6 +1,6 @@
 """Command line of RealisID-Mini: one seeded, resumable command per training stage, its export, and the gates.
 
-    python -m realisid.mini train vae --work W --steps 4000          # encoder + decoder
+    python -m realisid.mini train vae --work W --steps 3500          # encoder + decoder
     python -m realisid.mini train vae-decoder --work W --steps N     # the decoder alone, the encoder frozen
     python -m realisid.mini train detector|facenet|judge --work W --steps N
     python -m realisid.mini export faces|judge|vae --work W          # fp16 files into models/mini/
@@ -34,13 +34,13 @@ python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ce
 python -m realisid.mini curves --work $W --stages detector facenet judge && python -m realisid.mini card
 # in progress: the VAE (its identity loss reads $W's face net); stage 1 is final, stage 2 (the decoder, the
 # encoder frozen, so the base trains on final latents meanwhile) is extended with a larger --steps
-python -m realisid.mini --threads 2 train vae --work $W --steps 4000
+python -m realisid.mini --threads 2 train vae --work $W --steps 3500
 python -m realisid.mini --threads 1 train vae-decoder --work $W --steps 12000
+python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
 # in progress: the base, on latents of stage 1's encoder (8 shards of 500 training scenes), resumable
-python -m realisid.mini export vae --work $W && python -m realisid.mini --threads 2 encode --work $W --shards 8
+python -m realisid.mini --threads 2 encode --work $W --shards 8
 python -m realisid.mini --threads 1 train base --work $W --steps 20000
 python -m realisid.mini export base --work $W && python -m realisid.mini gates --out models/mini/gates.json --only base
-python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
 """
 
 
