@@ -212,6 +212,7 @@ def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_no
 def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypatch, pack_node_ids):
     """`export base`: the EMA UNet and text encoders and the VAE in one checkpoint that the stock loader detects as
     the Mini family, with the exported VAE's decoder (the base stage's latents come from that encoder)."""
+    import comfy.model_sampling
     import comfy.sd
 
     from realisid.mini import base, cli, family, vae
@@ -232,6 +233,7 @@ def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypat
     family.register()
     patcher, _clip, vae_model = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
     assert type(patcher.model.model_config) is family.MiniSDXL
+    assert isinstance(patcher.model.model_sampling, comfy.model_sampling.V_PREDICTION)  # from the "v_pred" key
     state = torch.load(tmp_path / "base.state.pt", map_location="cpu", weights_only=True)["model"]
     loaded = patcher.model.diffusion_model.state_dict()
     for key in ("input_blocks.0.0.weight", "out.2.weight"):
@@ -242,3 +244,28 @@ def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypat
     decoder = vae_model.first_stage_model.taesd_decoder.state_dict()
     for key, value in exported.taesd_decoder.state_dict().items():
         torch.testing.assert_close(decoder[key].float(), value.half().float())
+
+
+def test_base_loss_is_the_min_snr_v_objective(pack_node_ids):
+    """The x0-space loss through ComfyUI's model_sampling equals the textbook v-prediction objective: target
+    v = (noise - sigma x0) / sqrt(sigma^2 + 1), weight min(SNR, gamma) / (SNR + 1), SNR = 1 / sigma^2."""
+    import comfy.model_sampling
+
+    from realisid.mini import base
+
+    model, _ = base.build(seed=1)
+    assert isinstance(model.model_sampling, comfy.model_sampling.V_PREDICTION)
+    x0 = torch.randn(6, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    out = torch.randn(6, 16, 4, 4, generator=torch.Generator().manual_seed(3))
+    loss = base.diffusion_loss(model, lambda *a, **k: out, None, None, x0, torch.Generator().manual_seed(4))
+
+    generator = torch.Generator().manual_seed(4)  # the same draws, in the same order
+    sigmas = model.model_sampling.sigmas
+    sigma = sigmas[torch.randint(0, len(sigmas), (6,), generator=generator)].double()
+    noise = torch.randn(x0.shape, generator=generator).double()
+    s = sigma[:, None, None, None]
+    v_target = (noise - s * x0.double()) / torch.sqrt(s**2 + 1)
+    snr = 1 / sigma**2
+    weight = torch.minimum(snr, torch.full_like(snr, base.MIN_SNR_GAMMA)) / (snr + 1)
+    expected = (weight * (out.double() - v_target).square().mean(dim=(1, 2, 3))).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
