@@ -194,7 +194,8 @@ def test_identitynet_whose_config_has_64_wide_heads_loads(tmp_path, files):
 
 
 def test_identitynet_whose_widths_64_wide_heads_cannot_split_is_refused(tmp_path, files):
-    narrow = {**tr.tiny_unet_config("sdxl"), "model_channels": 48, "num_head_channels": 16}  # attention 96 wide
+    # attention 96 wide (GroupNorm needs multiples of 32): 32-channel heads split it, 64-channel ones cannot
+    narrow = {**tr.tiny_unet_config("sdxl"), "model_channels": 96, "channel_mult": [1, 1], "num_head_channels": 32}
     path = tmp_path / "narrow_heads.safetensors"
     safetensors.torch.save_file(fi.identitynet_state(narrow), str(path))
     with pytest.raises(instantid.InstantIDFileError,
