@@ -15,6 +15,8 @@ SDXL ControlNet with exactly IdentityNet's architecture passes these checks: sha
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -25,7 +27,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from realisid import branches, checkpoint, identity, validation
+from realisid import branches, checkpoint, geometry, identity, validation
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,15 @@ DEFAULT_CROP_SIZE = 128
 ARCFACE_DIM = 512
 # diffusers' ControlNet heads are 64 channels wide for SDXL; weights do not record the head count
 NUM_HEAD_CHANNELS = 64
+# The IdentityNet crop is the face box widened by this factor (same centre), so IdentityNet sees a face framed like
+# its training portraits instead of one filling the whole crop. 2.0 (face box = half the crop side) is PROVISIONAL:
+# it sits in the range of InstantID's head-and-shoulders portraits, where the detector's face box spans about a
+# third to a half of the image side (an estimate from its example inputs, not a measurement of its training set),
+# and at the default crop of 128 cells (1024 px) it still gives the face box 512 px, about the face size of a 1024 px
+# InstantID portrait; wider frames leave the face fewer pixels and paste residuals further into neighbouring faces.
+# To be set by "The paper's claims, measured on RealisID-Mini" (issue 16).
+DEFAULT_CROP_FRAME = 2.0
+MAX_CROP_FRAME = 4.0
 # Resampler heads of InstantID are 64 wide (heads=20 x 64 = 1280); weights record only heads * dim_head
 RESAMPLER_DIM_HEAD = 64
 # Used only when a face record lacks its raw ArcFace norm (records from before `embedding_norm` existed).
@@ -105,6 +116,59 @@ def check_identitynet_config(config: dict, name: str) -> None:
                                  f"({found}). Expected {EXPECTED_CONTROLNET}")
 
 
+def _attention_widths(state: dict) -> dict[str, int]:
+    """{attention module prefix: its inner width} for every self- and cross-attention of a diffusers ControlNet."""
+    suffix = ".to_q.weight"
+    return {k[: -len(suffix)]: int(v.shape[0]) for k, v in state.items()
+            if k.endswith(suffix) and (".attn1" in k or ".attn2" in k)}
+
+
+def _diffusers_config(path: str) -> dict | None:
+    """The diffusers `config.json` saved next to the weights (the ControlNetModel/ folder layout), if any."""
+    candidate = os.path.join(os.path.dirname(path), "config.json")
+    try:
+        with open(candidate, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):  # absent or not JSON: nothing said about the heads
+        return None
+    return config if isinstance(config, dict) and config.get("_class_name") == "ControlNetModel" else None
+
+
+def _configured_head_widths(config: dict) -> list[float] | None:
+    """Per down level: channels / heads from a diffusers ControlNetModel config. diffusers reads
+    `num_attention_heads` and, when it is unset, the misnamed `attention_head_dim` as the HEAD COUNT."""
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
+    channels = config.get("block_out_channels")
+    if heads is None or not isinstance(channels, list) or not channels:
+        return None
+    heads = heads if isinstance(heads, list) else [heads] * len(channels)
+    if len(heads) != len(channels) or not all(isinstance(h, int) and h > 0 for h in heads):
+        return None
+    return [c / h for c, h in zip(channels, heads, strict=True)]
+
+
+def check_head_widths(state: dict, name: str, path: str | None = None) -> None:
+    """Refuse an IdentityNet whose attention heads are not NUM_HEAD_CHANNELS wide.
+
+    The weights do not record the head count, and the loader builds NUM_HEAD_CHANNELS-wide heads (SDXL's, and
+    InstantID's IdentityNet's: attention_head_dim [5, 10, 20] over [320, 640, 1280] channels). Loading a file with
+    other heads would compute a different network with the same weights. Two things can tell: an attention width
+    that 64-wide heads cannot tile, and the diffusers config.json saved next to the file.
+    """
+    advice = (f"the loader assumes {NUM_HEAD_CHANNELS}-channel attention heads, as InstantID's IdentityNet has; "
+              f"use {EXPECTED_CONTROLNET}")
+    for module, width in _attention_widths(state).items():
+        if width % NUM_HEAD_CHANNELS:
+            raise InstantIDFileError(f"{name}: attention {module} is {width} channels wide, which "
+                                     f"{NUM_HEAD_CHANNELS}-channel heads cannot split, so its heads are of another "
+                                     f"width: {advice}")
+    config = _diffusers_config(path) if path else None
+    widths = _configured_head_widths(config) if config else None
+    if widths and any(w != NUM_HEAD_CHANNELS for w in widths):
+        raise InstantIDFileError(f"{name}: its config.json gives attention heads {[round(w, 2) for w in widths]} "
+                                 f"channels wide per level (block_out_channels / heads), but {advice}")
+
+
 def _controlnet_key_map(config: dict, state: dict) -> dict:
     """diffusers key -> comfy.cldm key: the UNet encoder map plus the ControlNet-only parts."""
     unet = {**config, "transformer_depth_output": [0] * (sum(config["num_res_blocks"]) + len(config["num_res_blocks"]))}
@@ -161,6 +225,7 @@ def load_identitynet(path: str, dtype: torch.dtype | None = None):
         raise InstantIDFileError(f"{name}: its tensors do not describe a diffusers ControlNet ({type(e).__name__}: "
                                  f"{e}). Expected {EXPECTED_CONTROLNET}") from e
     check_identitynet_config(config, name)
+    check_head_widths(state, name, path)
     hint_channels = config.pop("hint_channels")
     mapping = _controlnet_key_map(config, state)
     converted = {mapping[k]: v for k, v in state.items() if k in mapping}
@@ -315,22 +380,26 @@ class InstantIDModel(checkpoint.RealisIDModel):
         return super().project(identity_source)
 
 
-def instantid_config(cn_config: dict, proj_config: dict, crop_size: int, files: dict) -> dict:
+def instantid_config(cn_config: dict, proj_config: dict, crop_size: int, files: dict,
+                     crop_frame: float = DEFAULT_CROP_FRAME) -> dict:
     unet_config = {k: v for k, v in cn_config.items() if k != "hint_channels"}
     return {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "kind": "instantid",
             "identity_space": IDENTITY_SPACE, "identity_input": "raw_arcface", "crop_size": int(crop_size),
-            "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
+            "crop_frame": float(crop_frame), "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
             "local": {"hint_channels": 3, "unet_config": branches.controlnet_config_from_unet(unet_config)},
             "global": None, "files": files}
 
 
 def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int = DEFAULT_CROP_SIZE,
-                   dtype: torch.dtype | None = None) -> InstantIDModel:
+                   dtype: torch.dtype | None = None, crop_frame: float = DEFAULT_CROP_FRAME) -> InstantIDModel:
     """IdentityNet + InstantID's Resampler as a RealisID model (local branch only), with the IP-Adapter K/V.
 
     crop_size: latent cells each face crop is re-rendered at (default 128 = InstantID's 1024 px training scale).
+    crop_frame: side of IdentityNet's crop over the face box's side (DEFAULT_CROP_FRAME, provisional), see
+    `framed_box`.
     """
     crop_size = validation.positive_int("crop_size", crop_size, multiple_of=8, maximum=checkpoint.MAX_CROP)
+    crop_frame = checked_crop_frame(crop_frame)
     image_proj, ip_weights = read_ip_adapter_file(ip_adapter_path)
     ip_name = os.path.basename(ip_adapter_path)
     projector, proj_config = load_projector(image_proj, ip_name)
@@ -343,11 +412,39 @@ def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int =
             f"{proj_config['output_dim']}-wide identity tokens (IP-Adapter K/V take {ip_adapter.context_dim()}): "
             f"these two files are not InstantID's pair. Expected {EXPECTED_CONTROLNET} and {EXPECTED_IP_ADAPTER}")
     files = {"control_net": cn_name, "ip_adapter": ip_name}
-    config = instantid_config(cn_config, proj_config, crop_size, files)
+    config = instantid_config(cn_config, proj_config, crop_size, files, crop_frame)
     nets = checkpoint.RealisIDNets(net, None, projector.to(next(net.parameters()).dtype))
     log.info("InstantID loaded: IdentityNet %s (context %d), Resampler %s, %d IP-Adapter layers, crop %d",
              cn_name, cn_config["context_dim"], ip_name, len(ip_adapter.indices), crop_size)
     return InstantIDModel(config, nets, ip_adapter, manual_cast_dtype=manual_cast)
+
+
+def checked_crop_frame(crop_frame) -> float:
+    frame = validation.finite_number("crop_frame", crop_frame)
+    if not 1.0 <= frame <= MAX_CROP_FRAME:
+        raise validation.InputError(f"crop_frame is IdentityNet's crop side over the face box side, in "
+                                    f"[1, {MAX_CROP_FRAME}] (1 = the face fills the crop), got {crop_frame}")
+    return frame
+
+
+def crop_frame(model) -> float:
+    """The model's crop frame: its configured one for InstantID, 1 (the crop is the face box) for others, which
+    learnt their own framing (`box_expand`) in training."""
+    return float(model.config.get("crop_frame", 1.0)) if is_instantid(model) else 1.0
+
+
+def framed_box(box, frame: float):
+    """The crop around a face box: same centre, side x `frame`. A geometry.FaceSquare stays one (so it is still
+    resolved square against each latent); (x0, y0, x1, y1) fractions are widened about their centre.
+
+    A face condition framed this way pairs with its hint drawn in the driver's square_box(expand * frame): the
+    keypoints then land on the face box inside the wider crop, as InstantID draws them on a whole portrait.
+    """
+    if isinstance(box, geometry.FaceSquare):
+        return dataclasses.replace(box, side=box.side * frame)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * frame / 2, (y1 - y0) * frame / 2
+    return (cx - hw, cy - hh, cx + hw, cy + hh)
 
 
 def check_base(model, base_model) -> None:

@@ -24,6 +24,8 @@ inside the boxes only.
 
 from __future__ import annotations
 
+import copy
+
 import comfy.ldm.modules.attention as comfy_attention
 import torch
 
@@ -75,14 +77,32 @@ class RegionalIPAttention:
     """One attn2 replacement: text attention plus each face's IP attention inside its box."""
 
     def __init__(self, k_faces, v_faces, k_null, v_null, boxes, weight, sigma_range, levels, previous=None):
-        self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner)
+        self.k_faces, self.v_faces = k_faces, v_faces  # (K, N, inner), CPU float32 masters, never changed
         self.k_null, self.v_null = k_null, v_null  # (1, N, inner)
         self.boxes = boxes  # K geometry.FaceSquare or (x0, y0, x1, y1) fractions, resolved per latent size
         self.levels = levels  # the base UNet's levels (geometry.unet_levels)
         self.weight = float(weight)
         self.sigma_start, self.sigma_end = sigma_range
         self.previous = previous  # an attn2 replacement already on the MODEL for this block, kept in the chain
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        """Everything derived from the masters per latent size, device and dtype (rebuilt on demand)."""
         self._masks, self._boxes = {}, {}
+        self._kv_key, self._kv = None, None  # the K/V on the last (device, dtype) asked for, see `_device_kv`
+        self._rows = {}  # (identity flags, batch, device) -> (B,) bool rows, see `_identity_rows`
+
+    def __deepcopy__(self, memo):
+        """ModelPatcher.clone() deep-copies model_options, so every clone copies this object: the copy gets its
+        own masters and chain (as a plain deep copy would) but empty caches, instead of duplicating the device
+        copies on the GPU."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in vars(self).items():
+            if not name.startswith("_"):  # the underscored attributes are the caches
+                setattr(new, name, copy.deepcopy(value, memo))
+        new._reset_caches()
+        return new
 
     def _active(self, extra_options) -> bool:
         sigmas = extra_options.get("sigmas")
@@ -111,11 +131,32 @@ class RegionalIPAttention:
             self._boxes[hw] = geometry.frac_to_latent(geometry.box_fractions(self.boxes, hw), hw)
         return self._boxes[hw]
 
-    def _identity_rows(self, batch, extra_options) -> torch.Tensor:
-        """(B,) bool: which rows get the faces' tokens (the others get the null tokens)."""
-        flags = identity_flags(extra_options, by_index=True)
-        per_chunk = batch // len(flags)
-        return torch.tensor(flags, dtype=torch.bool).repeat_interleave(per_chunk)
+    def _device_kv(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k_faces, v_faces, k_null, v_null) on `device` in `dtype`, copied once and reused by later calls.
+
+        Without this, every attn2 call (70 per SDXL UNet call) copies four CPU float32 tensors to the device. One
+        entry only: sampling runs on one device and dtype, and a new one (another device, a model reloaded in
+        another precision) replaces the old copies rather than keeping both on the GPU. The CPU float32 masters
+        never change after construction, so (device, dtype) is the whole cache key.
+        """
+        key = (torch.device(device), dtype)
+        if self._kv_key != key:
+            self._kv = tuple(t.to(device, dtype) for t in (self.k_faces, self.v_faces, self.k_null, self.v_null))
+            self._kv_key = key
+        return self._kv
+
+    def _identity_rows(self, batch, extra_options, device) -> torch.Tensor:
+        """(B,) bool on `device`: which rows get the faces' tokens (the others get the null tokens).
+
+        Cached per (flags, batch, device) like the K/V: a fresh tensor would be one more host-to-device copy per
+        attn2 call, and a UNet call sees only a couple of distinct routings (cond, uncond, or both batched).
+        """
+        flags = tuple(identity_flags(extra_options, by_index=True))
+        key = (flags, batch, torch.device(device))
+        if key not in self._rows:
+            per_chunk = batch // len(flags)
+            self._rows[key] = torch.tensor(flags, dtype=torch.bool).repeat_interleave(per_chunk).to(device)
+        return self._rows[key]
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -132,10 +173,9 @@ class RegionalIPAttention:
         b, t, _ = q.shape
         n_faces = self.k_faces.shape[0]
         heads = extra_options["n_heads"]
-        use_id = self._identity_rows(b, extra_options).to(q.device)
-        k_faces, v_faces = self.k_faces.to(q.device, q.dtype), self.v_faces.to(q.device, q.dtype)
-        k_null = self.k_null.to(q.device, q.dtype).expand_as(k_faces)
-        v_null = self.v_null.to(q.device, q.dtype).expand_as(v_faces)
+        use_id = self._identity_rows(b, extra_options, q.device)
+        k_faces, v_faces, k_null, v_null = self._device_kv(q.device, q.dtype)
+        k_null, v_null = k_null.expand_as(k_faces), v_null.expand_as(v_faces)
         sel = use_id[None, :, None, None]  # (1, B, 1, 1) -> per face and row: faces' or null tokens
         k_rows = torch.where(sel, k_faces[:, None], k_null[:, None]).flatten(0, 1)  # (K*B, N, inner)
         v_rows = torch.where(sel, v_faces[:, None], v_null[:, None]).flatten(0, 1)

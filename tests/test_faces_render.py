@@ -131,6 +131,27 @@ def test_kps5_limbs_and_dots_exact_colours():
         assert img[y, x].tolist() == [round(c * 0.6) for c in KPS5_COLOURS[a]], (a, x, y)
     for (x, y), colour in zip(kps.astype(int), KPS5_COLOURS, strict=True):
         assert img[y, x].tolist() == list(colour)  # dots are drawn over the limbs at full brightness
-        assert img[y, x + 1].tolist() == list(colour)  # radius 2.5 px at 128 px
+        assert img[y, x + 1].tolist() == list(colour)  # radius 1.25 px at 128 px: the next pixel is covered too
     for x, y in [(0, 0), (120, 10), (10, 120), (64, 20)]:
         assert img[y, x].tolist() == [0, 0, 0]
+
+
+def _run_lengths(mask_line: np.ndarray) -> int:
+    return int(np.count_nonzero(mask_line))
+
+
+@pytest.mark.parametrize("size", [1024, 512])
+def test_kps5_default_sizes_are_instantids_proportions(size):
+    """InstantID's draw_kps: limb ellipses of half-width 4 px and dots of radius 10 px on its ~1024 px image, i.e.
+    a limb 8 px and a dot 20 px across at 1024, half that at 512. Measured on a horizontal limb, away from dots."""
+    u = size / 1024
+    kps = np.array([[100, 300], [100, 700], [900, 300], [100, 900], [300, 950]], np.float64) * u
+    img = render_kps5(kps, size)
+    red, green, blue = img[..., 0], img[..., 1], img[..., 2]
+    limb = (red > 0.3) & (green < 0.1) & (blue < 0.1)  # the eye-to-nose limb: red at 60 %, half coverage and up
+    column = round(500 * u)  # halfway between the left eye and the nose, far from every other stroke
+    window = slice(round(250 * u), round(350 * u))
+    assert _run_lengths(limb[window, column]) == pytest.approx(2 * 4 * u, abs=1)
+    dot = (red > 0.8) & (green < 0.5) & (blue < 0.1)  # the left eye's dot: full red (the limb is 60 %)
+    assert _run_lengths(dot[round(250 * u): round(350 * u), round(100 * u)]) == pytest.approx(2 * 10 * u, abs=1)
+    assert _run_lengths(dot[round(300 * u), round(50 * u): round(150 * u)]) == pytest.approx(2 * 10 * u, abs=1)

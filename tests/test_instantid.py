@@ -4,7 +4,10 @@ File layouts: see tests/helpers/fake_instantid.py (from the InstantX/InstantID m
 ControlNetModel config). Real-size shapes are checked on the meta device, against ComfyUI's own detector.
 """
 
+import json
+
 import comfy.model_detection
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -165,6 +168,41 @@ def test_controlnet_and_ip_adapter_of_different_widths_are_refused(tmp_path, fil
         instantid.load_instantid(str(cn), str(files[1]), crop_size=CROP)
 
 
+def _copy_with_config(tmp_path, source, heads) -> str:
+    """The IdentityNet file in a ControlNetModel/ folder with a diffusers config.json giving `heads`."""
+    folder = tmp_path / "ControlNetModel"
+    folder.mkdir()
+    path = folder / "diffusion_pytorch_model.safetensors"
+    path.write_bytes(source.read_bytes())
+    config = {"_class_name": "ControlNetModel", "block_out_channels": [64, 128], "attention_head_dim": heads}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_identitynet_with_other_head_widths_in_its_config_is_refused(tmp_path, files):
+    """diffusers reads attention_head_dim as the head COUNT: 8 heads on 64 / 128 channels are 8 / 16 wide."""
+    path = _copy_with_config(tmp_path, files[0], 8)
+    with pytest.raises(instantid.InstantIDFileError,
+                       match=r"diffusion_pytorch_model.safetensors: its config.json gives attention heads \[8.0, "
+                             r"16.0\].*assumes 64-channel attention heads.*InstantX/InstantID"):
+        instantid.load_instantid(path, str(files[1]), crop_size=CROP)
+
+
+def test_identitynet_whose_config_has_64_wide_heads_loads(tmp_path, files):
+    path = _copy_with_config(tmp_path, files[0], [1, 2])  # InstantID's is [5, 10, 20] over [320, 640, 1280]
+    assert instantid.load_instantid(path, str(files[1]), crop_size=CROP).config["kind"] == "instantid"
+
+
+def test_identitynet_whose_widths_64_wide_heads_cannot_split_is_refused(tmp_path, files):
+    # attention 96 wide (GroupNorm needs multiples of 32): 32-channel heads split it, 64-channel ones cannot
+    narrow = {**tr.tiny_unet_config("sdxl"), "model_channels": 96, "channel_mult": [1, 1], "num_head_channels": 32}
+    path = tmp_path / "narrow_heads.safetensors"
+    safetensors.torch.save_file(fi.identitynet_state(narrow), str(path))
+    with pytest.raises(instantid.InstantIDFileError,
+                       match=r"narrow_heads.safetensors: attention .*attn1 is 96 channels wide.*64-channel"):
+        instantid.load_instantid(str(path), str(files[1]), crop_size=CROP)
+
+
 def test_ip_adapter_without_sections_is_refused(tmp_path, files):
     path = tmp_path / "plain.bin"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, str(path))
@@ -245,3 +283,49 @@ def test_realisid_control_runs_identitynet_during_sampling(model):
         noise = comfy.sample.prepare_noise(latent, 0)
         results.append(comfy.sample.sample(base, noise, 2, 5.0, "euler", "normal", pos, negative, latent, seed=0))
     assert not torch.allclose(results[0], results[1])
+
+
+# ------------------------------------------------------------------------------------------- crop frame -------
+def test_default_crop_frame_is_recorded_and_other_models_keep_the_face_box(model, files):
+    assert model.config["crop_frame"] == instantid.DEFAULT_CROP_FRAME == 2.0
+    assert instantid.crop_frame(model) == 2.0
+    wide = instantid.load_instantid(str(files[0]), str(files[1]), crop_size=CROP, crop_frame=3.0)
+    assert instantid.crop_frame(wide) == 3.0
+    assert instantid.crop_frame(tr.tiny_realisid_model("sdxl")) == 1.0  # trained models learnt their framing
+
+
+@pytest.mark.parametrize("frame", [0.5, float("nan"), 4.5])
+def test_crop_frame_outside_one_to_four_is_refused(files, frame):
+    with pytest.raises(ValueError, match="crop_frame"):
+        instantid.load_instantid(str(files[0]), str(files[1]), crop_size=CROP, crop_frame=frame)
+
+
+def test_framed_box_widens_about_the_centre_and_stays_square():
+    from realisid.geometry import FaceSquare
+
+    square = FaceSquare(0.3, 0.6, 0.2, source_aspect=1.5)
+    framed = instantid.framed_box(square, 2.0)
+    assert isinstance(framed, FaceSquare) and framed.source_aspect == 1.5
+    hw = (64, 96)  # on a 96-wide, 64-high latent the face box is 0.2 * 64 = 12.8 cells; framed 25.6
+    x0, y0, x1, y1 = framed.fractions(hw)
+    assert (x1 - x0) * 96 == pytest.approx(25.6) and (y1 - y0) * 64 == pytest.approx(25.6)
+    assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((0.3, 0.6))
+    assert instantid.framed_box((0.2, 0.4, 0.4, 0.5), 3.0) == pytest.approx((0.0, 0.3, 0.6, 0.6))
+    assert instantid.framed_box(square, 1.0) == square
+
+
+def test_framed_hint_puts_the_keypoints_on_the_face_inside_the_wider_crop():
+    """The hint of a framed crop, drawn in the driver's square_box(frame): each keypoint lands where the framed
+    square maps it (worked by hand), i.e. the face box covers the middle 1/frame of the crop."""
+    from realisid.conditioning import render_hint
+    from realisid.faces.render import KPS5_COLOURS
+
+    box, kps = (60, 50, 140, 150), [(85, 90), (115, 90), (100, 110), (88, 130), (112, 130)]
+    driver = FaceRecord(box=box, score=1, kps=kps, image_size=(200, 200))
+    size = 256
+    hint = np.round(render_hint(driver, "kps5", size, expand=2.0) * 255).astype(int)
+    # square side max(80, 100) * 2 = 200 around the box centre (100, 100): crop [0, 200] x [0, 200], 256 / 200 px
+    for (x, y), colour in zip(kps, KPS5_COLOURS, strict=True):
+        assert hint[round(y * 256 / 200), round(x * 256 / 200)].tolist() == list(colour)
+    # the face box [60, 140] x [50, 150] maps to [76.8, 179.2] x [64, 192]: nothing is drawn outside it
+    assert hint[:60].max() == 0 and hint[200:].max() == 0 and hint[:, :70].max() == 0 and hint[:, 186:].max() == 0

@@ -135,9 +135,11 @@ def test_identity_rows_follow_the_cond_routing(base, iid):
     from realisid.control import IDENTITY_ROUTING_KEY
 
     fn = _replace_fn(_patched(base, iid))
-    assert fn._identity_rows(4, {"cond_or_uncond": [0, 1]}).tolist() == [True, True, False, False]
+    cpu = torch.device("cpu")
+    assert fn._identity_rows(4, {"cond_or_uncond": [0, 1]}, cpu).tolist() == [True, True, False, False]
     routed = {"cond_or_uncond": [0, 1, 2], IDENTITY_ROUTING_KEY: {0: False, 1: False, 2: True}}
-    assert fn._identity_rows(3, routed).tolist() == [False, False, True]
+    assert fn._identity_rows(3, routed, cpu).tolist() == [False, False, True]
+    assert fn._identity_rows(4, {"cond_or_uncond": [1, 0]}, cpu).tolist() == [False, False, True, True]  # not stale
 
 
 def test_sigma_gate_and_zero_weight_leave_plain_attention(base, iid):
@@ -190,3 +192,53 @@ def test_mismatched_unet_is_refused(iid):
     sd15 = tr.tiny_base_model("sd15")
     with pytest.raises(ValueError, match="cross-attention layers but InstantID's IP-Adapter has"):
         instantid_attention.apply_regional_ip_adapter(sd15, iid, [(_tokens(iid, 1), BOXES[0])])
+
+
+# ------------------------------------------------------------------------------------------- device cache -----
+class _CountTo:
+    """Counts Tensor.to calls that return a NEW tensor (a real copy; `.to` to the same device/dtype is free)."""
+
+    def __init__(self, monkeypatch):
+        self.copies = 0
+        original = torch.Tensor.to
+
+        def counting(tensor, *args, **kwargs):
+            out = original(tensor, *args, **kwargs)
+            self.copies += out is not tensor
+            return out
+
+        monkeypatch.setattr(torch.Tensor, "to", counting)
+
+
+def test_second_call_copies_nothing_and_gives_the_same_output(base, iid, monkeypatch):
+    """float64 queries force real copies of the float32 K/V (as fp16 on a GPU does): the first call makes them,
+    the next reuses them, and the output equals a cold instance's and the independent float64 reference."""
+    q, k, v = (t.double() for t in _qkv(seed=5, batch=2))
+    extra = _extra(chunks=(0, 1))
+    fn = _replace_fn(_patched(base, iid))
+    cold = copy.deepcopy(fn)  # a clone starts with empty caches (what ModelPatcher.clone gives)
+    assert cold._kv is None and cold._masks == {} and cold._rows == {}
+    counter = _CountTo(monkeypatch)
+    first = fn(q, k, v, extra)
+    first_copies = counter.copies
+    second = fn(q, k, v, extra)
+    assert first_copies >= 4 and counter.copies == first_copies  # K/V, null K/V, mask, rows: once
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, cold(q, k, v, extra), atol=0, rtol=0)
+    monkeypatch.undo()
+    reference = _replace_fn(_patched(base, iid))(q.float(), k.float(), v.float(), extra)  # uncached fp32 path
+    torch.testing.assert_close(first.float(), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_follows_the_dtype(base, iid):
+    """A call in another dtype gets K/V in that dtype (the old copies are replaced, not reused)."""
+    fn = _replace_fn(_patched(base, iid))
+    q, k, v = _qkv(seed=6)
+    fn(q.double(), k.double(), v.double(), _extra())
+    kv64 = fn._kv
+    assert all(t.dtype == torch.float64 for t in kv64)
+    out32 = fn(q, k, v, _extra())
+    assert fn._kv_key == (torch.device("cpu"), torch.float32) and all(t.dtype == torch.float32 for t in fn._kv)
+    assert fn._kv[0] is fn.k_faces  # float32 on the CPU: `.to` returns the master itself, nothing is copied
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(fn._device_kv("cpu", torch.float64)[0], kv64[0], atol=0, rtol=0)

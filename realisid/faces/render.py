@@ -28,6 +28,12 @@ LANDMARK68_PARTS = (
 KPS5_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
 KPS5_LIMBS = ((0, 2), (1, 2), (3, 2), (4, 2))  # eyes and mouth corners to the nose
 KPS5_LIMB_ALPHA = 0.6
+# InstantID's draw_kps draws with fixed pixel sizes (limb ellipse half-width 4 px, keypoint radius 10 px) on the
+# image IdentityNet sees, which is about 1024 px in its training and pipeline: as fractions of that image's side.
+KPS5_STICK_HALF_WIDTH = 4 / 1024
+KPS5_RADIUS = 10 / 1024
+# Below these, antialiased strokes fade out entirely (only tiny renders, e.g. a preview of a small box, hit them).
+_MIN_STICK_HALF_WIDTH, _MIN_RADIUS = 0.5, 1.0
 
 
 def to_crop_coords(points_xy, square_box_xyxy, size: int) -> np.ndarray:
@@ -58,12 +64,14 @@ def render_landmarks68(points_in_crop, size: int, thickness: int | None = None) 
 
 def render_kps5(kps_in_crop, size: int, stick_width: float | None = None, radius: float | None = None) -> np.ndarray:
     """InstantID-style keypoint image: limbs from eyes and mouth corners to the nose (ellipses at 60 %
-    brightness, coloured by their outer point), then a filled circle per keypoint. Widths scale with `size`."""
+    brightness, coloured by their outer point), then a filled circle per keypoint. By default the limb half-width
+    and the radius are InstantID's proportions of the image side (KPS5_STICK_HALF_WIDTH, KPS5_RADIUS), so a
+    `size` of 1024 draws exactly its 4 px and 10 px. stick_width is that half-width (InstantID's `stickwidth`)."""
     kps = np.asarray(kps_in_crop, np.float64)
     if kps.shape != (5, 2):
         raise ValueError(f"render_kps5 needs 5x2 keypoints, got {kps.shape}")
-    stick_width = stick_width if stick_width is not None else max(1.0, size * 4 / 512)
-    radius = radius if radius is not None else max(2.0, size * 10 / 512)
+    stick_width = stick_width if stick_width is not None else max(_MIN_STICK_HALF_WIDTH, size * KPS5_STICK_HALF_WIDTH)
+    radius = radius if radius is not None else max(_MIN_RADIUS, size * KPS5_RADIUS)
     limbs = np.zeros((size, size, 3), np.uint8)
     for a, b in KPS5_LIMBS:
         (xa, ya), (xb, yb) = kps[a], kps[b]
