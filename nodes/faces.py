@@ -55,7 +55,8 @@ class FaceAnalysis(io.ComfyNode):
             description="Chooses the face detector/landmarks/identity backend used by the other RealisID nodes.",
             inputs=[
                 io.Combo.Input("backend", options=BACKENDS, default=EMBEDDED,
-                               tooltip="embedded: works offline with no model files (dlib 128-d identity). "
+                               tooltip="embedded: works offline with no model files (dlib 128-d identity; dlib's 68-point landmark "
+                                       "model is for non-commercial use). "
                                        "insightface: ArcFace identity; needs the pack's .onnx files in "
                                        "models/insightface/models/<pack>/ (non-commercial licence). "
                                        "mini: the RealisID-Mini world's own detector and face net (shipped in the "
