@@ -3,6 +3,7 @@
 All three attach ONE RealisIDControl (shared model, per-face data) to copies of the conditioning, chained after
 any ControlNet already there; the negative gets its null-identity twin, so every guider guides towards the
 identity, and the RealisID Guider puts the twin back to evaluate its three predictions in one UNet batch.
+Strength 0 returns the inputs unchanged; in the composite a branch of strength 0 is not run.
 """
 
 import logging
@@ -72,15 +73,27 @@ def checked_inputs(positive, negative, faces, layout, values: dict) -> dict:
 
 def apply_control(positive, negative, realisid_model, faces, layout, start_percent, end_percent, crop_size=0,
                   **options):
-    """(positive, negative) with RealisID's control attached; inputs are passed through when there are no faces
-    (the encoder's passthrough policy)."""
+    """(positive, negative) with RealisID's control attached. The inputs themselves come back when there are no
+    faces (the encoder's passthrough policy) or every branch has strength 0 (core ControlNet's rule)."""
     if not faces:
         log.warning("RealisID: no faces to apply (on_no_face=passthrough); conditioning passed through unchanged")
         return positive, negative
+    options = without_zero_branches(options)
+    if not (options.get("use_local", True) or options.get("use_global", True)):
+        return positive, negative  # strength 0: the inputs themselves, no control and no branch cost (as core)
     conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
     control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
                               crop_size=crop_size or None, **options)
     return conditioning.attach_with_null_twin(positive, negative, control)
+
+
+def without_zero_branches(options: dict) -> dict:
+    """`options` with a branch of strength 0 switched off, so it costs nothing per step (its residuals would be 0)."""
+    out = dict(options)
+    for branch in ("local", "global"):
+        if out.get(f"{branch}_strength", 1.0) == 0:
+            out[f"use_{branch}"] = False
+    return out
 
 
 class LocalBranchApply(io.ComfyNode):

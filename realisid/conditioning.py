@@ -103,10 +103,24 @@ def attach_control(conditioning: list, control, links: dict | None = None) -> li
 def attach_with_null_twin(positive: list, negative: list, control) -> tuple[list, list]:
     """(positive, negative) copies: the positive carries `control`, the negative its null-identity twin.
 
-    Where a negative entry has the same previous control as a positive one, its link is `with_identity(False)` of
-    that positive link, so the RealisID Guider can recognise the pair (identity_twin) and batch them.
+    A negative entry's link is `with_identity(False)` of the positive link it mirrors, so the RealisID Guider can
+    recognise the pair (`identity_twin`) and batch both: the link of the positive entry with the same previous
+    control, or, when the negative's previous control is itself the null twin of a positive previous control (a
+    chain: Local Branch Apply -> Global Location Apply), the twin of that control's link, chained after the
+    negative's own previous control.
     """
     links: dict = {}
     positive = attach_control(positive, control, links)
     twins = {previous: link.with_identity(False) for previous, link in links.items()}
+    for previous in _previous_controls(negative):
+        mirrored = getattr(previous, "identity_twin", None)
+        is_null_twin = mirrored is not None and not getattr(previous, "identity_enabled", True)
+        if previous not in twins and is_null_twin and mirrored in links:
+            twin = links[mirrored].with_identity(False)
+            twin.set_previous_controlnet(previous)  # keep the negative's own (null-identity) chain under it
+            twins[previous] = twin
     return positive, attach_control(negative, control.with_identity(False), twins)
+
+
+def _previous_controls(conditioning: list) -> list:
+    return [options.get("control") for _, options in conditioning]

@@ -19,7 +19,7 @@ import comfy.model_base
 import torch
 import torch.nn.functional as F
 
-from realisid import geometry
+from realisid import geometry, memory
 
 log = logging.getLogger(__name__)
 GLOBAL_MODES = ("per_person", "union")
@@ -231,6 +231,7 @@ class RealisIDControl(comfy.controlnet.ControlBase):
                             feather=feather, use_local=use_local, use_global=use_global, crop_size=crop_size)
         self.identity_enabled = identity_enabled
         self.model_sampling_current = None
+        self._memory_shape = None  # what the last memory estimate assumed (checked once against the first call)
         self._prepared: dict = {}  # (device, dtype, latent hw, identity) -> PreparedFaces, kept across steps
 
     def _prepare(self, x_noisy: torch.Tensor, dtype, identity: bool) -> PreparedFaces:
@@ -253,6 +254,7 @@ class RealisIDControl(comfy.controlnet.ControlBase):
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self._outside_range(t):
             return prev
+        self._check_memory_shape(x_noisy)
         dtype = self.model.dtype
         ms = self.model_sampling_current
         x_in = ms.calculate_input(t, x_noisy).to(dtype)
@@ -281,6 +283,7 @@ class RealisIDControl(comfy.controlnet.ControlBase):
     def copy(self) -> RealisIDControl:
         c = RealisIDControl(self.model, self.faces, identity_enabled=self.identity_enabled, **self.options)
         self.copy_to(c)
+        c.identity_twin = self.identity_twin  # a copy of a null twin mirrors the same control (guidance pairing)
         return c
 
     def with_identity(self, enabled: bool) -> RealisIDControl:
@@ -311,8 +314,25 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         super().cleanup()
 
     def inference_memory_requirements(self, dtype):
-        # activations of the K-batched branch passes are covered by the sampler's own estimate, like core ControlNet
-        return super().inference_memory_requirements(dtype)
+        """The chain's requirement plus this control's branch activations (`realisid.memory`): unlike a core
+        ControlNet the branches run K faces x batch x predictions rows, which the UNet's own estimate misses."""
+        shape = memory.current_shape(self.model.base_family)
+        self._memory_shape = shape
+        need = memory.branch_bytes(self.model, len(self.faces), shape, self.model.dtype, self.options)
+        return super().inference_memory_requirements(dtype) + int(need)
+
+    def _check_memory_shape(self, x_noisy: torch.Tensor) -> None:
+        """Warn once when a call is bigger than what the memory estimate assumed (no guider published the shape)."""
+        shape = self._memory_shape
+        if shape is None:
+            return
+        area = x_noisy.shape[-2] * x_noisy.shape[-1]
+        if x_noisy.shape[0] > shape.rows or area > shape.latent_hw[0] * shape.latent_hw[1]:
+            log.warning("RealisID: ComfyUI's memory estimate counted the branches for %d row(s) of %dx%d latents "
+                        "(%d face(s)), this call runs %d of %dx%d; if memory runs out, sample with the RealisID "
+                        "Guider (it reports the real shape) or use global_mode=union", shape.rows,
+                        *shape.latent_hw, len(self.faces), x_noisy.shape[0], *x_noisy.shape[-2:])
+        self._memory_shape = None
 
 
 

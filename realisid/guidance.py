@@ -10,12 +10,16 @@ The coefficients sum to one, so the combination is the same whether it is applie
 predictions ComfyUI's guiders work with. For the first ``id_delay`` fraction of the steps ``pred_ti`` is replaced by
 ``pred_t`` (FastComposer's delayed subject conditioning; method.md §5 item 14) and is not computed at all.
 
+Cond order (what ``cond_or_uncond`` says to UNet patches): ``[positive, negative, positive_text]`` = 0, 1, 2, so
+patches written for CFG (0 = cond, 1 = uncond) treat the identity positive and the negative as they would under
+CFG; see RealisIDGuider for what cfg/pre-cfg/post-cfg functions see.
+
 "Null identity" (method.md §5 items 14-15): layout and location control stay on, only ``p_id`` becomes the null
 projection. Three hooks switch it:
 
 * controls that route identity per cond (``routes_identity``: ``RealisIDControl``) are shared by all three sets
-  (a negative carrying such a control's null twin gets the control itself back);
-  ``transformer_options["realisid_identity"]`` tells them that only the text+ID prediction sees the identity, so
+  (a negative carrying such a control's null twin, link by link, gets the positive's chain back);
+  ``transformer_options["realisid_identity"]`` tells them that only the positive (cond 0) sees the identity, so
   the three predictions can run as ONE UNet batch (ComfyUI batches conds only when they share a control object);
 * any other link of an entry's ``'control'`` chain that has a callable ``with_identity(enabled)`` is replaced by
   ``with_identity(False)`` in the no-identity sets;
@@ -33,14 +37,17 @@ import comfy.samplers
 import torch
 
 from realisid.control import IDENTITY_ROUTING_KEY
+from realisid.memory import sampling_context
 
 log = logging.getLogger(__name__)
 
 NULL_CROSS_ATTN_KEY = "realisid_null_cross_attn"
 CROSS_ATTN_CONTROLNET_KEY = "cross_attn_controlnet"
 
-# Keys of the guider's conditioning sets; also the positions of their predictions in one calc_cond_batch call.
-_NONE, _TEXT, _TEXT_ID = 0, 1, 2
+# Positions of the predictions in one calc_cond_batch call, i.e. the `cond_or_uncond` values UNet patches see.
+# ComfyUI's convention (CFGGuider, PerpNeg, IPAdapter/InstantID/PuLID patches): 0 = the positive, 1 = the
+# negative, extra conds after them; the text-only (null identity) prediction is the extra one.
+_POSITIVE, _NEGATIVE, _TEXT = 0, 1, 2
 
 
 def three_way_combine(eps_none: torch.Tensor, eps_t: torch.Tensor, eps_ti: torch.Tensor, lt: float, li: float):
@@ -126,19 +133,35 @@ def conditioning_has_identity(conds) -> bool:
 
 
 def _share_identity_twins(negative, positive):
-    """Negative entries whose control is the null-identity twin of a positive entry's routed control get that
-    control back: routing then gives them the null identity, and ComfyUI can batch all predictions together."""
+    """Negative entries whose control chain is the null-identity twin of a positive entry's routed chain get that
+    chain back: routing then gives them the null identity, and ComfyUI can batch all predictions together."""
     routed = {id(c): c for c in (_options(item).get("control") for item in positive)
               if c is not None and getattr(c, "routes_identity", False)}
     out = []
     for item in negative:
         control = _options(item).get("control")
         twin = getattr(control, "identity_twin", None)
-        if twin is not None and id(twin) in routed and not getattr(control, "identity_enabled", True):
+        if twin is not None and id(twin) in routed and _is_null_twin_chain(control, twin):
             options = {**_options(item), "control": twin}
             item = options if isinstance(item, dict) else [item[0], options] + list(item[2:])
         out.append(item)
     return out
+
+
+def _is_null_twin(control, other) -> bool:
+    return getattr(control, "identity_twin", None) is other and not getattr(control, "identity_enabled", True)
+
+
+def _is_null_twin_chain(control, positive_control) -> bool:
+    """Link by link, the same control or its null-identity twin (so swapping in the positive's chain, with the
+    identity routed or switched off per cond, computes the same thing)."""
+    while control is not None or positive_control is not None:
+        if control is None or positive_control is None:
+            return False
+        if control is not positive_control and not _is_null_twin(control, positive_control):
+            return False
+        control, positive_control = control.previous_controlnet, positive_control.previous_controlnet
+    return True
 
 
 def _options(item) -> dict:
@@ -197,7 +220,21 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
     """Three-way guidance with delayed identity; a GUIDER for SamplerCustomAdvanced.
 
     ``set_conds(positive, negative)`` takes the ordinary CONDITIONING pair (positive carrying the RealisID control,
-    negative the empty text); the two no-identity sets are derived here without touching the inputs.
+    negative the empty text); the no-identity text set is derived here without touching the inputs.
+
+    What third-party code sees (ComfyUI's conventions, so patches written for CFG keep working):
+
+    * **cond order**: one ``calc_cond_batch`` call per step, conds ``[positive, negative, positive_text]``, so
+      ``transformer_options["cond_or_uncond"]`` is 0 for the positive (text + identity), 1 for the negative and 2
+      for the extra text-only prediction (as PerpNeg's empty cond). During the delay only ``[positive_text,
+      negative]`` run: 0 and 1, exactly plain CFG.
+    * **sampler_pre_cfg_function** and **sampler_cfg_function** see the TEXT pair, ComfyUI's two-cond contract:
+      cond = the text prediction (null identity), uncond = the negative, cond_scale = ``text_scale``. Their result
+      is the text term; the identity term ``id_scale * (pred_ti - pred_t)`` is added afterwards on the raw
+      predictions, as core's DualCFGGuider adds its second term outside ``cfg_function`` (a cfg function such as
+      RescaleCFG has no notion of a second guidance direction). With ``id_scale`` 0 this is core CFG exactly.
+    * **sampler_post_cfg_function** sees the full result as ``denoised``, ``cond_denoised`` = the positive's
+      prediction (text + identity; the text prediction during the delay) and ``uncond_denoised`` = the negative's.
     """
 
     def __init__(self, model_patcher):
@@ -241,32 +278,37 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
         sigma = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         return sigma <= sigma_on * (1.0 + 1e-5) + 1e-9
 
+    def predictions_per_step(self) -> int:
+        """The most predictions one step evaluates (what the branches' memory estimate counts)."""
+        return 2 if math.isclose(self.id_scale, 0.0) or self.id_delay >= 1.0 else 3
+
+    def outer_sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        # the controls' memory estimate runs inside (prepare_sampling) and needs the latent shape and batch
+        with sampling_context(tuple(noise.shape), self.predictions_per_step()):
+            return super().outer_sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    def cond_sets(self, use_id: bool) -> tuple[list, int]:
+        """The conds of one step in cond-index order, and the index of the text (null identity) prediction."""
+        if use_id:
+            return [self.conds.get("positive"), self.conds.get("negative"), self.conds.get("positive_text")], _TEXT
+        return [self.conds.get("positive_text"), self.conds.get("negative")], _POSITIVE
+
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's signature)
-        lt, li = self.text_scale, self.id_scale
-        use_id = not math.isclose(li, 0.0) and self.identity_active(timestep, model_options)
-        conds = [self.conds.get("negative"), self.conds.get("positive_text")]
-        if use_id:
-            conds.append(self.conds.get("positive"))
-        out = self._calc(conds, x, timestep, self._routed(model_options))
-
-        for fn in model_options.get("sampler_pre_cfg_function", []):  # they expect the [cond, uncond] pair
-            pair = fn(
-                {"conds": [conds[_TEXT], conds[_NONE]], "conds_out": [out[_TEXT], out[_NONE]], "cond_scale": lt,
-                 "timestep": timestep, "input": x, "sigma": timestep, "model": self.inner_model,
-                 "model_options": model_options}
-            )
-            out[_TEXT], out[_NONE] = pair[0], pair[1]
-
-        guided = self._text_guidance(out[_NONE], out[_TEXT], x, timestep, model_options, conds)
-        full = out[_TEXT]
-        if use_id:
-            full = out[_TEXT_ID]
-            guided = guided + li * (out[_TEXT_ID] - out[_TEXT])
+        use_id = not math.isclose(self.id_scale, 0.0) and self.identity_active(timestep, model_options)
+        conds, text = self.cond_sets(use_id)
+        out = self._calc(conds, x, timestep, self._routed(model_options, use_id))
+        pred_t, pred_none = self._pre_cfg(out[text], out[_NEGATIVE], conds[text], conds[_NEGATIVE], x, timestep,
+                                          model_options)
+        guided = self._text_guidance(pred_none, pred_t, x, timestep, model_options, conds[text], conds[_NEGATIVE])
+        full = pred_t
+        if use_id:  # on the raw text prediction: the pre-cfg functions shape the text term only
+            full = out[_POSITIVE]
+            guided = guided + self.id_scale * (out[_POSITIVE] - out[text])
 
         for fn in model_options.get("sampler_post_cfg_function", []):
             guided = fn(
-                {"denoised": guided, "cond": conds[-1], "uncond": conds[_NONE], "cond_scale": lt,
-                 "model": self.inner_model, "uncond_denoised": out[_NONE], "cond_denoised": full,
+                {"denoised": guided, "cond": conds[_POSITIVE], "uncond": conds[_NEGATIVE], "cond_scale": self.text_scale,
+                 "model": self.inner_model, "uncond_denoised": pred_none, "cond_denoised": full,
                  "sigma": timestep, "model_options": model_options, "input": x}
             )
         return guided
@@ -280,19 +322,29 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
         return list(comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options))
 
     @staticmethod
-    def _routed(model_options: dict) -> dict:
-        """model_options (copied) telling routed identity controls that only the text+ID prediction sees the ID,
-        so the three predictions can share one control object, and so one UNet batch."""
-        transformer_options = {**model_options.get("transformer_options", {}),
-                               IDENTITY_ROUTING_KEY: {_NONE: False, _TEXT: False, _TEXT_ID: True}}
+    def _routed(model_options: dict, use_id: bool) -> dict:
+        """model_options (copied) telling routed identity controls that only the positive (cond index 0, and only
+        past the delay) sees the ID, so all predictions can share one control object, and so one UNet batch."""
+        routing = {_POSITIVE: use_id, _NEGATIVE: False, _TEXT: False}
+        transformer_options = {**model_options.get("transformer_options", {}), IDENTITY_ROUTING_KEY: routing}
         return {**model_options, "transformer_options": transformer_options}
 
-    def _text_guidance(self, pred_none, pred_t, x, timestep, model_options, conds):
-        """``pred_none + lt * (pred_t - pred_none)``, or the model's sampler_cfg_function on that pair."""
+    def _pre_cfg(self, pred_t, pred_none, cond_t, cond_none, x, timestep, model_options):
+        """The text pair through the model's sampler_pre_cfg_functions (core's [cond, uncond] contract)."""
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            pair = fn({"conds": [cond_t, cond_none], "conds_out": [pred_t, pred_none], "cond_scale": self.text_scale,
+                       "timestep": timestep, "input": x, "sigma": timestep, "model": self.inner_model,
+                       "model_options": model_options})
+            pred_t, pred_none = pair[0], pair[1]
+        return pred_t, pred_none
+
+    def _text_guidance(self, pred_none, pred_t, x, timestep, model_options, cond_t, cond_none):
+        """``pred_none + lt * (pred_t - pred_none)``, or the model's sampler_cfg_function on that pair (the same
+        arguments core's cfg_function passes)."""
         if "sampler_cfg_function" in model_options:
             args = {"cond": x - pred_t, "uncond": x - pred_none, "cond_scale": self.text_scale, "timestep": timestep,
                     "input": x, "sigma": timestep, "cond_denoised": pred_t, "uncond_denoised": pred_none,
-                    "model": self.inner_model, "model_options": model_options, "input_cond": conds[_TEXT],
-                    "input_uncond": conds[_NONE]}
+                    "model": self.inner_model, "model_options": model_options, "input_cond": cond_t,
+                    "input_uncond": cond_none}
             return x - model_options["sampler_cfg_function"](args)
         return pred_none + self.text_scale * (pred_t - pred_none)

@@ -250,7 +250,7 @@ def test_delay_batching_and_no_mutation(tiny):
     for sigma, cou, chunks in steps_log:
         if step_of[round(sigma, 5)] == 5:
             preds.update(zip(cou, chunks, strict=True))
-    assert (preds[1] - preds[2]).abs().max() > 1e-3
+    assert (preds[2] - preds[0]).abs().max() > 1e-3  # cond 2 = text (null identity), cond 0 = text + identity
 
     # (5) inputs unchanged: same objects, same values, same control state
     assert (positive[0][0], positive[0][1]) == pos_objs
@@ -293,7 +293,8 @@ def test_full_guidance_equals_eq8_on_captured_predictions(tiny):
                   comfy.samplers.KSAMPLER(one_step), sigmas, disable_pbar=True, seed=1)
     (x, denoised), = results
     # EPS model: denoised = x - sigma*eps per prediction; the affine Eq. 8 commutes with that map
-    expected = three_way_combine(captured[0], captured[1], captured[2], 7.5, 5.0)
+    # cond indices: 0 = positive (text + identity), 1 = negative, 2 = text with the null identity
+    expected = three_way_combine(captured[1], captured[2], captured[0], 7.5, 5.0)
     torch.testing.assert_close(denoised, expected, atol=1e-5, rtol=1e-5)
 
 
