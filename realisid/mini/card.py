@@ -149,7 +149,8 @@ STATUS = """## Status and what it does not show
   steps, final), then the decoder alone with that encoder frozen, so the latent space is final and the base trains
   on it while the decoder improves (extended across sessions with a larger `--steps`). On 50 faces per size, the
   lowest attributes at step 3,050 of stage 1 were glasses 0.78 / 0.54 and brows 0.86 / 0.60 at 1/4 / 1/7 (ceiling
-  1.00 / 0.94 or more); 1,100 decoder steps later glasses 0.88 / 0.62, brows 0.92 / 0.66: still far from the gate.
+  1.00 / 0.94 or more); after 3,100 decoder steps glasses 0.82 / 0.68, brows 0.92 / 0.66, nose
+  0.94 / 0.68, expression 0.82 / 0.44 (ceiling 0.94 / 0.96): better at 1/7, still far from the gate.
 * In training: the Mini base model (text encoders + UNet, `train base`), on stage 1's latents of 4,000 training
   scenes. Not yet trained: the RealisID-Mini branches; the main job still needs them.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
