@@ -44,16 +44,24 @@ def positive_int(name: str, value, multiple_of: int = 1, maximum: int | None = N
 
 def image_batch(name: str, image) -> torch.Tensor:
     """A ComfyUI IMAGE (B, H, W, C) with B, H, W > 0 and finite values, as 3-channel RGB (see `as_rgb`)."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise InputError(f"{name} must be an IMAGE batch of shape (B, H, W, C), got {shape}")
-    if image.shape[0] == 0:
-        raise InputError(f"{name} is an empty batch (0 images); connect at least one image")
-    if image.shape[1] == 0 or image.shape[2] == 0:
-        raise InputError(f"{name} has zero size ({image.shape[2]}x{image.shape[1]} pixels)")
-    if not bool(torch.isfinite(image).all()):
-        raise InputError(f"{name} holds NaN or infinite pixel values")
+    _batch(name, image, 4, "an IMAGE batch of shape (B, H, W, C)", "images", "connect at least one image",
+           values="pixel values")
     return as_rgb(name, image)
+
+
+def _batch(name: str, x, ndim: int, expected: str, unit: str, empty_tip: str, size_tip: str = "",
+           values: str = "values") -> None:
+    """The checks IMAGE and MASK batches share: an `ndim`-dim (B, H, W, ...) tensor with B, H, W > 0 and finite
+    values; `expected` names the shape in the error, e.g. "a MASK batch of shape (B, H, W)"."""
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{name} must be {expected}, got {shape}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (0 {unit}); {empty_tip}")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InputError(f"{name} has zero size ({x.shape[2]}x{x.shape[1]} pixels){size_tip}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} holds NaN or infinite {values}")
 
 
 def as_rgb(name: str, image: torch.Tensor) -> torch.Tensor:
@@ -80,16 +88,8 @@ def mask_batch(name: str, mask) -> torch.Tensor:
     """A ComfyUI MASK (B, H, W) (an (H, W) mask gets a batch of one) with B, H, W > 0 and finite values."""
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         mask = mask[None]
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 3:
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise InputError(f"{name} must be a MASK batch of shape (B, H, W), got {shape}")
-    if mask.shape[0] == 0:
-        raise InputError(f"{name} is an empty batch (0 masks); connect a painted mask")
-    if mask.shape[1] == 0 or mask.shape[2] == 0:
-        raise InputError(f"{name} has zero size ({mask.shape[2]}x{mask.shape[1]} pixels); paint a mask of the "
-                         f"output's aspect ratio")
-    if not bool(torch.isfinite(mask).all()):
-        raise InputError(f"{name} holds NaN or infinite values")
+    _batch(name, mask, 3, "a MASK batch of shape (B, H, W)", "masks", "connect a painted mask",
+           size_tip="; paint a mask of the output's aspect ratio")
     return mask
 
 

@@ -182,15 +182,22 @@ def test_crop_trunk_features_are_the_forward_pass():
         torch.testing.assert_close(via_heads[key], direct[key], rtol=0, atol=0)
 
 
+def _small_vae_work(work, monkeypatch) -> None:
+    """A --work folder with a random face net (the VAE's identity loss reads it) and 3-scene pools."""
+    from realisid.mini import vae
+
+    small_pool = vae.ScenePool
+    monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
+    torch.manual_seed(0)
+    torch.save({"model": facenets.FaceNet().state_dict()}, work / "facenet.state.pt")
+
+
 def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_node_ids):
     """Stage 2 trains the decoder alone: the exported encoder is stage 1's, bit for bit, so latents the base was
     trained on stay valid; stage 1 cannot be extended once stage 2 exists."""
     from realisid.mini import cli, vae
 
-    small_pool = vae.ScenePool
-    monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
-    torch.manual_seed(0)
-    torch.save({"model": facenets.FaceNet().state_dict()}, tmp_path / "facenet.state.pt")
+    _small_vae_work(tmp_path, monkeypatch)
     vae.train(str(tmp_path), steps=2, batch=2, patch=32)
     joint = vae.joint_stage_model(str(tmp_path))
     vae.train_decoder(str(tmp_path), steps=3, batch=2, patch=32)
@@ -217,10 +224,7 @@ def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypat
 
     from realisid.mini import base, cli, family, vae
 
-    small_pool = vae.ScenePool
-    monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
-    torch.manual_seed(0)
-    torch.save({"model": facenets.FaceNet().state_dict()}, tmp_path / "facenet.state.pt")
+    _small_vae_work(tmp_path, monkeypatch)
     vae.train(str(tmp_path), steps=1, batch=2, patch=32)
     (tmp_path / "shards").mkdir()
     torch.save({"latents": torch.randn(4, family.LATENT_CHANNELS, 32, 32).half(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,8 +153,6 @@ def identity_loss(facenet: facenets.FaceNet, x: torch.Tensor, recon: torch.Tenso
 
 def load_facenet(work: str) -> facenets.FaceNet:
     """The face net of the same --work folder (its stage comes before the VAE's), frozen."""
-    from pathlib import Path
-
     path = Path(work) / "facenet.state.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the VAE's identity loss needs the face net, train it first "
@@ -194,15 +193,11 @@ def train_decoder(work: str, steps: int, seed: int = 0, batch: int = 8, patch: i
 
 
 def decoder_stage_started(work: str) -> bool:
-    from pathlib import Path
-
     return (Path(work) / f"{DECODER_STAGE}.state.pt").exists()
 
 
 def joint_stage_model(work: str, seed: int = 0) -> torch.nn.Module:
     """Stage 1's EMA TAESD (the one exported), from `work/vae.state.pt`."""
-    from pathlib import Path
-
     path = Path(work) / "vae.state.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: train the VAE's first stage (train vae) before its decoder stage")
