@@ -33,6 +33,12 @@ class InstantIDLoader(io.ComfyNode):
                 io.Int.Input("crop_size", default=instantid.DEFAULT_CROP_SIZE, min=16, max=256, step=8,
                              tooltip="Latent cells each face crop is re-rendered at by IdentityNet. 128 = 1024 px, "
                                      "InstantID's training scale; smaller is faster and less detailed."),
+                io.Float.Input("crop_frame", default=instantid.DEFAULT_CROP_FRAME, min=1.0,
+                               max=instantid.MAX_CROP_FRAME, step=0.1, optional=True,
+                               tooltip="Side of IdentityNet's crop over the face box's side: IdentityNet learnt "
+                                       "head-and-shoulders portraits, so its crop is the face box widened by this "
+                                       "(the keypoints are drawn on the face inside it). 1 = the crop is the face "
+                                       "box; wider gives the face fewer pixels and reaches into neighbours."),
             ],
             outputs=[RealisIDModel.Output(display_name="instantid")],
         )
@@ -43,10 +49,11 @@ class InstantIDLoader(io.ComfyNode):
                              ip_adapter_name=("instantid", ip_adapter_name))
 
     @classmethod
-    def execute(cls, control_net_name, ip_adapter_name, crop_size) -> io.NodeOutput:
+    def execute(cls, control_net_name, ip_adapter_name, crop_size,
+                crop_frame=instantid.DEFAULT_CROP_FRAME) -> io.NodeOutput:
         cn_path = model_path("controlnet", control_net_name)
         ip_path = model_path("instantid", ip_adapter_name)
-        return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size))
+        return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size, crop_frame=crop_frame))
 
 
 class InstantIDAttention(io.ComfyNode):

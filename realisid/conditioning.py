@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from realisid import instantid
 from realisid.control import FaceCondition
 from realisid.faces import check_space
 from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
@@ -70,12 +71,15 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
     size = 8 * (crop_size or model.crop_size)
     kind = hint_kind(model)
     expand = float(model.config.get("box_expand", 1.0))
+    # InstantID's IdentityNet learnt whole portraits: its crop is the face box widened by the frame, and the hint is
+    # drawn in the same widened square, so the keypoints fall on the face box inside the crop (1 for trained models)
+    frame = instantid.crop_frame(model)
     tokens = identity_tokens(model, faces)
     conditions = []
     for face, slot, p_id in zip(faces, layout.slots, tokens, strict=True):
         driver = slot.driver if slot.driver is not None else face.record
-        hint = torch.from_numpy(render_hint(driver, kind, size, expand)).permute(2, 0, 1).contiguous()
-        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=slot.square))
+        hint = torch.from_numpy(render_hint(driver, kind, size, expand * frame)).permute(2, 0, 1).contiguous()
+        conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=instantid.framed_box(slot.square, frame)))
     return conditions
 
 

@@ -329,3 +329,49 @@ def test_framed_hint_puts_the_keypoints_on_the_face_inside_the_wider_crop():
         assert hint[round(y * 256 / 200), round(x * 256 / 200)].tolist() == list(colour)
     # the face box [60, 140] x [50, 150] maps to [76.8, 179.2] x [64, 192]: nothing is drawn outside it
     assert hint[:60].max() == 0 and hint[200:].max() == 0 and hint[:, :70].max() == 0 and hint[:, 186:].max() == 0
+
+
+def test_face_conditions_frame_instantids_crop_and_hint_but_not_a_trained_models(model):
+    """What the apply nodes hand the local branch: for InstantID (frame 2) the box twice the slot's side about
+    its centre and the hint of the driver's square_box(2); for a trained RealisID model (frame 1) the slot's own
+    square and the hint of the face box itself."""
+    from realisid.conditioning import face_conditions, render_hint
+    from realisid.identity_sources import EncodedFace
+    from realisid.layout import FaceLayout, FaceSlot, face_square
+
+    kps = [(85, 90), (115, 90), (100, 110), (88, 130), (112, 130)]
+    record = FaceRecord(box=(60, 50, 140, 150), score=1, kps=kps, image_size=(200, 200))
+    square = face_square(0.5, 0.3, 0.1)
+    layout = FaceLayout((FaceSlot(square),))
+    face = EncodedFace(record, torch.randn(1, 512, generator=torch.Generator().manual_seed(3)) * 20,
+                       instantid.IDENTITY_SPACE)
+    (framed,) = face_conditions(model, [face], layout)
+    x0, y0, x1, y1 = framed.box.fractions((64, 64))
+    assert (x1 - x0, y1 - y0) == pytest.approx((0.2, 0.2)) and ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((0.5, 0.3))
+    hint = framed.landmark_hint.permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(hint, render_hint(record, "kps5", CROP * 8, expand=2.0))
+    assert not np.array_equal(hint, render_hint(record, "kps5", CROP * 8, expand=1.0))
+
+    trained = tr.tiny_realisid_model("sdxl", identity_space=instantid.IDENTITY_SPACE)
+    ring = np.stack([100 + 30 * np.cos(np.linspace(0, 6.2, 68)), 100 + 40 * np.sin(np.linspace(0, 6.2, 68))], 1)
+    with_landmarks = FaceRecord(box=record.box, score=1, kps=kps, image_size=(200, 200), landmarks68=ring)
+    tiny_face = EncodedFace(with_landmarks, torch.randn(1, tr.SOURCE_DIM), instantid.IDENTITY_SPACE)
+    (plain,) = face_conditions(trained, [tiny_face], layout)
+    assert plain.box == square
+
+
+def test_loader_node_passes_the_crop_frame_and_old_workflows_get_the_default(files, pack_node_ids, monkeypatch):
+    """crop_frame is an optional input: a prompt saved before it existed loads with the default frame."""
+    import sys
+
+    import nodes as comfy_nodes
+
+    loader = comfy_nodes.NODE_CLASS_MAPPINGS["RealisIDInstantIDLoader"]
+    by_folder = {"controlnet": str(files[0]), "instantid": str(files[1])}
+    monkeypatch.setattr(sys.modules[loader.__module__], "model_path", lambda folder, name: by_folder[folder])
+    schema = loader.define_schema()
+    frame_input = next(i for i in schema.inputs if i.id == "crop_frame")
+    assert frame_input.optional and frame_input.default == instantid.DEFAULT_CROP_FRAME
+    wide = loader.execute(control_net_name="cn", ip_adapter_name="ip", crop_size=CROP, crop_frame=3.0).result[0]
+    old = loader.execute(control_net_name="cn", ip_adapter_name="ip", crop_size=CROP).result[0]
+    assert instantid.crop_frame(wide) == 3.0 and instantid.crop_frame(old) == instantid.DEFAULT_CROP_FRAME

@@ -1,5 +1,6 @@
 """RealisID-Mini training plumbing: exact resume, detector target geometry, face crops."""
 
+import json
 import math
 
 import numpy as np
@@ -183,13 +184,14 @@ def test_crop_trunk_features_are_the_forward_pass():
 
 
 def _small_vae_work(work, monkeypatch) -> None:
-    """A --work folder with a random face net (the VAE's identity loss reads it) and 3-scene pools."""
+    """A random face net for the VAE's identity loss (the shipped one is not needed) and 3-scene pools."""
     from realisid.mini import vae
 
     small_pool = vae.ScenePool
     monkeypatch.setattr(vae, "ScenePool", lambda seed, index: small_pool(seed, index, size=3))
     torch.manual_seed(0)
-    torch.save({"model": facenets.FaceNet().state_dict()}, work / "facenet.state.pt")
+    random_net = facenets.FaceNet().eval().requires_grad_(False)
+    monkeypatch.setattr(vae, "load_facenet", lambda: random_net)
 
 
 def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_node_ids):
@@ -216,22 +218,31 @@ def test_vae_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch, pack_no
         vae.train(str(tmp_path), steps=4, batch=2, patch=32)
 
 
+def _trained_base_work(work, monkeypatch) -> None:
+    """A --work folder with a 2-step base on 4 random latents, and a 1-step VAE exported as the shipped one (to a
+    temporary models folder)."""
+    from realisid.mini import base, cli, family, files, vae
+
+    _small_vae_work(work, monkeypatch)
+    monkeypatch.setattr(files, "VAE_DIR", work / "shipped_vae")
+    vae.train(str(work), steps=1, batch=2, patch=32)
+    cli._export("vae", str(work), 0)
+    (work / "shards").mkdir()
+    torch.save({"latents": torch.randn(4, family.LATENT_CHANNELS, 32, 32).half(),
+                "captions": ["one person, close-up portrait, in a park, wearing a red shirt"] * 4, "seeds": [0] * 4},
+               work / "shards" / "shard_0000.pt")
+    base.train(str(work), str(work / "shards"), steps=2, batch=2)
+
+
 def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypatch, pack_node_ids):
-    """`export base`: the EMA UNet and text encoders and the VAE in one checkpoint that the stock loader detects as
-    the Mini family, with the exported VAE's decoder (the base stage's latents come from that encoder)."""
+    """`export base`: the EMA UNet and text encoders and the shipped VAE in one checkpoint that the stock loader
+    detects as the Mini family (the base stage's latents come from that VAE's encoder)."""
     import comfy.model_sampling
     import comfy.sd
 
-    from realisid.mini import base, cli, family, vae
+    from realisid.mini import cli, family
 
-    _small_vae_work(tmp_path, monkeypatch)
-    vae.train(str(tmp_path), steps=1, batch=2, patch=32)
-    (tmp_path / "shards").mkdir()
-    torch.save({"latents": torch.randn(4, family.LATENT_CHANNELS, 32, 32).half(),
-                "captions": ["one person, close-up portrait, in a park, wearing a red shirt"] * 4, "seeds": [0] * 4},
-               tmp_path / "shards" / "shard_0000.pt")
-    base.train(str(tmp_path), str(tmp_path / "shards"), steps=2, batch=2)
-
+    _trained_base_work(tmp_path, monkeypatch)
     path = tmp_path / "mini_base.safetensors"
     cli._export_base(str(tmp_path), 0, path)
     family.register()
@@ -244,10 +255,46 @@ def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypat
         torch.testing.assert_close(loaded[key].float(), state[f"ema_unet.{key}"].half().float())
     key = "input_blocks.0.0.weight"  # the EMA, not the live weights: after two steps the two differ
     assert not torch.equal(state[f"ema_unet.{key}"], state[f"unet.{key}"])
-    exported, _ = cli._vae_for_export(str(tmp_path), 0)
+    shipped = cli._load_vae()
     decoder = vae_model.first_stage_model.taesd_decoder.state_dict()
-    for key, value in exported.taesd_decoder.state_dict().items():
-        torch.testing.assert_close(decoder[key].float(), value.half().float())
+    for key, value in shipped.taesd_decoder.state_dict().items():
+        torch.testing.assert_close(decoder[key].float(), value.float())
+
+
+def test_base_warm_start_continues_a_committed_checkpoint(tmp_path, monkeypatch, pack_node_ids):
+    """`train base --init CKPT` in a new --work folder: both copies start from the checkpoint's (EMA) weights and
+    the next export names the stage it continued."""
+    import safetensors
+
+    from realisid.mini import base, cli
+
+    _trained_base_work(tmp_path, monkeypatch)
+    first = tmp_path / "first.safetensors"
+    cli._export_base(str(tmp_path), 0, first)
+    source = torch.load(tmp_path / "base.state.pt", map_location="cpu", weights_only=True)["model"]
+
+    nets = base.BaseNets(*base.build(seed=3))  # another init: every weight differs from the checkpoint's
+    key = "input_blocks.1.0.in_layers.2.weight"
+    assert not torch.equal(nets.unet.state_dict()[key], source[f"ema_unet.{key}"])
+    base.load_checkpoint_weights(nets, str(first))
+    for copy in (nets.unet, nets.ema_unet):
+        torch.testing.assert_close(copy.state_dict()[key], source[f"ema_unet.{key}"].half().float())
+    text_key = "clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    for copy in (nets.clip, nets.ema_clip):
+        torch.testing.assert_close(copy.state_dict()[text_key], source[f"ema_clip.{text_key}"].half().float())
+
+    second_work = tmp_path / "second"
+    (second_work).mkdir()
+    (second_work / "shards").symlink_to(tmp_path / "shards")
+    base.train(str(second_work), str(second_work / "shards"), steps=1, batch=2, seed=1, init=str(first))
+    second = tmp_path / "second.safetensors"
+    cli._export_base(str(second_work), 1, second)
+    with safetensors.safe_open(str(second), framework="pt") as f:
+        training = json.loads(f.metadata()["realisid_mini"])["training"]
+    assert training["base_init"]["from"] == "first.safetensors"
+    assert training["base_init"]["base"]["steps"] == 2 and training["base"]["steps"] == 1
+    with pytest.raises(ValueError, match="not a Mini base checkpoint"):
+        base.load_checkpoint_weights(base.BaseNets(*base.build(seed=3)), str(tmp_path / "shipped_vae" / "mini_vae.safetensors"))
 
 
 def test_base_loss_is_the_min_snr_v_objective(pack_node_ids):

@@ -9,6 +9,7 @@ after warm-up and an EMA copy (the one exported).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -24,6 +25,10 @@ SHARD = 500  # scenes per latent shard
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
+# ComfyUI's SDXL checkpoints drop CLIP-L's projection and logit scale, which SDXL never reads: a warm start keeps
+# the network's own values for them
+UNSAVED_TEXT_KEYS = frozenset({"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"})
+INIT_RECORD = "base.init.json"  # in --work: what a warm-started base stage started from
 
 
 def model_config() -> family.MiniSDXL:
@@ -163,10 +168,40 @@ def diffusion_loss(base, unet, context, y, x0, generator) -> torch.Tensor:
     return (weight * F.mse_loss(denoised, x0, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 
-def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-4):
+def load_checkpoint_weights(nets: BaseNets, path: str) -> dict:
+    """A committed base checkpoint's UNet and text encoders into both the live and the EMA copies (a warm start:
+    a stage that continues a committed one, as scratch training states do not outlive their machine); returns its
+    metadata. Every tensor of the networks must be in the file."""
+    import comfy.utils
+
+    state, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
+    prefix = "model.diffusion_model."
+    unet = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    clip = model_config().process_clip_state_dict(state)
+    for live, ema, weights in ((nets.unet, nets.ema_unet, unet), (nets.clip, nets.ema_clip, clip)):
+        missing = [k for k in live.state_dict() if k not in weights and k not in UNSAVED_TEXT_KEYS]
+        if missing:
+            raise ValueError(f"{path} is not a Mini base checkpoint of this code's shape: {len(missing)} tensors "
+                             f"missing, e.g. {missing[:3]}")
+        own = {k: weights.get(k, v).to(v.dtype) for k, v in live.state_dict().items()}
+        live.load_state_dict(own)
+        ema.load_state_dict(own)
+    return json.loads((metadata or {}).get("realisid_mini", "{}"))
+
+
+def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-4,
+          init: str | None = None):
+    """`init`: a base checkpoint to start from (both copies, a fresh optimizer and warm-up) when the run has no
+    state yet; a resumed run ignores it (its state already holds the weights)."""
     torch.manual_seed(seed)
     base, clip = build(seed)
     nets = BaseNets(base, clip)
+    if init is not None and not (Path(work) / "base.state.pt").exists():
+        log.info("base: warm start from %s", init)
+        previous = load_checkpoint_weights(nets, init)
+        # the export names the stages this one continues (the card's training table)
+        Path(work).mkdir(parents=True, exist_ok=True)
+        (Path(work) / INIT_RECORD).write_text(json.dumps({"from": Path(init).name, **previous.get("training", {})}))
     nets.unet.requires_grad_(True)
     make_text_trainable(nets.clip)
     params = [p for p in [*nets.unet.parameters(), *nets.clip.parameters()]]

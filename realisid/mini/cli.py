@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--work", required=True, help="folder for the resumable states and curves")
     train.add_argument("--steps", type=int, required=True)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init", default=None, help="base only: a committed base checkpoint to continue from (warm "
+                       "start of a new --work folder: both weight copies, a fresh optimizer)")
     export = sub.add_parser("export", help="write a trained stage as fp16 safetensors into models/mini/")
     export.add_argument("what", choices=EXPORTS)
     export.add_argument("--work", required=True)
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     _boot(args.comfyui)
     if args.command == "train":
-        _train(args.stage, args.work, args.steps, args.seed)
+        if args.init is not None and args.stage != "base":
+            raise SystemExit(f"--init is for the base stage only, not {args.stage!r}")
+        _train(args.stage, args.work, args.steps, args.seed, args.init)
     elif args.command == "export":
         _export(args.what, args.work, args.seed)
     elif args.command == "encode":
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(stage: str, work: str, steps: int, seed: int) -> None:
+def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None) -> None:
     if stage == "vae":
         from realisid.mini import vae
 
@@ -132,7 +136,7 @@ def _train(stage: str, work: str, steps: int, seed: int) -> None:
         from realisid.mini import base, family
 
         family.register()
-        base.train(work, str(Path(work) / "shards"), steps, seed=seed)
+        base.train(work, str(Path(work) / "shards"), steps, seed=seed, init=init)
     else:
         from realisid.mini import train_faces
 
@@ -179,16 +183,19 @@ def _export(what: str, work: str, seed: int) -> None:
 
 
 def _export_base(work: str, seed: int, path: Path) -> None:
-    """The base's EMA UNet and text encoders with the VAE of the same --work folder, as one SDXL-layout checkpoint
-    that ComfyUI's stock loader reads."""
-    from realisid.mini import base, family, vae
+    """The base's EMA UNet and text encoders with the shipped Mini VAE (whose encoder made the base's latents), as
+    one SDXL-layout checkpoint that ComfyUI's stock loader reads."""
+    from realisid.mini import base, family, files
 
     family.register()
     base_model, clip = base.build(seed)
     nets, state = base.BaseNets(base_model, clip), _state(work, "base")
     nets.load_state_dict(state["model"])
-    vae_model, records = _vae_for_export(work, seed)
-    vae.calibrate(vae_model)
+    vae_model = _load_vae()
+    records = dict(files.read_info(files.VAE_DIR / files.VAE_FILE, "vae").get("training", {}))
+    init = Path(work) / base.INIT_RECORD
+    if init.exists():  # a warm-started stage: the stages it continues come first
+        records["base_init"] = json.loads(init.read_text())
     records["base"] = _record(state)
     base.save_checkpoint(str(path), base_model, nets.ema_unet.state_dict(), nets.ema_clip.state_dict(),
                          vae_model.state_dict(), {"kind": "base", "training": records})

@@ -151,14 +151,13 @@ def identity_loss(facenet: facenets.FaceNet, x: torch.Tensor, recon: torch.Tenso
     return loss + (1 - (out["embedding"] * ref["embedding"]).sum(1)).mean()
 
 
-def load_facenet(work: str) -> facenets.FaceNet:
-    """The face net of the same --work folder (its stage comes before the VAE's), frozen."""
-    path = Path(work) / "facenet.state.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the VAE's identity loss needs the face net, train it first "
-                                f"(python -m realisid.mini train facenet --work {work} ...)")
+def load_facenet() -> facenets.FaceNet:
+    """The shipped Mini face net (models/mini/faces), frozen: the committed file, so the VAE can be retrained from
+    the repository alone (a --work folder's face-net state is scratch and does not outlive its machine)."""
+    from realisid.mini import files
+
     net = facenets.FaceNet()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    files.load_networks(files.FACES_DIR / files.FACES_FILE, "faces", {"facenet": net})
     return net.eval().requires_grad_(False)
 
 
@@ -208,7 +207,7 @@ def joint_stage_model(work: str, seed: int = 0) -> torch.nn.Module:
 
 def _run_stage(work: str, name: str, nets: VaeNets, params: list, steps: int, seed: int, batch: int, patch: int,
                lr: float) -> dict:
-    facenet = load_facenet(work)
+    facenet = load_facenet()
     optimizer = torch.optim.Adam(params, lr=lr)
     run = training.ResumableRun(work, name, nets, optimizer, seed)
     pools: dict[int, ScenePool] = {}
