@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("what", choices=EXPORTS)
     export.add_argument("--work", required=True)
     export.add_argument("--seed", type=int, default=0)
+    scenes = sub.add_parser("scenes", help="the branches' training set: single-person scenes of training identities, "
+                            "each with another render of the same person, as a manifest for realisid.train prepare")
+    scenes.add_argument("--out", required=True)
+    scenes.add_argument("--n", type=int, required=True, help="number of scenes")
+    scenes.add_argument("--seed", type=int, default=0)
     encode = sub.add_parser("encode", help="VAE latents of training scenes (for the base stage)")
     encode.add_argument("--work", required=True)
     encode.add_argument("--shards", type=int, required=True, help="number of shards of 500 scenes")
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from realisid.mini import base
 
         base.encode_shards(_load_vae(), str(Path(args.work) / "shards"), args.shards, seed=args.seed)
+    elif args.command == "scenes":
+        from realisid.mini import dataset
+
+        log.info("manifest: %s", dataset.write_scenes(args.out, args.n, seed=args.seed))
     elif args.command == "curves":
         from realisid.mini import curves, files
 

@@ -12,6 +12,8 @@ Cache layout (CACHE/):
     hint         (H, H, 3) uint8   landmarks drawn in crop coordinates (the local branch's hint), H = --hint-size
     face_crop    (224, 224, 3) uint8 the identity encoder input (masked face crop)
     embedding    (D,) float32      the backend's face embedding (ArcFace for insightface), when it has one
+face_crop and embedding come from the sample's reference photo when the source names one (manifest field
+"reference": "other" in the cache manifest), else from the training image itself (the paper's recipe: "self").
 """
 
 from __future__ import annotations
@@ -91,13 +93,13 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interp))
 
 
-def single_face(records: list[FaceRecord], min_score: float) -> FaceRecord:
-    """The only confident face of the image, or SkipSample(no_face | multiple_faces)."""
+def single_face(records: list[FaceRecord], min_score: float, what: str = "image") -> FaceRecord:
+    """The only confident face of the image (or of its reference), or SkipSample(no_face | multiple_faces)."""
     faces = [r for r in records if r.score >= min_score]
     if not faces:
-        raise SkipSample("no_face")
+        raise SkipSample("no_face", f"in the {what}")
     if len(faces) > 1:
-        raise SkipSample("multiple_faces", f"{len(faces)} faces")
+        raise SkipSample("multiple_faces", f"{len(faces)} faces in the {what}")
     return faces[0]
 
 
@@ -156,7 +158,8 @@ def face_square(rgb: np.ndarray, record: FaceRecord, expand: float) -> tuple[np.
     return np.ascontiguousarray(rgb[y0:y0 + side, x0:x0 + side]), moved
 
 
-def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict, dict]:
+def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions,
+                 reference_rgb: np.ndarray | None = None) -> tuple[dict, dict]:
     """One training image -> (tensors, manifest fields). Raises SkipSample.
 
     Faces are analysed on the whole photo with its shorter side at `detect_size` (>= size), so small faces of a
@@ -179,15 +182,20 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions) -> tuple[dict,
         "mask": box_mask(box * opts.size, opts.size),
         "box": box,
         "landmarks": landmarks,
-        # the identity crop is the record's own square box of the whole photo, as at inference
-        # (identity_sources.encode_person); box_expand widens the location box and the hint crop only
-        "face_crop": masked_face_crop(photo, found, FACE_CROP_SIZE),
     }
+    identity_photo, identity_record = photo, found
+    if reference_rgb is not None:
+        identity_photo = short_side_resize(reference_rgb, detect_size)
+        identity_record = single_face(analyzer.analyze(identity_photo), opts.min_score, what="reference")
+    # the identity crop is the record's own square box of the whole photo, as at inference
+    # (identity_sources.encode_person); box_expand widens the location box and the hint crop only
+    tensors["face_crop"] = masked_face_crop(identity_photo, identity_record, FACE_CROP_SIZE)
     if opts.hint_size > 0:
         tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)
-    if record.embedding is not None:
-        tensors["embedding"] = np.asarray(record.embedding, np.float32)
+    if identity_record.embedding is not None:
+        tensors["embedding"] = np.asarray(identity_record.embedding, np.float32)
     fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4),
+              "reference": "self" if reference_rgb is None else "other",
               # what inference must reproduce: how the box was squared and which landmark layout the hint draws
               "box_expand": opts.box_expand, "hint": "landmarks68" if len(landmarks) == 68 else "kps5"}
     return tensors, fields
@@ -265,7 +273,13 @@ def process_one(raw: RawSample, analyzer, opts: PrepareOptions) -> tuple[dict, d
         data = raw.read()
     except Exception as e:  # unreadable file, bad manifest line: this sample only
         raise SkipSample("corrupt", str(e)) from e
-    return build_sample(decode_image(data), analyzer, opts)
+    reference = None
+    if raw.read_reference is not None:
+        try:
+            reference = decode_image(raw.read_reference())
+        except Exception as e:
+            raise SkipSample("corrupt", f"reference: {e}") from e
+    return build_sample(decode_image(data), analyzer, opts, reference)
 
 
 def prepare_cache(samples: Iterable[RawSample], analyzer, out: str | Path, opts: PrepareOptions | None = None,

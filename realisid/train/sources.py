@@ -1,7 +1,9 @@
 """Where training pairs come from: a folder (image + .txt caption), a JSONL manifest, or WebDataset-style tar shards.
 
 Every source yields `RawSample(key, caption, read)`: `read()` returns the image bytes (or raises). Reading is
-deferred so a corrupt or missing file is a per-sample skip, never an abort.
+deferred so a corrupt or missing file is a per-sample skip, never an abort. A manifest line may also name a
+`reference`: another photo of the same person, whose face then gives the identity (the target still gives the
+pose, expression and location).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class RawSample:
     key: str  # stable across runs: the resume key
     caption: str | None
     read: Callable[[], bytes]
+    read_reference: Callable[[], bytes] | None = None  # another photo of the person: the identity's source
 
 
 def from_folder(folder: str | Path) -> Iterator[RawSample]:
@@ -57,8 +60,13 @@ def from_manifest(manifest: str | Path) -> Iterator[RawSample]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 yield RawSample(f"{manifest.name}:{number}", None, _raiser(ValueError(f"bad manifest line: {e}")))
                 continue
-            path = image if image.is_absolute() else manifest.parent / image
-            yield RawSample(str(row["image"]), row.get("caption"), path.read_bytes)
+            reference = row.get("reference")
+            yield RawSample(str(row["image"]), row.get("caption"), _resolve(manifest, image).read_bytes,
+                            None if reference is None else _resolve(manifest, Path(reference)).read_bytes)
+
+
+def _resolve(manifest: Path, path: Path) -> Path:
+    return path if path.is_absolute() else manifest.parent / path
 
 
 def _raiser(exc: Exception) -> Callable[[], bytes]:

@@ -1,0 +1,49 @@
+"""The RealisID-Mini training set on disk: single-person scenes of training identities, as a manifest that
+`python -m realisid.train prepare --manifest` reads.
+
+Each line also names a second render of the same identity (another portrait: other place, pose, expression and
+clothing), the reference the "other render" recipe trains with; the paper's recipe uses the target itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from realisid.mini import head, world
+
+MANIFEST = "manifest.jsonl"
+
+
+def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
+    """Another portrait of `identity`, as a user's reference photo: side 0.25-0.35, a random pose and expression."""
+    spec = world.portrait_spec(identity, rng, side_fraction=float(rng.uniform(0.25, 0.35)),
+                               pose=head.random_pose(rng, 0.5), expression=str(rng.choice(head.EXPRESSIONS)))
+    return world.render_scene(spec)
+
+
+def write_scenes(out: str | Path, n: int, seed: int = 0) -> Path:
+    """n single-person training scenes (deterministic in (seed, index)) with their references; resumable: an
+    image already written is kept. Returns the manifest's path."""
+    folder = Path(out)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "references").mkdir(exist_ok=True)
+    lines = []
+    for i in tqdm(range(n), desc="mini scenes"):
+        name = f"{i:06d}.png"
+        rng = np.random.default_rng([seed, 6007, i])
+        target = world.render_scene(world.random_spec(rng, n_people=1, split="train"))
+        image, reference = folder / "images" / name, folder / "references" / name
+        if not (image.exists() and reference.exists()):
+            ref = reference_scene(target.faces[0].identity, rng)
+            cv2.imwrite(str(reference), cv2.cvtColor(ref.image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(image), cv2.cvtColor(target.image, cv2.COLOR_RGB2BGR))
+        lines.append(json.dumps({"image": f"images/{name}", "caption": target.caption,
+                                 "reference": f"references/{name}"}))
+    manifest = folder / MANIFEST
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
