@@ -120,7 +120,9 @@ def build_realisid_model(unet_config: dict, base_state_dict: dict | None = None,
     if not (with_local or with_global):
         raise ValueError("a RealisID model needs at least one branch (with_local or with_global)")
     cn_config = branches.controlnet_config_from_unet(unet_config)
-    proj_config = identity.projector_config(projector_config or {}, output_dim=int(cn_config["context_dim"]))
+    context_dim = int(cn_config["context_dim"])
+    proj_config = identity.projector_config({**identity.widths_for_context(context_dim), **(projector_config or {})},
+                                            output_dim=context_dim)
     config = {"format": FORMAT, "version": VERSION, "base_family": base_family or family_of(unet_config),
               "identity_space": identity_space, "crop_size": int(crop_size), "projector": proj_config,
               "local": {"hint_channels": branches.LOCAL_HINT_CHANNELS, "unet_config": cn_config} if with_local else None,

@@ -85,6 +85,14 @@ class Resampler(nn.Module):
 ArcFaceProjector = Resampler  # same network; use embedding_dim=512, source_tokens=1 and feed (B, 512)
 
 
+def widths_for_context(context_dim: int) -> dict:
+    """The projector's inner width for a base of this cross-attention width: InstantID's 1280 (20 heads of 64) for
+    SDXL, never wider than the context itself (an SDXL-wide projector on RealisID-Mini's 128-wide context would be
+    ~80 M parameters beside ~9 M of branches)."""
+    dim = min(DEFAULT_CONFIG["dim"], int(context_dim))
+    return {"dim": dim, "heads": max(1, dim // DEFAULT_CONFIG["dim_head"])}
+
+
 def projector_config(config: dict | None = None, **overrides) -> dict:
     """A complete projector config: DEFAULT_CONFIG updated with `config` and overrides; rejects unknown keys."""
     merged = {**DEFAULT_CONFIG, **(config or {}), **overrides}

@@ -91,3 +91,19 @@ def test_projector_output_matches_context_dim():
         "dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": 3, "embedding_dim": 8, "source_tokens": 2})
     assert model.config["projector"]["output_dim"] == T.CONTEXT_DIM
     assert model.project(torch.randn(1, 2, 8)).shape == (1, 3, T.CONTEXT_DIM)
+
+
+def test_projector_width_follows_the_base_context(pack_node_ids):
+    """SDXL keeps InstantID's 1280-wide, 20-head projector; RealisID-Mini's 128-wide context gets a 128-wide one
+    (an SDXL-wide projector there was 80 M parameters); an explicit width still wins."""
+    from realisid import identity
+    from realisid.mini import family
+
+    assert identity.widths_for_context(2048) == {"dim": 1280, "heads": 20}
+    mini = checkpoint.build_realisid_model(dict(family.UNET_CONFIG), identity_space="mini")
+    assert mini.config["projector"]["dim"] == 128 and mini.config["projector"]["heads"] == 2
+    assert mini.config["projector"]["output_dim"] == family.CONTEXT_DIM
+    assert sum(p.numel() for p in mini.projector.parameters()) < 2_000_000
+    wide = checkpoint.build_realisid_model(dict(family.UNET_CONFIG), identity_space="mini",
+                                           projector_config={"dim": 256, "heads": 4}, with_global=False)
+    assert wide.config["projector"]["dim"] == 256

@@ -36,6 +36,9 @@ class FrozenHost:
                  clip_vision_path: str | None = None, text_cache_size: int = 4096, max_text_chunks: int = 3):
         import comfy.sd
 
+        from realisid.mini import family
+
+        family.register()  # RealisID-Mini bases too (ComfyUI's detection then knows them; no other family changes)
         patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             ckpt_path, output_vae=True, output_clip=True, embedding_directory=None,
             model_options={"dtype": weight_dtype})
