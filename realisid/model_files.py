@@ -19,6 +19,7 @@ class ModelFile:
     size: str
     licence: str
     note: str = ""  # e.g. "rename it to ..."
+    bundled: bool = False  # ships inside the pack (RealisID-Mini): nothing to download or train
 
 
 INSIGHTFACE_PACK_FILES = {
@@ -65,9 +66,17 @@ BUFFALO_L = ModelFile(
     "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
     "0.3 GB unzipped", INSIGHTFACE_LICENCE,
     "unzip so the five .onnx files sit directly in models/insightface/models/buffalo_l/")
+MINI_BASE = ModelFile(
+    "realisid_mini_base.safetensors", "checkpoints",
+    "the RealisID-Mini base model (a small SDXL-architecture model of the Mini cartoon world, 256 px)",
+    None, "about 27 MB (fp16)", "this pack's licence", "in the pack's models/mini/checkpoints/", bundled=True)
+MINI_REALISID = ModelFile(
+    "realisid_mini.safetensors", "realisid",
+    "the RealisID-Mini model (local branch, global branch, identity projector) for the Mini base",
+    None, "under 30 MB (fp16)", "this pack's licence", "in the pack's models/mini/realisid/", bundled=True)
 
 CATALOGUE = (SDXL_BASE, CLIP_VISION_H, INSTANTID_CONTROLNET, INSTANTID_IP_ADAPTER, REALISID_SDXL, ANTELOPEV2,
-             BUFFALO_L)
+             BUFFALO_L, MINI_BASE, MINI_REALISID)
 INSIGHTFACE_PACKS = {"antelopev2": ANTELOPEV2, "buffalo_l": BUFFALO_L}
 
 # (node type, input) -> the ComfyUI model folder the file named by that input belongs in
@@ -100,6 +109,9 @@ def where_from(entry: ModelFile | None) -> str:
     """One line: where the file comes from (or that it has no public source), its size and licence."""
     if entry is None:
         return "not a file this pack knows: see the workflow's notes"
+    if entry.bundled:
+        return (f"{entry.what}; it ships inside the pack ({entry.note}): if it is missing, the pack's copy is "
+                f"incomplete (reinstall it, or rebuild it with `python -m realisid.mini`, models/mini/README.md)")
     if entry.url is None:
         return (f"{entry.what}; no public download exists: train one with `python -m realisid.train` "
                 f"(docs/training.md). {MINI_NOTE}")

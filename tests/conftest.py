@@ -84,6 +84,7 @@ def stage_example_inputs(folder: pathlib.Path) -> pathlib.Path:
     import shutil
 
     folder.mkdir(parents=True, exist_ok=True)
-    for image in (host.REPO / "workflows" / "inputs").glob("*.jpg"):
-        shutil.copy(image, folder / image.name)
+    for image in (host.REPO / "workflows" / "inputs").iterdir():
+        if image.suffix in (".jpg", ".png"):
+            shutil.copy(image, folder / image.name)
     return folder

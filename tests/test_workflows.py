@@ -29,7 +29,8 @@ def test_workflows_are_bundled():
     names = {p.stem for p in API}
     assert {"realisid_single_person", "realisid_two_people", "realisid_three_people", "realisid_small_face",
             "realisid_pose_from_photo", "instantid_small_face", "instantid_two_people",
-            "instantid_three_people"} <= names
+            "instantid_three_people", "mini_two_people", "mini_single_person", "mini_three_people",
+            "mini_small_face", "mini_pose_from_photo"} <= names
     assert {p.name for p in (REPO / "workflows" / "ui").glob("*.json")} == {p.name for p in API}
 
 
@@ -63,7 +64,7 @@ def test_realisid_workflows_are_up_to_date(pack_node_ids):
     sys.path.insert(0, str(REPO / "workflows"))
     import build
 
-    for name, prompt in build.realisid_workflows().items():
+    for name, prompt in {**build.realisid_workflows(), **build.mini_workflows()}.items():
         committed = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
         assert committed == json.loads(json.dumps(prompt)), f"{name}: run workflows/build.py"
 
@@ -93,6 +94,8 @@ def test_ui_workflow_lists_its_model_files_with_their_sources(path):
                 assert f"models/{folder}/{entry.name}" in note
                 if entry.url:
                     expected.append({"name": entry.name, "url": entry.url, "directory": folder})
+                elif entry.bundled:
+                    assert f"ships with the pack ({entry.note}), nothing to download" in note
                 else:
                     assert "train it" in note and "RealisID-Mini needs no download" in note
         assert node["properties"].get("models", []) == expected, (path.stem, node["title"])

@@ -22,6 +22,10 @@ SDXL = "sd_xl_base_1.0.safetensors"
 REALISID = "realisid_sdxl.safetensors"
 CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 NEGATIVE = "blurry, lowres, deformed, bad anatomy, watermark"
+MINI_BASE = "realisid_mini_base.safetensors"
+MINI_MODEL = "realisid_mini.safetensors"
+MINI_BACKEND = "mini (RealisID-Mini world, bundled)"
+MINI_SIZE = 256  # the Mini world's image side
 
 
 class Graph:
@@ -40,10 +44,10 @@ class Graph:
         return [node_id, index]
 
 
-def base(g: Graph, prompt: str, width: int, height: int):
-    ckpt = g.node("CheckpointLoaderSimple", "Base model", ckpt_name=SDXL)
+def base(g: Graph, prompt: str, width: int, height: int, ckpt_name: str = SDXL, negative: str = NEGATIVE):
+    ckpt = g.node("CheckpointLoaderSimple", "Base model", ckpt_name=ckpt_name)
     pos = g.node("CLIPTextEncode", "Prompt", text=prompt, clip=g.out(ckpt, 1))
-    neg = g.node("CLIPTextEncode", "Negative", text=NEGATIVE, clip=g.out(ckpt, 1))
+    neg = g.node("CLIPTextEncode", "Negative", text=negative, clip=g.out(ckpt, 1))
     latent = g.node("EmptyLatentImage", "Size", width=width, height=height, batch_size=1)
     return ckpt, pos, neg, latent
 
@@ -56,11 +60,14 @@ def realisid_inputs(g: Graph):
     return model, clip_vision, analysis
 
 
-def encode(g: Graph, image_name: str, title: str, model: str, analysis: str, clip_vision: str) -> str:
+def encode(g: Graph, image_name: str, title: str, model: str, analysis: str, clip_vision: str | None) -> str:
+    """A Face Encoder for one reference photo; clip_vision None for models whose identity is the face backend's
+    own embedding (RealisID-Mini)."""
     image = g.node("LoadImage", title, image=image_name)
+    extra = {} if clip_vision is None else {"clip_vision": g.out(clip_vision)}
     return g.node("RealisIDFaceEncoder", f"Encode {title.lower()}", image=g.out(image), face_analysis=g.out(analysis),
                   realisid_model=g.out(model), selection="largest", index=0, on_no_face="error",
-                  references="each image is a different person", clip_vision=g.out(clip_vision))
+                  references="each image is a different person", **extra)
 
 
 def place(g: Graph, faces: list[tuple[float, float, float]]) -> str:
@@ -72,17 +79,24 @@ def place(g: Graph, faces: list[tuple[float, float, float]]) -> str:
     return layout
 
 
-def sample(g: Graph, ckpt: str, pos_neg: tuple[list, list], latent: str, steps: int = 30, seed: int = 42) -> str:
+SDXL_SAMPLING = {"sampler": "ddim", "scheduler": "ddim_uniform", "steps": 30, "text_scale": 7.5, "id_scale": 5.0}
+# the Mini base samples as its gate does (euler, normal, 20 steps, text CFG 4)
+MINI_SAMPLING = {"sampler": "euler", "scheduler": "normal", "steps": 20, "text_scale": 4.0, "id_scale": 3.0}
+
+
+def sample(g: Graph, ckpt: str, pos_neg: tuple[list, list], latent: str, seed: int = 42,
+           settings: dict = SDXL_SAMPLING, prefix: str = "realisid") -> str:
     guider = g.node("RealisIDGuider", "Three-way guidance", model=g.out(ckpt), positive=pos_neg[0],
-                    negative=pos_neg[1], text_scale=7.5, id_scale=5.0, id_delay=0.2)
-    sampler = g.node("KSamplerSelect", "Sampler", sampler_name="ddim")
-    sigmas = g.node("BasicScheduler", "Schedule", model=g.out(ckpt), scheduler="ddim_uniform", steps=steps,
-                    denoise=1.0)
+                    negative=pos_neg[1], text_scale=settings["text_scale"], id_scale=settings["id_scale"],
+                    id_delay=0.2)
+    sampler = g.node("KSamplerSelect", "Sampler", sampler_name=settings["sampler"])
+    sigmas = g.node("BasicScheduler", "Schedule", model=g.out(ckpt), scheduler=settings["scheduler"],
+                    steps=settings["steps"], denoise=1.0)
     noise = g.node("RandomNoise", "Seed", noise_seed=seed)
     samples = g.node("SamplerCustomAdvanced", "Sample", noise=g.out(noise), guider=g.out(guider),
                      sampler=g.out(sampler), sigmas=g.out(sigmas), latent_image=g.out(latent))
     image = g.node("VAEDecode", "Decode", samples=g.out(samples), vae=g.out(ckpt, 2))
-    g.node("SaveImage", "Save", images=g.out(image), filename_prefix="realisid")
+    g.node("SaveImage", "Save", images=g.out(image), filename_prefix=prefix)
     return image
 
 
@@ -154,6 +168,59 @@ def pose_workflow() -> dict:
     return g.prompt
 
 
+def mini_workflow(caption: str, placements: list[tuple[float, float, float]], references: list[str],
+                  drive_first: bool = False, separate_branches: bool = False) -> dict:
+    """A RealisID-Mini workflow: everything it needs ships in the pack (models/mini, workflows/inputs).
+    drive_first: person 1 takes the pose and expression of the bundled driving face; separate_branches: Local
+    Branch Apply -> Global Location Apply instead of the Multi-Face Composite."""
+    g = Graph()
+    ckpt, pos, neg, latent = base(g, caption, MINI_SIZE, MINI_SIZE, ckpt_name=MINI_BASE, negative="")
+    model = g.node("RealisIDModelLoader", "RealisID model", model_name=MINI_MODEL)
+    analysis = g.node("RealisIDFaceAnalysis", "Face analysis", backend=MINI_BACKEND, provider="CPU")
+    faces = None
+    for i, name in enumerate(references):
+        encoded = encode(g, name, f"Person {i + 1}", model, analysis, None)
+        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
+                                                     faces_1=g.out(faces), faces_2=g.out(encoded))
+    layout = place(g, placements)
+    if drive_first:
+        driver = g.node("LoadImage", "Driving photo", image="mini_driver.png")
+        layout = g.node("RealisIDLayoutDrivers", "Pose from photo", layout=g.out(layout), image=g.out(driver),
+                        face_analysis=g.out(analysis))
+    if separate_branches:
+        local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
+                       realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
+                       start_percent=0.0, end_percent=1.0, crop_size=0, feather=0.0)
+        conds = g.node("RealisIDGlobalLocationApply", "Global branch", positive=g.out(local, 0),
+                       negative=g.out(local, 1), realisid_model=g.out(model), faces=g.out(faces),
+                       layout=g.out(layout), strength=1.0, start_percent=0.0, end_percent=1.0, mode="per_person")
+    else:
+        conds = composite(g, pos, neg, model, faces, layout)
+        g.node("PreviewImage", "Face-to-box mapping", images=g.out(conds, 2))
+    image = sample(g, ckpt, (g.out(conds, 0), g.out(conds, 1)), latent, settings=MINI_SAMPLING, prefix="realisid_mini")
+    preview(g, layout, image, faces)
+    return g.prompt
+
+
+def mini_workflows() -> dict[str, dict]:
+    a, b, c = "mini_person_a.png", "mini_person_b.png", "mini_person_c.png"
+    return {
+        # the main job (scripts/run.sh): two people, person 1 driven, person 2 a small face (1/7)
+        "mini_two_people": mini_workflow(
+            "two people, half-body shot, in a park, the left one in a red shirt, the right one in a blue shirt",
+            [(0.3, 0.3, 0.26), (0.72, 0.5, 1 / 7)], [a, b], drive_first=True),
+        "mini_single_person": mini_workflow("one person, close-up portrait, in a city street, wearing a yellow shirt",
+                                            [(0.5, 0.35, 0.3)], [a]),
+        "mini_three_people": mini_workflow(
+            "three people, half-body shot, on a beach, in red, green and purple shirts from left to right",
+            [(0.2, 0.35, 0.18), (0.5, 0.3, 0.18), (0.8, 0.35, 0.18)], [a, b, c]),
+        "mini_small_face": mini_workflow("one person, full-body shot, in a room, wearing a green shirt",
+                                         [(0.5, 0.25, 1 / 7)], [c], separate_branches=True),
+        "mini_pose_from_photo": mini_workflow("one person, close-up portrait, in a park, wearing a blue shirt",
+                                              [(0.5, 0.35, 0.3)], [b], drive_first=True),
+    }
+
+
 def realisid_workflows() -> dict[str, dict]:
     return {
         "realisid_single_person": people_workflow(
@@ -200,7 +267,9 @@ def note_for(prompt: dict) -> str:
             if node["class_type"] == kind and isinstance(value, str):
                 entry = model_files.lookup(folder, value)
                 what = entry.what if entry else "see the README"
-                if entry and entry.url is None:
+                if entry and entry.bundled:
+                    what += f"; ships with the pack ({entry.note}), nothing to download"
+                elif entry and entry.url is None:
                     what += ("; no public download: train it (python -m realisid.train, docs/training.md). "
                              "RealisID-Mini needs no download")
                 elif entry and entry.note:
@@ -235,7 +304,7 @@ def write_all(ui_only: bool = False) -> list[pathlib.Path]:
     info = workflow_format.object_info()
     written = []
     if not ui_only:
-        for name, prompt in realisid_workflows().items():
+        for name, prompt in {**realisid_workflows(), **mini_workflows()}.items():
             path = HERE / "api" / f"{name}.json"
             path.write_text(json.dumps(prompt, indent=2) + "\n")
             written.append(path)
