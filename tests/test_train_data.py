@@ -44,7 +44,7 @@ def test_items_stay_uint8_on_the_host_and_become_the_float_hint_on_the_device(en
     dataset = data.CachedFaceDataset(root / "cache", 32)
     item = dataset[1]
     assert {k: item[k].dtype for k in ("image", "mask", "hint")} == dict.fromkeys(("image", "mask", "hint"), torch.uint8)
-    stored = safetensors.numpy.load_file(str(root / "cache" / dataset.rows[1]["file"]))
+    stored = safetensors.numpy.load_file(str(root / "cache" / dataset.rows[1][1]["file"]))
     batch = data.to_device(data.collate([item]), "cpu")
     expected_hint = torch.from_numpy(render_hint(stored["landmarks"], 32)).permute(2, 0, 1)
     torch.testing.assert_close(batch["hint"][0], expected_hint, rtol=0, atol=0)

@@ -176,3 +176,29 @@ def test_portrait_keeps_the_head_a_centre_crop_cuts_off():
     again = [f for f in analyzer.analyze(tensors["image"]) if f.score >= 0.9]
     assert len(again) == 1
     assert _iou(again[0].square_box() / 256, tensors["box"]) > 0.7
+
+
+def test_parallel_prepare_shards_are_disjoint_and_together_the_whole_cache(images, cache, tmp_path):
+    """`--num-shards 2 --shard-index i`: two processes' caches split the input by key, and fit's dataset over
+    both caches holds every sample of the one-process cache."""
+    from realisid.train.data import CachedFaceDataset
+
+    folder, _ = images
+    parts = []
+    for index in range(2):
+        out = tmp_path / f"part{index}"
+        assert main(["prepare", "--images", str(folder), "--out", str(out), "--num-shards", "2",
+                     "--shard-index", str(index), *ARGS]) == 0
+        parts.append(out)
+    keys = [{json.loads(line)["key"] for line in (p / "manifest.jsonl").read_text().splitlines()}
+            | {json.loads(line)["key"] for line in (p / "skipped.jsonl").read_text().splitlines()} for p in parts]
+    whole = {json.loads(line)["key"] for line in (cache / "manifest.jsonl").read_text().splitlines()}
+    whole |= {json.loads(line)["key"] for line in (cache / "skipped.jsonl").read_text().splitlines()}
+    assert not keys[0] & keys[1] and keys[0] | keys[1] == whole and keys[0] and keys[1]
+    both = CachedFaceDataset(parts, 32)
+    one = CachedFaceDataset(cache, 32)
+    assert len(both) == len(one) == KEPT
+    assert sorted(both[i]["caption"] for i in range(KEPT)) == sorted(one[i]["caption"] for i in range(KEPT))
+    assert main(["prepare", "--images", str(folder), "--out", str(tmp_path / "bad"), "--num-shards", "2",
+                 "--shard-index", "2", *ARGS]) == 2  # refused, nothing written
+    assert not (tmp_path / "bad").exists()

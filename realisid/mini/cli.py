@@ -32,14 +32,14 @@ python -m realisid.mini --threads 1 train judge --work $W --steps 1500
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ceiling detection verification
 python -m realisid.mini curves --work $W --stages detector facenet judge && python -m realisid.mini card
-# in progress: the VAE (its identity loss reads $W's face net); stage 1 is final, stage 2 (the decoder, the
-# encoder frozen, so the base trains on final latents meanwhile) is extended with a larger --steps
-python -m realisid.mini --threads 2 train vae --work $W --steps 3500
-python -m realisid.mini --threads 1 train vae-decoder --work $W --steps 12000
-python -m realisid.mini export vae --work $W && python -m realisid.mini gates --out models/mini/gates.json --only vae
-# in progress: the base, on latents of stage 1's encoder (8 shards of 500 training scenes), resumable
+# the VAE (its identity loss reads the shipped face net): stage 1 (encoder + decoder) is final; stage 2 trains the
+# decoder alone with that encoder frozen (not run yet), so the base trains on final latents meanwhile
+python -m realisid.mini --threads 2 train vae --work $W --steps 5000
+python -m realisid.mini export vae --work $W
+python -m realisid.mini --threads 1 gates --out models/mini/gates.json --only ceiling vae --n 50 --n-vae 50
+# the base, on latents of the shipped VAE's encoder (8 shards of 500 training scenes)
 python -m realisid.mini --threads 2 encode --work $W --shards 8
-python -m realisid.mini --threads 1 train base --work $W --steps 20000
+python -m realisid.mini --threads 2 train base --work $W --steps BASE_STEPS
 python -m realisid.mini export base --work $W && python -m realisid.mini gates --out models/mini/gates.json --only base
 """
 

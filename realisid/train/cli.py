@@ -30,13 +30,19 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--hint-size", type=int, default=512, help="stored landmark hint side (0: render when training)")
     p.add_argument("--allow-empty-captions", action="store_true", help="keep images without a caption")
     p.add_argument("--resume", action="store_true", help="continue a cache: skip every key already decided")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="split the input among this many prepare processes, each writing its own --out")
+    p.add_argument("--shard-index", type=int, default=0, help="which of the --num-shards parts this process takes")
+    p.add_argument("--provider", default="CPU",
+                   help="onnxruntime provider of the insightface backend: CPU, CUDA, ROCM, CoreML")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _fit_parser(sub) -> None:
     p = sub.add_parser("fit", help="train the RealisID branches and projector")
     p.add_argument("--base", required=True, help="base checkpoint (.safetensors) with UNet, text encoder and VAE")
-    p.add_argument("--cache", required=True, help="cache folder written by `prepare`")
+    p.add_argument("--cache", required=True, nargs="+",
+                   help="cache folder(s) written by `prepare` (several: e.g. the shards of a parallel prepare)")
     p.add_argument("--out", required=True, help="output folder: checkpoints, state/, logs/, samples/")
     p.add_argument("--identity-space", choices=("clip", "arcface", "embedding"), default="clip")
     p.add_argument("--clip-vision", help="CLIP-vision model file (identity space clip)")
@@ -106,7 +112,10 @@ def run_prepare(args) -> dict:
     opts = PrepareOptions(size=args.size, detect_size=args.detect_size, min_face=args.min_face, min_score=args.min_score,
                           box_expand=args.box_expand, hint_size=args.hint_size,
                           require_caption=not args.allow_empty_captions, resume=args.resume)
-    analyzer = make_analyzer(args.backend, args.insightface_root, args.min_score)
+    if not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"--shard-index must be in [0, --num-shards = {args.num_shards}), got {args.shard_index}")
+    samples = sources.shard_of(samples, args.num_shards, args.shard_index)
+    analyzer = make_analyzer(args.backend, args.insightface_root, args.min_score, args.provider)
     stats = prepare_cache(samples, analyzer, args.out, opts, progress=not args.no_progress)
     log.info("cache %s: %s", args.out, json.dumps(stats))
     return stats

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +46,27 @@ def hint_uint8(unit_points: np.ndarray, size: int) -> np.ndarray:
 class CachedFaceDataset(torch.utils.data.Dataset):
     """Items: image (3, S, S) uint8, mask (1, S, S) uint8, box (4,) fractions, hint (3, H, H) uint8 with
     H = hint_size (re-rendered from the landmarks when the cache holds another size), face_crop (224, 224, 3)
-    uint8, embedding (D,) (zeros of length 0 when the cache has none), caption str, index int."""
+    uint8, embedding (D,) (zeros of length 0 when the cache has none), caption str, index int.
 
-    def __init__(self, cache: str | Path, hint_size: int):
-        self.cache = Path(cache)
-        self.rows = read_manifest(cache)
+    `cache` is one cache folder or several (e.g. the shards `prepare --num-shards` wrote in parallel): their
+    samples in the order given, one index space."""
+
+    def __init__(self, cache: str | Path | Sequence[str | Path], hint_size: int):
+        caches = [cache] if isinstance(cache, str | Path) else list(cache)
+        if not caches:
+            raise ValueError("no training cache given (--cache)")
+        self.rows = [(Path(c), row) for c in caches for row in read_manifest(c)]
         self.hint_size = int(hint_size)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def spaces(self) -> set[str]:
-        return {row.get("space", "") for row in self.rows}
+        return {row.get("space", "") for _, row in self.rows}
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
-        data = safetensors.numpy.load_file(str(self.cache / row["file"]))
+        cache, row = self.rows[index]
+        data = safetensors.numpy.load_file(str(cache / row["file"]))
         hint = data.get("hint")
         if hint is None or hint.shape[0] != self.hint_size:
             hint = hint_uint8(data["landmarks"], self.hint_size)

@@ -53,7 +53,7 @@ PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16
 @dataclass
 class TrainConfig:
     base: str
-    cache: str
+    cache: str | list[str]  # one cache folder, or several (the shards of a parallel prepare)
     out: str
     identity_space: str = "clip"  # clip: CLIP-vision tokens of the face crop; arcface: the cached ArcFace vector;
     # embedding: the cached vector of whatever backend prepared the cache (tests, experiments)
@@ -96,6 +96,10 @@ class TrainConfig:
     overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
     cache_latents: bool = False  # keep each sample's VAE latent in memory after its first encode (small sets)
     cpu: bool = False
+
+    @property
+    def caches(self) -> list[str]:
+        return [self.cache] if isinstance(self.cache, str) else list(self.cache)
 
     def validate(self) -> None:
         if self.identity_space not in IDENTITY_SPACES:
@@ -288,7 +292,7 @@ class Trainer:
         weight_dtype = PRECISIONS[cfg.mixed_precision] if acc.device.type != "cpu" else torch.float32
         self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
                                else None, cfg.text_cache_size, cfg.max_text_chunks)
-        self.dataset = CachedFaceDataset(cfg.cache, cfg.crop_size * LATENT_DOWNSCALE)
+        self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE)
         self._check_spaces()
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
@@ -359,7 +363,7 @@ class Trainer:
 
     def _hint_conventions(self) -> dict:
         """The box squaring and landmark layout of the cache, saved in the checkpoint so inference draws the same."""
-        rows = self.dataset.rows
+        rows = [row for _, row in self.dataset.rows]
         expands = {row.get("box_expand", 1.0) for row in rows}
         hints = {row.get("hint", "landmarks68") for row in rows}
         if len(expands) > 1 or len(hints) > 1:

@@ -324,7 +324,7 @@ def _skip(writer: CacheWriter, stats: PrepareStats, raw: RawSample, reason: str,
     log.debug("skip %s (%s)", raw.key, detail)
 
 
-def make_analyzer(backend: str, insightface_root: str | None = None, min_score: float = 0.9):
+def make_analyzer(backend: str, insightface_root: str | None = None, min_score: float = 0.9, provider: str = "CPU"):
     if backend == "embedded":
         from realisid.faces.embedded import EmbeddedAnalyzer
 
@@ -334,7 +334,7 @@ def make_analyzer(backend: str, insightface_root: str | None = None, min_score: 
             raise ValueError("--backend insightface needs --insightface-root (the folder holding models/<pack>)")
         from realisid.faces.insightface_backend import InsightFaceAnalyzer
 
-        return InsightFaceAnalyzer(insightface_root)
+        return InsightFaceAnalyzer(insightface_root, provider=provider)
     if backend == "mini":  # RealisID-Mini scenes: the bundled Mini detector and face net
         from realisid.mini.backend import get_mini_analyzer
 

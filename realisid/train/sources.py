@@ -8,11 +8,12 @@ pose, expression and location).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def from_manifest(manifest: str | Path) -> Iterator[RawSample]:
 
 def _resolve(manifest: Path, path: Path) -> Path:
     return path if path.is_absolute() else manifest.parent / path
+
+
+def shard_of(samples: Iterable[RawSample], num_shards: int, index: int) -> Iterator[RawSample]:
+    """The samples of part `index` of `num_shards`, by a stable hash of the key: parallel prepare processes over
+    the same input take disjoint parts that together are all of it, whatever the input order (resume keeps
+    working per part)."""
+    if num_shards == 1:
+        yield from samples
+        return
+    for raw in samples:
+        if int(hashlib.sha1(raw.key.encode("utf-8")).hexdigest()[:12], 16) % num_shards == index:
+            yield raw
 
 
 def _raiser(exc: Exception) -> Callable[[], bytes]:
