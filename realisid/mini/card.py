@@ -40,6 +40,8 @@ def _fmt(x: float) -> str:
 def _training_rows(info: dict) -> list[str]:
     rows = []
     for stage, rec in info.get("training", {}).items():
+        if "steps" not in rec:  # base_init: what a warm-started stage continued (its own rows come before)
+            continue
         minutes = rec["seconds"] / 60
         rows.append(f"| {stage} | {rec['steps']} | {minutes:.0f} min | seed {rec['seed']} | {rec['machine']} |")
     return rows
@@ -100,15 +102,20 @@ def write_card(commands: str) -> Path:
             ("judge", files.FACES_DIR / files.JUDGE_FILE, "judge", "judge: 9 attributes, expression, pose (metrics "
                                                                    "only)"),
             ("vae", files.VAE_DIR / files.VAE_FILE, "vae", f"TAESD-architecture VAE, 8x, {family.LATENT_CHANNELS} "
-                                                           "latent channels, face-weighted")):
+                                                           "latent channels, face-weighted"),
+            ("base", files.CHECKPOINTS_DIR / files.BASE_FILE, "base", "base: SDXL-architecture UNet (32/64/128 "
+                                                                      "channels, v-prediction) + two small CLIP text "
+                                                                      "encoders + the VAE, one ComfyUI checkpoint")):
         if path.exists():
             infos[label] = files.read_info(path, kind)
             rel = path.relative_to(files.MODELS_DIR)
             lines.append(f"| `{rel}` | {what} | {path.stat().st_size / 1e6:.1f} MB fp16 |")
     lines += ["", "## Training (each stage resumable and seeded)", "",
               "| stage | steps | time | seed | machine |", "|---|---|---|---|---|"]
-    for info in infos.values():
-        lines += _training_rows(info)
+    rows = []
+    for info in infos.values():  # the base checkpoint repeats the VAE's stages: each stage once
+        rows += [row for row in _training_rows(info) if row not in rows]
+    lines += rows
     lines += ["", "Commands (from the pack folder, `COMFYUI_DIR` set):", "", "```bash", commands.strip(), "```", "",
               "Loss curves: `curves/`.", ""]
     lines += ["## Gates (held-out identities)", "", *_verdicts(gates), ""]
@@ -142,16 +149,19 @@ def write_card(commands: str) -> Path:
 STATUS = """## Status and what it does not show
 
 * Trained and gated: the world, the Mini face backend (`mini` in RealisID Face Analysis) and the judge.
-* In training, not shipped: the VAE. Trained with pixel losses alone (4 or 16 latent channels, 2k steps at batch
-  8 on 64 px patches, about 1.2 h of one core each) it failed its gate badly (at step 1,000 of the last such run,
-  on 50 faces: eye colour 0.50 / 0.20 at 1/4 / 1/7 against a ceiling of 1.00, expression 0.42 / 0.22), so it now
-  also has an identity loss through the face net, and trains in two stages: encoder and decoder together (3,500
-  steps, final), then the decoder alone with that encoder frozen, so the latent space is final and the base trains
-  on it while the decoder improves (extended across sessions with a larger `--steps`). On 50 faces per size, the
-  lowest attributes at step 3,050 of stage 1 were glasses 0.78 / 0.54 and brows 0.86 / 0.60 at 1/4 / 1/7 (ceiling
-  1.00 / 0.94 or more); after 3,100 decoder steps glasses 0.82 / 0.68, brows 0.92 / 0.66, nose
-  0.94 / 0.68, expression 0.82 / 0.44 (ceiling 0.94 / 0.96): better at 1/7, still far from the gate.
-* In training: the Mini base model (text encoders + UNet, `train base`), on stage 1's latents of 4,000 training
-  scenes. Not yet trained: the RealisID-Mini branches; the main job still needs them.
+* The VAE, stage 1 (encoder + decoder, 5,000 steps, final; `vae/mini_vae.safetensors`): trained with a
+  face-weighted pixel loss plus an identity loss through the shipped face net (pixel losses alone, in an earlier
+  run, left eye colour at 0.50 / 0.20 at 1/4 / 1/7 after 1,000 steps). Its gate (drop <= 0.03 at 1/4 and <= 0.05
+  at 1/7 against the ceiling on the same faces) **fails**, mostly at 1/7, where a face is 4.6 latent cells wide
+  (table above). Stage 2 (the decoder alone, the encoder frozen so the latents the base and branches train on stay
+  valid) has not been run since the scratch states of earlier sessions were lost with their machine.
+* The base (text encoders + UNet, `checkpoints/realisid_mini_base.safetensors`): its first stage,
+  5,350 steps at batch 32 on 4,000 training scenes (72 min on 2 CPU threads; v-prediction, min-SNR weighting,
+  10 % caption dropout, EMA exported), is final and shipped so the next stage continues it (`train base --init`,
+  a new --work folder) rather than starting over. Its samples draw the place, the shirt colours and people with
+  heads, but faces are distorted and the people count is right in only 0.39 of 100 samples (gate >= 0.90:
+  **fails**; 8 samples of held-out captions: `curves/base_samples.png`); at step 2,200 it was 0.33 with grainy
+  textures. More base training comes before the branches.
+* Not yet trained: the RealisID-Mini branches; the main job (`bash scripts/run.sh`) still needs them.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
 """

@@ -39,7 +39,7 @@ python -m realisid.mini export vae --work $W
 python -m realisid.mini --threads 1 gates --out models/mini/gates.json --only ceiling vae --n 50 --n-vae 50
 # the base, on latents of the shipped VAE's encoder (8 shards of 500 training scenes)
 python -m realisid.mini --threads 2 encode --work $W --shards 8
-python -m realisid.mini --threads 2 train base --work $W --steps BASE_STEPS
+python -m realisid.mini --threads 2 train base --work $W --steps 5350
 python -m realisid.mini export base --work $W && python -m realisid.mini gates --out models/mini/gates.json --only base
 """
 
