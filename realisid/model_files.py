@@ -69,11 +69,12 @@ BUFFALO_L = ModelFile(
 MINI_BASE = ModelFile(
     "realisid_mini_base.safetensors", "checkpoints",
     "the RealisID-Mini base model (a small SDXL-architecture model of the Mini cartoon world, 256 px)",
-    None, "about 27 MB (fp16)", "this pack's licence", "in the pack's models/mini/checkpoints/", bundled=True)
+    None, "27 MB (fp16)", "GPL-3.0 (this pack's licence)", "in the pack's models/mini/checkpoints/", bundled=True)
 MINI_REALISID = ModelFile(
     "realisid_mini.safetensors", "realisid",
     "the RealisID-Mini model (local branch, global branch, identity projector) for the Mini base",
-    None, "under 30 MB (fp16)", "this pack's licence", "in the pack's models/mini/realisid/", bundled=True)
+    None, "12 MB (fp16, expected)", "GPL-3.0 (this pack's licence)", "in the pack's models/mini/realisid/",
+    bundled=True)
 
 CATALOGUE = (SDXL_BASE, CLIP_VISION_H, INSTANTID_CONTROLNET, INSTANTID_IP_ADAPTER, REALISID_SDXL, ANTELOPEV2,
              BUFFALO_L, MINI_BASE, MINI_REALISID)

@@ -152,7 +152,11 @@ def test_api_differences_sees_a_changed_widget_value():
                                               "2: class C vs twin B"]
 
 
-@pytest.mark.parametrize("name", WORKFLOWS)
+DOWNLOADS = [n for n in WORKFLOWS if listed_models(json.loads((UI_DIR / f"{n}.json").read_text()))]
+BUNDLED = [n for n in WORKFLOWS if n not in DOWNLOADS]  # RealisID-Mini: every file ships in the pack
+
+
+@pytest.mark.parametrize("name", DOWNLOADS)
 def test_missing_models_dialog_lists_every_file_of_the_workflow(bare_page, name):
     """With the model files absent, ComfyUI's own Missing Models dialog names each file (with its source) the
     moment the workflow loads, all at once; test_ui_workflow_loads_without_reported_problems is the other half
@@ -166,6 +170,15 @@ def test_missing_models_dialog_lists_every_file_of_the_workflow(bare_page, name)
     assert dialogs, opened
     shown = "\n".join(dialogs)
     assert sorted(m for m in expected if m not in shown) == [], shown
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_a_workflow_of_bundled_files_opens_no_missing_models_dialog(bare_page, name):
+    """The Mini workflows name only files that ship in the pack: nothing to download, so no Missing Models
+    dialog even on a server without them (the negative twin of the test above, same wait)."""
+    assert name.startswith("mini_")
+    bare_page.load((UI_DIR / f"{name}.json").read_text())
+    assert [t for t in bare_page.wait_for_dialog("/ ", timeout=5) if "/ " in t] == []
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
