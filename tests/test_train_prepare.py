@@ -202,3 +202,5 @@ def test_parallel_prepare_shards_are_disjoint_and_together_the_whole_cache(image
     assert main(["prepare", "--images", str(folder), "--out", str(tmp_path / "bad"), "--num-shards", "2",
                  "--shard-index", "2", *ARGS]) == 2  # refused, nothing written
     assert not (tmp_path / "bad").exists()
+    assert main(["prepare", "--images", str(folder), "--out", str(tmp_path / "bad"), "--num-shards", "0", *ARGS]) == 2
+    assert not (tmp_path / "bad").exists()

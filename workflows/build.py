@@ -70,6 +70,16 @@ def encode(g: Graph, image_name: str, title: str, model: str, analysis: str, cli
                   references="each image is a different person", **extra)
 
 
+def encode_people(g: Graph, references: list[str], model: str, analysis: str, clip_vision: str | None) -> str:
+    """One Face Encoder per reference photo, combined in order (person i = reference i)."""
+    faces = None
+    for i, name in enumerate(references):
+        encoded = encode(g, name, f"Person {i + 1}", model, analysis, clip_vision)
+        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
+                                                     faces_1=g.out(faces), faces_2=g.out(encoded))
+    return faces
+
+
 def place(g: Graph, faces: list[tuple[float, float, float]]) -> str:
     """Chained numbers layouts; they hold no size (the boxes are fitted to the latent when sampling)."""
     layout = None
@@ -107,6 +117,16 @@ def composite(g: Graph, pos, neg, model, faces, layout) -> str:
                   global_mode="per_person", feather=0.0)
 
 
+def local_then_global(g: Graph, pos, neg, model, faces, layout) -> str:
+    """The two branches as separate nodes: Local Branch Apply, then Global Location Apply on its outputs."""
+    local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
+                   realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
+                   start_percent=0.0, end_percent=1.0, crop_size=0, feather=0.0)
+    return g.node("RealisIDGlobalLocationApply", "Global branch", positive=g.out(local, 0),
+                  negative=g.out(local, 1), realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout),
+                  strength=1.0, start_percent=0.0, end_percent=1.0, mode="per_person")
+
+
 def preview(g: Graph, layout: str, image: str, faces: str) -> None:
     shown = g.node("RealisIDLayoutPreview", "Boxes and landmarks", layout=g.out(layout), image=g.out(image),
                    faces=g.out(faces))
@@ -118,11 +138,7 @@ def people_workflow(prompt: str, placements: list[tuple[float, float, float]], w
     g = Graph()
     ckpt, pos, neg, latent = base(g, prompt, width, height)
     model, clip_vision, analysis = realisid_inputs(g)
-    faces = None
-    for i, name in enumerate(references):
-        encoded = encode(g, name, f"Person {i + 1}", model, analysis, clip_vision)
-        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
-                                                     faces_1=g.out(faces), faces_2=g.out(encoded))
+    faces = encode_people(g, references, model, analysis, clip_vision)
     layout = place(g, placements)
     comp = composite(g, pos, neg, model, faces, layout)
     g.node("PreviewImage", "Face-to-box mapping", images=g.out(comp, 2))
@@ -140,12 +156,7 @@ def small_face_workflow() -> dict:
     model, clip_vision, analysis = realisid_inputs(g)
     faces = encode(g, "astronaut.jpg", "Person 1", model, analysis, clip_vision)
     layout = place(g, [(0.5, 0.18, 1 / 6)])
-    local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
-                   realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
-                   start_percent=0.0, end_percent=1.0, crop_size=0, feather=0.0)
-    glob = g.node("RealisIDGlobalLocationApply", "Global branch", positive=g.out(local, 0),
-                  negative=g.out(local, 1), realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout),
-                  strength=1.0, start_percent=0.0, end_percent=1.0, mode="per_person")
+    glob = local_then_global(g, pos, neg, model, faces, layout)
     image = sample(g, ckpt, (g.out(glob, 0), g.out(glob, 1)), latent)
     preview(g, layout, image, faces)
     return g.prompt
@@ -177,23 +188,14 @@ def mini_workflow(caption: str, placements: list[tuple[float, float, float]], re
     ckpt, pos, neg, latent = base(g, caption, MINI_SIZE, MINI_SIZE, ckpt_name=MINI_BASE, negative="")
     model = g.node("RealisIDModelLoader", "RealisID model", model_name=MINI_MODEL)
     analysis = g.node("RealisIDFaceAnalysis", "Face analysis", backend=MINI_BACKEND, provider="CPU")
-    faces = None
-    for i, name in enumerate(references):
-        encoded = encode(g, name, f"Person {i + 1}", model, analysis, None)
-        faces = encoded if faces is None else g.node("RealisIDFacesCombine", f"People 1-{i + 1}",
-                                                     faces_1=g.out(faces), faces_2=g.out(encoded))
+    faces = encode_people(g, references, model, analysis, None)
     layout = place(g, placements)
     if drive_first:
         driver = g.node("LoadImage", "Driving photo", image="mini_driver.png")
         layout = g.node("RealisIDLayoutDrivers", "Pose from photo", layout=g.out(layout), image=g.out(driver),
                         face_analysis=g.out(analysis))
     if separate_branches:
-        local = g.node("RealisIDLocalBranchApply", "Local branch", positive=g.out(pos), negative=g.out(neg),
-                       realisid_model=g.out(model), faces=g.out(faces), layout=g.out(layout), strength=1.0,
-                       start_percent=0.0, end_percent=1.0, crop_size=0, feather=0.0)
-        conds = g.node("RealisIDGlobalLocationApply", "Global branch", positive=g.out(local, 0),
-                       negative=g.out(local, 1), realisid_model=g.out(model), faces=g.out(faces),
-                       layout=g.out(layout), strength=1.0, start_percent=0.0, end_percent=1.0, mode="per_person")
+        conds = local_then_global(g, pos, neg, model, faces, layout)
     else:
         conds = composite(g, pos, neg, model, faces, layout)
         g.node("PreviewImage", "Face-to-box mapping", images=g.out(conds, 2))

@@ -36,13 +36,13 @@ def write_scenes(out: str | Path, n: int, seed: int = 0) -> Path:
     for i in tqdm(range(n), desc="mini scenes"):
         name = f"{i:06d}.png"
         rng = np.random.default_rng([seed, 6007, i])
-        target = world.render_scene(world.random_spec(rng, n_people=1, split="train"))
+        spec = world.random_spec(rng, n_people=1, split="train")
         image, reference = folder / "images" / name, folder / "references" / name
-        if not (image.exists() and reference.exists()):
-            ref = reference_scene(target.faces[0].identity, rng)
+        if not (image.exists() and reference.exists()):  # a resumed run renders only what is missing
+            ref = reference_scene(spec.people[0].identity, rng)
             cv2.imwrite(str(reference), cv2.cvtColor(ref.image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(image), cv2.cvtColor(target.image, cv2.COLOR_RGB2BGR))
-        lines.append(json.dumps({"image": f"images/{name}", "caption": target.caption,
+            cv2.imwrite(str(image), cv2.cvtColor(world.render_scene(spec).image, cv2.COLOR_RGB2BGR))
+        lines.append(json.dumps({"image": f"images/{name}", "caption": world.caption(spec),
                                  "reference": f"references/{name}"}))
     manifest = folder / MANIFEST
     manifest.write_text("\n".join(lines) + "\n")

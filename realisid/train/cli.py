@@ -112,6 +112,8 @@ def run_prepare(args) -> dict:
     opts = PrepareOptions(size=args.size, detect_size=args.detect_size, min_face=args.min_face, min_score=args.min_score,
                           box_expand=args.box_expand, hint_size=args.hint_size,
                           require_caption=not args.allow_empty_captions, resume=args.resume)
+    if args.num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1 (the number of parallel prepare processes), got {args.num_shards}")
     if not 0 <= args.shard_index < args.num_shards:
         raise ValueError(f"--shard-index must be in [0, --num-shards = {args.num_shards}), got {args.shard_index}")
     samples = sources.shard_of(samples, args.num_shards, args.shard_index)
