@@ -12,8 +12,9 @@ import torch
 from comfy_api.latest import io
 
 from realisid import conditioning, validation
+from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.control import GLOBAL_MODES, RealisIDControl
-from realisid.layout import FaceLayout, LayoutError
+from realisid.layout import LayoutError, checked_layout
 
 from .preview import layout_preview
 from .types import Faces, Layout, RealisIDModel
@@ -48,14 +49,17 @@ def crop_input() -> io.Int.Input:
                                 "64 = 512 px). Every face is up-sampled to this size before the branch sees it.")
 
 
-def checked_inputs(positive, negative, faces, layout, values: dict) -> dict:
+def checked_inputs(positive, negative, realisid_model, faces, layout, values: dict) -> dict:
     """Validate an apply node's inputs in its input order, so the first bad one is named: the conditionings, the
-    faces/layout pairing, then `values` (its numbers, in input order: NaN and infinities pass ComfyUI's min/max
-    checks; crop_size 0 or a multiple of 8), then the sampling range and feather. Returns the checked values."""
+    model, faces and layout (their types; finite boxes) and their pairing, then `values` (its numbers, in input
+    order: NaN and infinities pass ComfyUI's min/max checks; crop_size 0 or a multiple of 8), then the sampling
+    range and feather. Returns the checked values."""
     validation.conditioning("positive", positive)
     validation.conditioning("negative", negative)
-    if not isinstance(layout, FaceLayout):
-        raise validation.InputError(f"layout must come from a RealisID Face Layout node, got {type(layout).__name__}")
+    validation.of_type("realisid_model", realisid_model, RealisIDModelClass,
+                       "RealisID Model Loader or RealisID InstantID Loader")
+    validation.faces("faces", faces)
+    checked_layout("layout", layout)
     if faces and len(faces) != len(layout):
         raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per "
                           "person (face i goes to box i, see the preview)")
@@ -118,9 +122,9 @@ class LocalBranchApply(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
                 crop_size, feather) -> io.NodeOutput:
-        n = checked_inputs(positive, negative, faces, layout, {"strength": strength, "start_percent": start_percent,
-                                                               "end_percent": end_percent, "crop_size": crop_size,
-                                                               "feather": feather})
+        n = checked_inputs(positive, negative, realisid_model, faces, layout,
+                           {"strength": strength, "start_percent": start_percent, "end_percent": end_percent,
+                            "crop_size": crop_size, "feather": feather})
         return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, n["start_percent"],
                                             n["end_percent"], n["crop_size"], local_strength=n["strength"],
                                             feather=n["feather"], use_global=False))
@@ -149,8 +153,8 @@ class GlobalLocationApply(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, strength, start_percent, end_percent,
                 mode) -> io.NodeOutput:
-        n = checked_inputs(positive, negative, faces, layout, {"strength": strength, "start_percent": start_percent,
-                                                               "end_percent": end_percent})
+        n = checked_inputs(positive, negative, realisid_model, faces, layout,
+                           {"strength": strength, "start_percent": start_percent, "end_percent": end_percent})
         return io.NodeOutput(*apply_control(positive, negative, realisid_model, faces, layout, n["start_percent"],
                                             n["end_percent"], global_strength=n["strength"], global_mode=mode,
                                             use_local=False))
@@ -182,7 +186,7 @@ class MultiFaceComposite(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, realisid_model, faces, layout, local_strength, global_strength,
                 start_percent, end_percent, crop_size, global_mode, feather) -> io.NodeOutput:
-        n = checked_inputs(positive, negative, faces, layout,
+        n = checked_inputs(positive, negative, realisid_model, faces, layout,
                            {"local_strength": local_strength, "global_strength": global_strength,
                             "start_percent": start_percent, "end_percent": end_percent, "crop_size": crop_size,
                             "feather": feather})

@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from realisid import drawing, identity_sources, validation
+from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.faces import NO_FACE_POLICIES, SELECT_MODES, apply_no_face_policy, select_faces
 from realisid.layout import MAX_FACES
 
@@ -140,7 +141,10 @@ class FaceEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, image, face_analysis, realisid_model, selection, index, on_no_face, references,
                 clip_vision=None) -> io.NodeOutput:
-        images = images_to_uint8(image)
+        images = images_to_uint8(image)  # in input order, so the first bad input is named
+        validation.face_analyzer("face_analysis", face_analysis)
+        validation.of_type("realisid_model", realisid_model, RealisIDModelClass,
+                           "RealisID Model Loader or RealisID InstantID Loader")
         people, faceless, passthrough = detect_people(face_analysis, images, selection, index, on_no_face,
                                                       references)
         faces = () if passthrough else tuple(
@@ -202,11 +206,7 @@ class FacesCombine(io.ComfyNode):
 
     @classmethod
     def execute(cls, faces_1, faces_2) -> io.NodeOutput:
-        for name, faces in (("faces_1", faces_1), ("faces_2", faces_2)):
-            if not isinstance(faces, (tuple, list)):
-                raise validation.InputError(f"{name} must be the faces output of RealisID Face Encoder, got "
-                                            f"{type(faces).__name__}")
-        combined = tuple(faces_1) + tuple(faces_2)
+        combined = validation.faces("faces_1", faces_1) + validation.faces("faces_2", faces_2)
         if len(combined) > MAX_FACES:
             raise validation.InputError(f"faces_2: {len(faces_1)} + {len(faces_2)} people is more than the "
                                         f"{MAX_FACES} RealisID places in one image; encode fewer people")

@@ -1,5 +1,6 @@
 """RealisID Guider: three-way guidance (none / text / text+identity) with the identity switched on late."""
 
+import comfy.model_patcher
 from comfy_api.latest import io
 
 from realisid import validation
@@ -33,7 +34,11 @@ class Guider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, text_scale, id_scale, id_delay) -> io.NodeOutput:
-        # ComfyUI's min/max checks pass NaN; a NaN scale would give an all-NaN latent without an error
+        # in input order, so the first bad input is named. NaN conditioning or a NaN scale (ComfyUI's min/max
+        # checks pass NaN) would give an all-NaN latent without an error
+        validation.of_type("model", model, comfy.model_patcher.ModelPatcher, "a checkpoint loader (a MODEL)")
+        validation.conditioning("positive", positive)
+        validation.conditioning("negative", negative)
         scales = {name: validation.finite_number(name, value)
                   for name, value in (("text_scale", text_scale), ("id_scale", id_scale), ("id_delay", id_delay))}
         guider = RealisIDGuider(model)

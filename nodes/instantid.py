@@ -1,11 +1,13 @@
 """InstantID stand-in: IdentityNet as RealisID's local branch, and its regional IP-Adapter identity."""
 
+import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
 from realisid import conditioning, instantid, instantid_attention, validation
+from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.faces import check_space
-from realisid.layout import LayoutError
+from realisid.layout import LayoutError, checked_layout
 
 from .loaders import check_present, model_path
 from .types import Faces, Layout, RealisIDModel
@@ -94,9 +96,12 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
                                            ("end_percent", end_percent)))
     validation.percent_range("start_percent", start_percent, "end_percent", end_percent, allow_equal=True)
     if not instantid.is_instantid(instantid_model):
-        raise ValueError("the 'instantid' input must come from RealisID InstantID Loader (this RealisID model has "
-                         "no IP-Adapter weights)")
+        raise validation.InputError(f"instantid must come from RealisID InstantID Loader, got "
+                                    f"{_what(instantid_model)} (it has no IP-Adapter weights)")
+    validation.of_type("model", model, comfy.model_patcher.ModelPatcher, "a checkpoint loader (an SDXL MODEL)")
     instantid.check_base(instantid_model, model)
+    faces = validation.faces("faces", faces)
+    checked_layout("layout", layout)
     if not faces:
         return model  # the encoder's pass-through policy found no face: nothing to add
     if len(faces) != len(layout):
@@ -107,6 +112,10 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
     pairs = [(t, slot.square) for t, slot in zip(tokens, layout.slots, strict=True)]
     return instantid_attention.apply_regional_ip_adapter(model, instantid_model, pairs, weight, start_percent,
                                                          end_percent)
+
+
+def _what(value) -> str:
+    return "a RealisID checkpoint" if isinstance(value, RealisIDModelClass) else f"a {type(value).__name__}"
 
 
 NODES = [InstantIDLoader, InstantIDAttention]

@@ -62,7 +62,9 @@ class LayoutFromNumbers(io.ComfyNode):
     @classmethod
     def execute(cls, x, y, size, previous=None) -> io.NodeOutput:
         face = layouts.layout_from_numbers([(x, y, size)])
-        return with_preview(previous.appended(face) if previous is not None else face)
+        if previous is None:
+            return with_preview(face)
+        return with_preview(layouts.checked_layout("previous", previous).appended(face))
 
 
 class LayoutFromMask(io.ComfyNode):
@@ -114,7 +116,8 @@ class LayoutFromPhoto(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, face_analysis, expand, copy_pose) -> io.NodeOutput:
-        rgb = images_to_uint8(image)[0]
+        rgb = images_to_uint8(image)[0]  # in input order, so the first bad input is named
+        validation.face_analyzer("face_analysis", face_analysis)
         expand = checked_expand(expand)
         found = face_analysis.analyze(rgb)
         if not found:
@@ -147,8 +150,11 @@ class LayoutDrivers(io.ComfyNode):
 
     @classmethod
     def execute(cls, layout, image, face_analysis) -> io.NodeOutput:
+        layouts.checked_layout("layout", layout)  # in input order, so the first bad input is named
+        images = images_to_uint8(image)
+        validation.face_analyzer("face_analysis", face_analysis)
         drivers = []
-        for i, rgb in enumerate(images_to_uint8(image)):
+        for i, rgb in enumerate(images):
             found = face_analysis.analyze(rgb, image_index=i)
             if not found:
                 raise layouts.LayoutError(f"no face found in driving image {i}: use a photo with a visible face")

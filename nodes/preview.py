@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from realisid import drawing, validation
 from realisid.conditioning import render_hint
+from realisid.layout import checked_layout
 
 from .types import Faces, Layout
 
@@ -41,13 +42,14 @@ def layout_preview(layout, image=None, faces=None, labels=None, max_side: int = 
     over a grey canvas when there is no image (at most max_side pixels, of the layout's source mask or photo's
     aspect ratio, square for typed-in faces: the boxes are fitted to the latent only when sampling). The first
     image of a batch is drawn on, as RGB whatever its channel count; NaN or infinite boxes raise InputError."""
-    validation.finite_boxes("layout", [(s.square.cx, s.square.cy, s.square.side) for s in layout.slots])
+    checked_layout("layout", layout)
     if image is None:
         aspect = layout.aspect
         w, h = (max_side, max_side / aspect) if aspect >= 1 else (max_side * aspect, max_side)
         canvas = np.full((max(8, round(h)), max(8, round(w)), 3), 0.5, np.float32)
     else:
         canvas = validation.image_batch("image", image)[0].cpu().numpy().astype(np.float32)
+    faces = validation.faces("faces", faces) if faces is not None else None
     h, w = canvas.shape[:2]
     boxes = layout.pixel_boxes(w, h)
     for i, (slot, box) in enumerate(zip(layout.slots, boxes, strict=True)):

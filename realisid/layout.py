@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from realisid.geometry import FaceSquare
-from realisid.validation import InputError, finite_number
+from realisid.validation import InputError, finite_boxes, finite_number
 
 MAX_FACES = 16
 
@@ -70,6 +70,15 @@ class FaceLayout:
             if driver is not None:
                 slots[i] = replace(slots[i], driver=driver)
         return replace(self, slots=tuple(slots))
+
+
+def checked_layout(name: str, layout) -> FaceLayout:
+    """`layout` when it is a FaceLayout with finite boxes, else InputError naming the input. The layout nodes never
+    make a NaN box, but a layout from another pack can hold one, and the relocation would paste NaN residuals."""
+    if not isinstance(layout, FaceLayout):
+        raise InputError(f"{name} must come from a RealisID Face Layout node, got {type(layout).__name__}")
+    finite_boxes(name, [(s.square.cx, s.square.cy, s.square.side) for s in layout.slots])
+    return layout
 
 
 def _check_count(n: int) -> None:

@@ -76,12 +76,47 @@ def as_rgb(name: str, image: torch.Tensor) -> torch.Tensor:
     raise InputError(f"{name} has {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
 
 
+def _is_finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def finite_boxes(name: str, boxes) -> None:
     """Refuse layout boxes with NaN or infinite coordinates (they cannot be drawn or placed)."""
     for i, box in enumerate(boxes):
-        if not all(math.isfinite(float(v)) for v in box):
+        if not all(_is_finite(v) for v in box):
             raise InputError(f"{name}: box {i} has non-finite coordinates {tuple(box)}; expected finite fractions "
                              f"of the image")
+
+
+def of_type(name: str, value, cls, source: str):
+    """`value` when it is a `cls`; else InputError naming the input and the node its value must come from (custom
+    types are only checked by name on the wire, so another pack's object can arrive)."""
+    if not isinstance(value, cls):
+        raise InputError(f"{name} must come from {source}, got {type(value).__name__}")
+    return value
+
+
+def face_analyzer(name: str, analyzer):
+    """A face analyzer (anything with `analyze(image, image_index=...)`), as RealisID Face Analysis gives."""
+    if not callable(getattr(analyzer, "analyze", None)):
+        raise InputError(f"{name} must come from RealisID Face Analysis, got {type(analyzer).__name__}")
+    return analyzer
+
+
+def faces(name: str, value) -> tuple:
+    """REALISID_FACES: a tuple (or list) of encoded people, as RealisID Face Encoder / Combine Faces give."""
+    from realisid.identity_sources import EncodedFace  # lazy: identity_sources imports the face stack
+
+    if not isinstance(value, (tuple, list)):
+        raise InputError(f"{name} must be the faces output of RealisID Face Encoder, got {type(value).__name__}")
+    for i, face in enumerate(value):
+        if not isinstance(face, EncodedFace):
+            raise InputError(f"{name}: person {i} is a {type(face).__name__}, not an encoded face; connect RealisID "
+                             f"Face Encoder")
+    return tuple(value)
 
 
 def mask_batch(name: str, mask) -> torch.Tensor:

@@ -692,3 +692,141 @@ def test_executor_names_a_nan_apply_strength(run_prompt):
               "16": node("SaveLatent", samples=["15", 0], filename_prefix="x")}
     with pytest.raises(PromptError, match=r"node 9 \(RealisIDLocalBranchApply\).*strength must be a finite"):
         run_prompt(prompt)
+
+
+# ------------------------------------------------------------------------------------------------ Guider ------
+@pytest.mark.parametrize("case,make,fragment", BAD_CONDITIONINGS, ids=[c[0] for c in BAD_CONDITIONINGS])
+@pytest.mark.parametrize("name", ["positive", "negative"])
+def test_guider_refuses_bad_conditioning(mapping, base, name, case, make, fragment):
+    """NaN text tokens into the guider gave an all-NaN latent and a run reported as a success."""
+    positive, negative = T.tiny_conditioning("sdxl")
+    conds = {"positive": positive, "negative": negative, name: make()}
+    message = raises_input_error(lambda: mapping["RealisIDGuider"].execute(base, **conds, **GOOD_GUIDER), fragment)
+    assert message.startswith(name)
+
+
+GUIDER_CROSS = [("nan-positive+nan-text_scale", {"positive": nan_conditioning}, {"text_scale": NAN}, "positive"),
+                ("nan-negative+inf-id_scale", {"negative": nan_conditioning}, {"id_scale": INF}, "negative"),
+                ("both-nan", {"positive": nan_conditioning, "negative": nan_conditioning}, {}, "positive"),
+                ("empty-negative+nan-delay", {"negative": lambda: []}, {"id_delay": NAN}, "negative")]
+
+
+@pytest.mark.parametrize("case,conds,values,first", GUIDER_CROSS, ids=[c[0] for c in GUIDER_CROSS])
+def test_guider_cross_input_combinations_name_the_first(mapping, base, case, conds, values, first):
+    positive, negative = T.tiny_conditioning("sdxl")
+    made = {"positive": positive, "negative": negative, **{name: make() for name, make in conds.items()}}
+    message = raises_input_error(lambda: mapping["RealisIDGuider"].execute(base, **made,
+                                                                           **{**GOOD_GUIDER, **values}), first)
+    assert message.startswith(first)
+
+
+# ---------------------------------------------------------- another pack's object on a RealisID socket ------
+# ComfyUI checks custom socket types by name only, so any pack can send any object to a REALISID_* input (or
+# the wrong RealisID object: a RealisID checkpoint into InstantID's socket). Each is refused by input name.
+def nan_layout():
+    return layout_of((0.5, NAN, 0.3))
+
+
+class NotAnAnalyzer:
+    analyze = None  # an attribute of that name that cannot be called
+
+
+def wiring_call(mapping, analyzer, realisid_model, instantid_model, clip_vision, base, faces, case):
+    """The node call for wiring `case` (WIRING_CASES gives the input its message must start with)."""
+    good = run_numbers(mapping, {})[0]
+    photo = astronaut_image()
+    calls = {
+        "encoder-analysis-string": lambda: encode(mapping, "embedded", realisid_model, clip_vision, photo),
+        "encoder-analysis-no-analyze": lambda: encode(mapping, NotAnAnalyzer(), realisid_model, clip_vision, photo),
+        "encoder-model-string": lambda: encode(mapping, analyzer, "model.safetensors", clip_vision, photo),
+        "encoder-model-none": lambda: encode(mapping, analyzer, None, clip_vision, photo),
+        "photo-analysis-none": lambda: mapping["RealisIDLayoutFromPhoto"].execute(photo, None, 1.0, True),
+        "drivers-layout-string": lambda: mapping["RealisIDLayoutDrivers"].execute("layout", photo, analyzer),
+        "drivers-layout-nan": lambda: mapping["RealisIDLayoutDrivers"].execute(nan_layout(), photo, analyzer),
+        "drivers-analysis-int": lambda: mapping["RealisIDLayoutDrivers"].execute(good, photo, 3),
+        "numbers-previous-list": lambda: run_numbers(mapping, {}, previous=[good]),
+        "numbers-previous-nan": lambda: run_numbers(mapping, {}, previous=nan_layout()),
+        "preview-layout-none": lambda: mapping["RealisIDLayoutPreview"].execute(None, None, None),
+        "preview-layout-dict": lambda: mapping["RealisIDLayoutPreview"].execute({"x": 0.5}, None, None),
+        "preview-faces-string": lambda: mapping["RealisIDLayoutPreview"].execute(good, None, "person"),
+        "preview-faces-of-ints": lambda: mapping["RealisIDLayoutPreview"].execute(good, None, (1,)),
+        "combine-faces-of-none": lambda: mapping["RealisIDFacesCombine"].execute(faces, (None,)),
+        "attention-instantid-is-realisid": lambda: run_attention(mapping, base, realisid_model, {}, faces),
+        "attention-instantid-string": lambda: run_attention(mapping, base, "instantid", {}, faces),
+        "attention-model-string": lambda: mapping["RealisIDInstantIDAttention"].execute(
+            "sdxl", instantid_model, faces, good, **GOOD_ATTENTION),
+        "attention-faces-int": lambda: mapping["RealisIDInstantIDAttention"].execute(
+            base, instantid_model, 2, good, **GOOD_ATTENTION),
+        "attention-layout-string": lambda: mapping["RealisIDInstantIDAttention"].execute(
+            base, instantid_model, faces, "layout", **GOOD_ATTENTION),
+        "attention-layout-nan": lambda: mapping["RealisIDInstantIDAttention"].execute(
+            base, instantid_model, faces, nan_layout(), **GOOD_ATTENTION),
+        "guider-model-string": lambda: mapping["RealisIDGuider"].execute("model", *T.tiny_conditioning("sdxl"),
+                                                                         **GOOD_GUIDER),
+    }
+    for node_id in APPLY_NODES:
+        calls[f"{node_id}-model-string"] = lambda n=node_id: run_apply(mapping, n, "realisid.safetensors", faces)
+        calls[f"{node_id}-faces-int"] = lambda n=node_id: run_apply(mapping, n, realisid_model, 1)
+        calls[f"{node_id}-faces-of-tensors"] = lambda n=node_id: run_apply(mapping, n, realisid_model,
+                                                                           (torch.zeros(3),))
+        calls[f"{node_id}-layout-nan"] = lambda n=node_id: run_apply(mapping, n, realisid_model, faces,
+                                                                     layout=nan_layout())
+    return calls[case]
+
+
+WIRING_CASES = [
+    ("encoder-analysis-string", "face_analysis must come from RealisID Face Analysis"),
+    ("encoder-analysis-no-analyze", "face_analysis must come from RealisID Face Analysis"),
+    ("encoder-model-string", "realisid_model must come from RealisID Model Loader"),
+    ("encoder-model-none", "realisid_model must come from"),
+    ("photo-analysis-none", "face_analysis must come from"),
+    ("drivers-layout-string", "layout must come from a RealisID Face Layout node, got str"),
+    ("drivers-layout-nan", "layout: box 0 has non-finite"),
+    ("drivers-analysis-int", "face_analysis must come from"),
+    ("numbers-previous-list", "previous must come from a RealisID Face Layout node, got list"),
+    ("numbers-previous-nan", "previous: box 0 has non-finite"),
+    ("preview-layout-none", "layout must come from a RealisID Face Layout node, got NoneType"),
+    ("preview-layout-dict", "layout must come from"),
+    ("preview-faces-string", "faces must be the faces output of RealisID Face Encoder, got str"),
+    ("preview-faces-of-ints", "faces: person 0 is a int"),
+    ("combine-faces-of-none", "faces_2: person 0 is a NoneType"),
+    ("attention-instantid-is-realisid", "instantid must come from RealisID InstantID Loader, got a RealisID"),
+    ("attention-instantid-string", "instantid must come from RealisID InstantID Loader, got a str"),
+    ("attention-model-string", "model must come from a checkpoint loader"),
+    ("attention-faces-int", "faces must be the faces output"),
+    ("attention-layout-string", "layout must come from"),
+    ("attention-layout-nan", "layout: box 0 has non-finite"),
+    ("guider-model-string", "model must come from a checkpoint loader"),
+    *[case for node_id in APPLY_NODES for case in (
+        (f"{node_id}-model-string", "realisid_model must come from RealisID Model Loader"),
+        (f"{node_id}-faces-int", "faces must be the faces output of RealisID Face Encoder, got int"),
+        (f"{node_id}-faces-of-tensors", "faces: person 0 is a Tensor"),
+        (f"{node_id}-layout-nan", "layout: box 0 has non-finite"))],
+]
+
+
+@pytest.mark.parametrize("case,fragment", WIRING_CASES, ids=[c[0] for c in WIRING_CASES])
+def test_foreign_objects_on_realisid_sockets_are_named(mapping, analyzer, realisid_model, instantid_model,
+                                                       clip_vision, base, faces, case, fragment):
+    call = wiring_call(mapping, analyzer, realisid_model, instantid_model, clip_vision, base, faces, case)
+    assert raises_input_error(call, fragment).startswith(fragment.split()[0].rstrip(":"))
+
+
+def test_face_index_past_the_faces_found_is_named(mapping, analyzer, realisid_model, clip_vision):
+    """selection 'index' with index 3 on a photo of one face: the error names the index input and the count."""
+    def run():
+        mapping["RealisIDFaceEncoder"].execute(astronaut_image(), analyzer, realisid_model, "index", 3, "error",
+                                               ONE_PER_IMAGE, clip_vision)
+    raises_input_error(run, "index 3", "has only 1 face(s)")
+    faces, _ = mapping["RealisIDFaceEncoder"].execute(astronaut_image(), analyzer, realisid_model, "index", 0,
+                                                      "error", ONE_PER_IMAGE, clip_vision)
+    assert len(faces) == 1  # index 0 of the same photo is the one face
+
+
+def test_layout_check_does_not_copy_or_change_the_layout(mapping):
+    """The drivers node returns a new layout; the incoming one is left as it was (layouts are shared values)."""
+    layout = run_numbers(mapping, {})[0]
+    before = layout.slots
+    out = mapping["RealisIDLayoutDrivers"].execute(layout, astronaut_image(),
+                                                   mapping["RealisIDFaceAnalysis"].execute(EMBEDDED, "CPU")[0])[0]
+    assert layout.slots is before and out.slots[0].driver is not None and layout.slots[0].driver is None

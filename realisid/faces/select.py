@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from ..validation import InputError
 from .errors import NoFaceError
 from .record import FaceRecord
 
@@ -36,11 +37,9 @@ def select_faces(records: Sequence[FaceRecord], mode: str = "largest", index: in
         ordered = sorted(records, key=lambda r: r.centre[0])
     else:
         ordered = list(records)
-    if index >= len(ordered):
-        raise ValueError(
-            f"face index {index} requested but image {records[0].image_index} has only {len(ordered)} face(s) "
-            f"(indices start at 0)"
-        )
+    if index >= len(ordered):  # InputError: the node's 'index' input is what to change
+        raise InputError(f"index {index} asks for face {index + 1} but image {records[0].image_index} has only "
+                         f"{len(ordered)} face(s) (indices start at 0); lower index or use selection 'largest'")
     if count is None:
         count = len(ordered) if mode == "left_to_right" else 1
     return ordered[index : index + count]
