@@ -490,3 +490,137 @@ def test_unreadable_onnx_file_is_named(tmp_path, fault, victim):
                              f"{victim} is not a readable ONNX model", "antelopev2")
     others = {"glintr100.onnx", "scrfd_10g_bnkps.onnx"} - {victim}
     assert not any(f"{other} is not" in message for other in others)
+
+
+# ------------------------------------------------------------------------------------ through the executor ----
+# The whole RealisID-checkpoint corpus again, each file given to RealisID Model Loader in a real prompt: the
+# host reports the loader's node, its exact error class and the file (an executor run that names nothing, or a
+# library error class, fails here).
+EMBEDDED = "embedded (MTCNN + dlib, offline)"
+EXECUTOR_CASES = ([(case, "config", mutate, fragment) for case, mutate, fragment in CONFIG_CASES]
+                  + [(case, "tensors", mutate, fragment) for case, mutate, fragment in TENSOR_CASES]
+                  + [(case, "file", content, fragment) for case, content, fragment in FILE_CASES]
+                  + [(case, "metadata", metadata, fragment) for case, metadata, fragment in METADATA_CASES])
+
+
+def encoder_prompt(loader: dict) -> dict:
+    """The cheapest prompt that needs a RealisID model: loader -> Face Encoder -> PreviewImage."""
+    from tests.test_nodes import node
+
+    return {"1": loader, "2": node("LoadImage", image="astronaut.jpg"),
+            "3": node("RealisIDFaceAnalysis", backend=EMBEDDED, provider="CPU"),
+            "4": node("RealisIDFaceEncoder", image=["2", 0], face_analysis=["3", 0], realisid_model=["1", 0],
+                      selection="largest", index=0, on_no_face="error",
+                      references="each image is a different person"),
+            "5": node("PreviewImage", images=["4", 1])}
+
+
+def write_hostile(source, folder: pathlib.Path, name: str, kind: str, fault) -> None:
+    config, tensors, valid_folder = source
+    if kind == "config":
+        bad = json.loads(json.dumps(config))
+        fault(bad)
+        write_config(folder, name, tensors, json.dumps(bad))
+    elif kind == "tensors":
+        bad = dict(tensors)
+        fault(bad)
+        write_config(folder, name, bad, json.dumps(config))
+    elif kind == "metadata":
+        write_config(folder, name, tensors, fault)
+    else:
+        (folder / f"{name}.safetensors").write_bytes(fault((valid_folder / "valid.safetensors").read_bytes()))
+
+
+@pytest.mark.parametrize("case,kind,fault,fragment", EXECUTOR_CASES, ids=[c[0] for c in EXECUTOR_CASES])
+def test_executor_names_the_bad_checkpoint(source, nothing_built, run_prompt, models_dir, case, kind, fault,
+                                           fragment):
+    from realisid.comfy_host import PromptError
+    from tests.test_nodes import node
+
+    name = f"executor-{case}"
+    folder = models_dir / "realisid"
+    write_hostile(source, folder, name, kind, fault)
+    try:
+        with pytest.raises(PromptError) as caught:
+            run_prompt(encoder_prompt(node("RealisIDModelLoader", model_name=f"{name}.safetensors")))
+    finally:
+        (folder / f"{name}.safetensors").unlink()
+    message = str(caught.value)
+    assert message.startswith("node 1 (RealisIDModelLoader) failed: ") and "CheckpointError: " in message, message
+    assert f"{name}.safetensors" in message and fragment in message, message
+    assert not pathlib.Path("/tmp/realisid_unpickled_checkpoint").exists()
+
+
+@pytest.fixture(scope="module")
+def host_iid(iid, models_dir):
+    """A valid InstantID pair in the host's models/controlnet and models/instantid (the loader's folders)."""
+    cn, ip = fi.write_instantid(models_dir, T.tiny_unet_config("sdxl"), controlnet_name="executor_cn.safetensors",
+                                ip_name="executor_ip.bin")
+    yield cn, ip
+    cn.unlink()
+    ip.unlink()
+
+
+EXECUTOR_IID_CASES = [("controlnet", case, fragment) for case, fragment in CN_CASES] + [
+    ("instantid", case, fragment) for case, fragment in IP_CASES]
+
+
+@pytest.mark.parametrize("folder,case,fragment", EXECUTOR_IID_CASES, ids=[c[1] for c in EXECUTOR_IID_CASES])
+def test_executor_names_the_bad_instantid_file(iid, host_iid, run_prompt, models_dir, folder, case, fragment):
+    """Each hostile file in the folder the loader reads (a pickle in models/controlnet among them); the host
+    reports InstantIDFileError naming that file and never the other one."""
+    from realisid.comfy_host import PromptError
+    from tests.test_nodes import node
+
+    bad = (cn_bad if folder == "controlnet" else ip_bad)(iid, models_dir / folder, case)
+    names = {"control_net_name": host_iid[0].name, "ip_adapter_name": host_iid[1].name,
+             "control_net_name" if folder == "controlnet" else "ip_adapter_name": bad.name}
+    try:
+        with pytest.raises(PromptError) as caught:
+            run_prompt(encoder_prompt(node("RealisIDInstantIDLoader", crop_size=16, **names)))
+    finally:
+        bad.unlink()
+    message = str(caught.value)
+    assert message.startswith("node 1 (RealisIDInstantIDLoader) failed: "), message
+    assert "InstantIDFileError: " in message and bad.name in message and fragment in message, message
+    good = host_iid[1 if folder == "controlnet" else 0].name
+    assert good not in message.split("Expected")[0], message
+    assert not pathlib.Path("/tmp/realisid_unpickled_instantid").exists()
+
+
+@pytest.mark.parametrize("crop_frame", [NAN, INF, 0.5], ids=repr)
+def test_executor_names_a_bad_instantid_crop_frame(host_iid, run_prompt, crop_frame):
+    """crop_frame NaN passes the host's min/max checks (and 0.5 is refused by them): the message names it."""
+    from realisid.comfy_host import PromptError
+    from tests.test_nodes import node
+
+    loader = node("RealisIDInstantIDLoader", control_net_name=host_iid[0].name, ip_adapter_name=host_iid[1].name,
+                  crop_size=16, crop_frame=crop_frame)
+    with pytest.raises(PromptError, match="crop_frame"):
+        run_prompt(encoder_prompt(loader))
+
+
+@pytest.mark.parametrize("fault", ["garbage", "html"])
+def test_executor_names_the_unreadable_onnx_file(tmp_path, monkeypatch, run_prompt, fault):
+    """A pack with a garbage .onnx file, picked in RealisID Face Analysis: the node fails with FaceModelFileError
+    naming the file (onnxruntime's INVALID_PROTOBUF alone named nothing)."""
+    pytest.importorskip("insightface")
+    import sys
+
+    import nodes as comfy_nodes
+    from realisid.comfy_host import PromptError
+    from tests.helpers import fake_insightface
+
+    root = fake_insightface.build_fake_pack(tmp_path / "pack")
+    victim = pathlib.Path(root) / "models" / "antelopev2" / "glintr100.onnx"
+    victim.write_bytes(ONNX_FAULTS[fault](victim.read_bytes()))
+    pack_paths = sys.modules[comfy_nodes.NODE_CLASS_MAPPINGS["RealisIDFaceAnalysis"].__module__].paths
+    monkeypatch.setattr(pack_paths, "insightface_root", lambda pack=None: root)
+    prompt = encoder_prompt({"class_type": "RealisIDModelLoader",
+                             "inputs": {"model_name": "tiny_realisid_sdxl.safetensors"}})
+    prompt["3"]["inputs"]["backend"] = "insightface antelopev2"
+    with pytest.raises(PromptError) as caught:
+        run_prompt(prompt)
+    message = str(caught.value)
+    assert message.startswith("node 3 (RealisIDFaceAnalysis) failed: ") and "FaceModelFileError: " in message
+    assert "glintr100.onnx is not a readable ONNX model" in message and "scrfd_10g_bnkps.onnx is not" not in message
