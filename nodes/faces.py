@@ -2,6 +2,7 @@
 
 import logging
 
+import comfy.clip_vision
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -145,6 +146,8 @@ class FaceEncoder(io.ComfyNode):
         validation.face_analyzer("face_analysis", face_analysis)
         validation.of_type("realisid_model", realisid_model, RealisIDModelClass,
                            "RealisID Model Loader or RealisID InstantID Loader")
+        if clip_vision is not None:
+            validation.of_type("clip_vision", clip_vision, comfy.clip_vision.ClipVisionModel, "Load CLIP Vision")
         people, faceless, passthrough = detect_people(face_analysis, images, selection, index, on_no_face,
                                                       references)
         faces = () if passthrough else tuple(

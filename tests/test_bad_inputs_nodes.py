@@ -740,6 +740,8 @@ def wiring_call(mapping, analyzer, realisid_model, instantid_model, clip_vision,
         "encoder-analysis-no-analyze": lambda: encode(mapping, NotAnAnalyzer(), realisid_model, clip_vision, photo),
         "encoder-model-string": lambda: encode(mapping, analyzer, "model.safetensors", clip_vision, photo),
         "encoder-model-none": lambda: encode(mapping, analyzer, None, clip_vision, photo),
+        "encoder-clip-vision-string": lambda: encode(mapping, analyzer, realisid_model, "clip.safetensors", photo),
+        "encoder-clip-vision-is-model": lambda: encode(mapping, analyzer, realisid_model, realisid_model, photo),
         "photo-analysis-none": lambda: mapping["RealisIDLayoutFromPhoto"].execute(photo, None, 1.0, True),
         "drivers-layout-string": lambda: mapping["RealisIDLayoutDrivers"].execute("layout", photo, analyzer),
         "drivers-layout-nan": lambda: mapping["RealisIDLayoutDrivers"].execute(nan_layout(), photo, analyzer),
@@ -779,6 +781,8 @@ WIRING_CASES = [
     ("encoder-analysis-no-analyze", "face_analysis must come from RealisID Face Analysis"),
     ("encoder-model-string", "realisid_model must come from RealisID Model Loader"),
     ("encoder-model-none", "realisid_model must come from"),
+    ("encoder-clip-vision-string", "clip_vision must come from Load CLIP Vision, got str"),
+    ("encoder-clip-vision-is-model", "clip_vision must come from Load CLIP Vision, got RealisIDModel"),
     ("photo-analysis-none", "face_analysis must come from"),
     ("drivers-layout-string", "layout must come from a RealisID Face Layout node, got str"),
     ("drivers-layout-nan", "layout: box 0 has non-finite"),
@@ -830,3 +834,50 @@ def test_layout_check_does_not_copy_or_change_the_layout(mapping):
     out = mapping["RealisIDLayoutDrivers"].execute(layout, astronaut_image(),
                                                    mapping["RealisIDFaceAnalysis"].execute(EMBEDDED, "CPU")[0])[0]
     assert layout.slots is before and out.slots[0].driver is not None and layout.slots[0].driver is None
+
+
+WIRING_COMBINATIONS = [
+    ("image-empty+analysis-string", lambda m, a, r, c, f: encode(m, "x", r, c, torch.zeros(0, 8, 8, 3)), "image"),
+    ("analysis-string+model-none", lambda m, a, r, c, f: encode(m, "x", None, c, astronaut_image()),
+     "face_analysis"),
+    ("model-none+clip-string", lambda m, a, r, c, f: encode(m, a, None, "clip", astronaut_image()),
+     "realisid_model"),
+    ("drivers-layout-string+image-empty",
+     lambda m, a, r, c, f: m["RealisIDLayoutDrivers"].execute("x", torch.zeros(0, 8, 8, 3), a), "layout"),
+    ("drivers-image-nan+analysis-int", lambda m, a, r, c, f: m["RealisIDLayoutDrivers"].execute(
+        run_numbers(m, {})[0], nan_image(), 3), "image"),
+    ("photo-analysis-none+expand-nan",
+     lambda m, a, r, c, f: m["RealisIDLayoutFromPhoto"].execute(astronaut_image(), None, NAN, True),
+     "face_analysis"),
+    ("preview-layout-nan+faces-string",
+     lambda m, a, r, c, f: m["RealisIDLayoutPreview"].execute(nan_layout(), None, "x"), "layout"),
+    ("preview-image-empty+faces-string", lambda m, a, r, c, f: m["RealisIDLayoutPreview"].execute(
+        run_numbers(m, {})[0], torch.zeros(0, 8, 8, 3), "x"), "image"),
+    ("apply-nan-positive+model-string", lambda m, a, r, c, f: run_apply(
+        m, "RealisIDMultiFaceComposite", "x", f, positive=nan_conditioning()), "positive"),
+    ("apply-model-string+faces-int", lambda m, a, r, c, f: run_apply(m, "RealisIDLocalBranchApply", "x", 2),
+     "realisid_model"),
+    ("apply-faces-int+layout-nan", lambda m, a, r, c, f: run_apply(
+        m, "RealisIDGlobalLocationApply", r, 2, layout=nan_layout()), "faces"),
+    ("apply-layout-nan+strength-nan", lambda m, a, r, c, f: run_apply(
+        m, "RealisIDLocalBranchApply", r, f, {"strength": NAN}, layout=nan_layout()), "layout"),
+    ("combine-both-foreign", lambda m, a, r, c, f: m["RealisIDFacesCombine"].execute((1,), "x"), "faces_1"),
+]
+
+
+@pytest.mark.parametrize("case,call,first", WIRING_COMBINATIONS, ids=[c[0] for c in WIRING_COMBINATIONS])
+def test_wiring_fault_combinations_name_the_first_input(mapping, analyzer, realisid_model, clip_vision, faces, case,
+                                                        call, first):
+    message = raises_input_error(lambda: call(mapping, analyzer, realisid_model, clip_vision, faces), first)
+    assert message.startswith(first)
+
+
+@pytest.mark.parametrize("expand,pattern", [(NAN, r"failed: .*InputError: expand must be a finite number"),
+                                            (INF, r"bigger than max of 3.0 expand"),
+                                            (-INF, r"smaller than min of 0.5 expand")], ids=repr)
+def test_executor_names_a_non_finite_mask_expand(run_prompt, expand, pattern):
+    """NaN passes the host's min/max checks and is refused by the node; the host's own checks catch +-inf."""
+    prompt = _layout_chain(node("RealisIDLayoutFromMask", mask=["9", 0], expand=expand))
+    prompt["9"] = node("SolidMask", value=1.0, width=64, height=64)
+    with pytest.raises(PromptError, match=r"node 1 \(RealisIDLayoutFromMask\)(.|\n)*" + pattern):
+        run_prompt(prompt)
