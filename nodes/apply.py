@@ -197,10 +197,15 @@ class MultiFaceComposite(io.ComfyNode):
         return io.NodeOutput(pos, neg, mapping_preview(layout, faces))
 
 
+def mapping_labels(n_boxes: int, n_faces: int) -> list[str]:
+    """Box k is bound to the k-th face of the combined faces: numbered from 1, as the workflows title their people
+    (each encoder numbers only its own batch, so its labels would repeat across Combine Faces)."""
+    return [f"person {k + 1}" if k < n_faces else f"box {k + 1}: no face" for k in range(n_boxes)]
+
+
 def mapping_preview(layout, faces) -> torch.Tensor:
     """The layout with each box labelled by the person bound to it."""
-    labels = [faces[i].label or f"person {i}" if i < len(faces) else f"box {i}: no face" for i in range(len(layout))]
-    return layout_preview(layout, labels=labels)
+    return layout_preview(layout, labels=mapping_labels(len(layout), len(faces)))
 
 
 NODES = [LocalBranchApply, GlobalLocationApply, MultiFaceComposite]

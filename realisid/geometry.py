@@ -309,6 +309,8 @@ def overlap_norm(masks: torch.Tensor) -> torch.Tensor | None:
 
 def _as_boxes(boxes, device) -> torch.Tensor:
     out = torch.as_tensor(boxes, dtype=torch.float64, device=device).reshape(-1, 4)
+    if not bool(torch.isfinite(out).all()):  # NaN fails every comparison below, so it would pass them
+        raise ValueError(f"non-finite box in {out.tolist()}: boxes are fractions of the latent, finite numbers")
     if bool(((out[:, 2] <= out[:, 0]) | (out[:, 3] <= out[:, 1])).any()):
         raise ValueError(f"empty box in {out.tolist()}: need x1 > x0 and y1 > y0")
     return out

@@ -73,7 +73,7 @@ MINI_BASE = ModelFile(
 MINI_REALISID = ModelFile(
     "realisid_mini.safetensors", "realisid",
     "the RealisID-Mini model (local branch, global branch, identity projector) for the Mini base",
-    None, "12 MB (fp16, expected)", "GPL-3.0 (this pack's licence)", "in the pack's models/mini/realisid/",
+    None, "12 MB (fp16)", "GPL-3.0 (this pack's licence)", "in the pack's models/mini/realisid/",
     bundled=True)
 
 CATALOGUE = (SDXL_BASE, CLIP_VISION_H, INSTANTID_CONTROLNET, INSTANTID_IP_ADAPTER, REALISID_SDXL, ANTELOPEV2,
@@ -92,7 +92,7 @@ MODEL_INPUTS = {
 FACE_ANALYSIS = "RealisIDFaceAnalysis"
 
 MINI_NOTE = ("RealisID-Mini, the pack's own miniature model, needs no download: its files ship inside the pack "
-             "(models/mini/; still being trained, see the README)")
+             "(models/mini/; see models/mini/README.md)")
 
 
 def lookup(directory: str, name: str) -> ModelFile | None:

@@ -114,6 +114,9 @@ def test_box_mask_soft_vs_hard_and_rejects_empty_box():
     assert soft2[0, 0, 0, 1].item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="empty box"):
         g.box_mask([[0.5, 0.0, 0.5, 1.0]], 4, 4)
+    for bad in (float("nan"), float("inf")):  # NaN passes every "x1 <= x0" test, so it needs its own check
+        with pytest.raises(ValueError, match="non-finite box"):
+            g.box_mask([[0.1, 0.0, bad, 1.0]], 4, 4)
 
 
 # ---- independent naive references (plain Python loops, float64) -------------------------------------------------

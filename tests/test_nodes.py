@@ -211,3 +211,23 @@ def test_layout_nodes_output_a_preview_of_their_boxes(nodes_by_id):
     # face 0's box: side 0.5 of 768 = 384 px centred at (192, 384), i.e. x 0..384, y 192..576
     assert torch.allclose(preview[0, 400, 1], torch.tensor(face_colour(0)), atol=0.05)
     assert torch.allclose(preview[0, 10, 700], torch.full((3,), 0.5), atol=0.01)  # untouched canvas
+
+
+def test_mapping_numbers_people_across_encoders_from_one(nodes_by_id, encoded, realisid_model):
+    """Two people encoded by two Face Encoders (each numbers only its own batch) and combined: the Composite's
+    mapping labels the boxes person 1 and person 2, as the workflows title them, and an unbound box says so."""
+    import sys
+
+    layout_preview = sys.modules[nodes_by_id["RealisIDLayoutPreview"].__module__].layout_preview  # the pack's own
+    _, faces, _ = encoded
+    both = nodes_by_id["RealisIDFacesCombine"].execute(faces, faces)[0]
+    numbers = nodes_by_id["RealisIDLayoutFromNumbers"]
+    layout = numbers.execute(0.7, 0.5, 0.2, previous=numbers.execute(0.3, 0.4, 0.3)[0])[0]
+    cond = [[torch.zeros(1, 77, 96), {"pooled_output": torch.zeros(1, 64)}]]
+    mapping = nodes_by_id["RealisIDMultiFaceComposite"].execute(cond, cond, realisid_model, both, layout, 1.0, 1.0,
+                                                                0.0, 1.0, 0, "per_person", 0.0)[2]
+    torch.testing.assert_close(mapping, layout_preview(layout, labels=["person 1", "person 2"]), atol=0, rtol=0)
+    assert not torch.equal(mapping, layout_preview(layout, labels=["person 0", "person 0"]))
+    three = numbers.execute(0.5, 0.8, 0.1, previous=layout)[0]
+    assert nodes_by_id["RealisIDMultiFaceComposite"].execute(cond, cond, realisid_model, faces, three, 1.0, 1.0, 0.0,
+                                                             1.0, 0, "per_person", 0.0)[2].shape == mapping.shape

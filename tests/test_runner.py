@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -232,3 +233,21 @@ def test_run_sh_before_setup_says_what_to_run_first(tmp_path):
     assert proc.returncode == 2
     assert "bash scripts/setup.sh && bash scripts/run.sh" in proc.stderr
     assert "No such file" not in proc.stderr and "cat:" not in proc.stderr
+
+
+@pytest.mark.skipif(not (REPO / "models" / "mini" / "realisid" / "realisid_mini.safetensors").is_file(),
+                    reason="the trained RealisID-Mini model is not in models/mini/realisid/")
+def test_run_sh_main_job_writes_the_mini_image_and_its_face_to_box_mapping(tmp_path):
+    """The README's main job with its default workflow: every file ships in the pack, nothing is added by hand."""
+    home = pathlib.Path(sys.executable).parents[2]  # .../venv/bin/python: REALISID_HOME of scripts/setup.sh
+    if not (home / "venv" / "bin" / "python").exists():
+        pytest.skip(f"not running in the scripts/setup.sh environment ({sys.executable})")
+    env = {**os.environ, "REALISID_HOME": str(home), "COMFYUI_DIR": str(comfyui_dir())}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "--output", str(tmp_path / "out"), "--cpu"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [n.startswith("realisid_mini_0") for n in written].count(True) == 1, written
+    assert [n.startswith("realisid_mini_mapping") for n in written].count(True) == 1, written
+    for name in written:  # it says where each file went
+        assert str((tmp_path / "out").resolve() / name) in proc.stderr

@@ -82,3 +82,49 @@ def test_resumed_run_reproduces_the_uninterrupted_run_with_ema_and_schedule(env,
         b = checkpoint.load_realisid(str(tmp_path / "b" / name)).nets.state_dict()
         for key in a:
             torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_model_files_record_steps_and_training_time_across_a_resume(env, tmp_path):
+    """Every model file names its steps, the wall time of all runs so far, the seed and the machine; a resumed
+    run continues the time of the state it resumed (the model card's training table reads this)."""
+    import json
+
+    import safetensors
+
+    from realisid.train.outputs import TRAINING_KEY
+
+    def record(path):
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()[TRAINING_KEY])
+
+    kw = dict(steps=2, save_every=1, log_every=1, identity_space="embedding", seed=4)
+    Trainer(train_synthetic.train_config(env, tmp_path / "a", **kw)).fit()
+    first, second = record(tmp_path / "a" / "realisid-step0000001.safetensors"), record(
+        tmp_path / "a" / "realisid-step0000002.safetensors")
+    assert (first["steps"], second["steps"], second["seed"]) == (1, 2, 4)
+    assert 0 < first["seconds"] < second["seconds"] and "cores" in second["machine"]
+    kw["steps"] = 3
+    resume = str(tmp_path / "a" / "state" / "step-0000002")
+    Trainer(train_synthetic.train_config(env, tmp_path / "a", resume=resume, **kw)).fit()
+    third = record(tmp_path / "a" / "realisid-step0000003.safetensors")
+    assert third["steps"] == 3 and third["seconds"] > second["seconds"]
+    curve = [json.loads(line) for line in (tmp_path / "a" / "realisid.log.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [1, 2, 3]  # the resumed run appends its steps
+    assert all(c["loss"] > 0 and c["face_mse"] >= 0 for c in curve)
+
+
+def test_init_starts_from_a_realisid_file_and_refuses_one_of_another_shape(env, tmp_path):
+    """--init: the branches start from the file (at learning rate 0 the next file equals it), with a fresh optimizer;
+    a file built for another crop size is refused by name before training."""
+    kw = dict(steps=2, identity_space="embedding")
+    Trainer(train_synthetic.train_config(env, tmp_path / "a", **kw)).fit()
+    first = tmp_path / "a" / "realisid-final.safetensors"
+    Trainer(train_synthetic.train_config(env, tmp_path / "b", init=str(first), steps=1, lr=0.0, projector_lr=0.0,
+                                         identity_space="embedding")).fit()
+    a = checkpoint.load_realisid(str(first)).nets.state_dict()
+    b = checkpoint.load_realisid(str(tmp_path / "b" / "realisid-final.safetensors")).nets.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="crop_size"):
+        Trainer(train_synthetic.train_config(env, tmp_path / "c", init=str(first), crop_size=2, **kw))

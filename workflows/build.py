@@ -198,7 +198,8 @@ def mini_workflow(caption: str, placements: list[tuple[float, float, float]], re
         conds = local_then_global(g, pos, neg, model, faces, layout)
     else:
         conds = composite(g, pos, neg, model, faces, layout)
-        g.node("PreviewImage", "Face-to-box mapping", images=g.out(conds, 2))
+        # saved, not previewed: the headless main job writes it beside the image
+        g.node("SaveImage", "Face-to-box mapping", images=g.out(conds, 2), filename_prefix="realisid_mini_mapping")
     image = sample(g, ckpt, (g.out(conds, 0), g.out(conds, 1)), latent, settings=MINI_SAMPLING, prefix="realisid_mini")
     preview(g, layout, image, faces)
     return g.prompt

@@ -105,7 +105,10 @@ def write_card(commands: str) -> Path:
                                                            "latent channels, face-weighted"),
             ("base", files.CHECKPOINTS_DIR / files.BASE_FILE, "base", "base: SDXL-architecture UNet (32/64/128 "
                                                                       "channels, v-prediction) + two small CLIP text "
-                                                                      "encoders + the VAE, one ComfyUI checkpoint")):
+                                                                      "encoders + the VAE, one ComfyUI checkpoint"),
+            ("realisid", files.REALISID_DIR / files.REALISID_FILE, "realisid",
+             "RealisID-Mini: local + global ControlNet branches and the identity projector (mini face backend's "
+             "identity space), trained by `python -m realisid.train fit` on single-person scenes")):
         if path.exists():
             infos[label] = files.read_info(path, kind)
             rel = path.relative_to(files.MODELS_DIR)
@@ -141,9 +144,63 @@ def write_card(commands: str) -> Path:
             lines.append(f"| {side} | {v['pairs']} | {_fmt(v['auc'])} | {_fmt(v['mean_same'])} | "
                          f"{_fmt(v['mean_different'])} |")
         lines.append("")
+    behaviour_path = files.MODELS_DIR / "behaviour.json"
+    if behaviour_path.exists():
+        lines += behaviour_section(json.loads(behaviour_path.read_text()))
     path = files.MODELS_DIR / "README.md"
     path.write_text("\n".join(lines) + "\n" + STATUS)
     return path
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def behaviour_section(b: dict) -> list[str]:
+    """The trained model through the real nodes (realisid/mini/behaviour.py), each figure beside its threshold."""
+    t = b["thresholds"]
+    ident = b["identity"]
+    lines = [f"## Behaviour of RealisID-Mini (held-out identities, through the nodes; n = {b['n_per_cell']} "
+             f"cases per cell, seed {b['seed']}, {b['seconds_per_image']:.1f} s per image on this CPU)", "",
+             "Identity: the fraction of the 9 attributes the judge reads right in the generated face, against the "
+             "reference's true attributes, divided by the judge's ceiling on real renders of that size. 'Shuffled' "
+             "scores the same faces against another held-out person (measured chance); uniform chance is "
+             f"{b['chance_uniform']:.3f}.", "",
+             "| variant | face side | faces | attribute match | / ceiling | shuffled | face found |",
+             "|---|---|---|---|---|---|---|"]
+    for key, v in ident.items():
+        variant, side = key.rsplit(" ", 1)
+        lines.append(f"| {variant} | {side} | {v['n']} | {_fmt(v['attribute_match'])} | {_fmt(v['ratio'])} | "
+                     f"{_fmt(v['shuffled'])} | {_fmt(v['found'])} |")
+    lines += ["", "Thresholds (issue 13):", ""]
+    for side, key in (("1/4", "identity_ratio_1/4"), ("1/7", "identity_ratio_1/7")):
+        if f"full {side}" in ident:
+            ratio = ident[f"full {side}"]["ratio"]
+            lines.append(f"* Identity, full model at {side}: {_fmt(ratio)} of the ceiling, threshold >= {t[key]} -> "
+                         f"**{_verdict(ratio >= t[key])}**.")
+    loc = b["location"]
+    lines.append(f"* Location: IoU >= {t['location_iou']} for {_fmt(loc['rate'])} of {loc['n']} requested faces "
+                 f"(1-3 people; by count {', '.join(f'{k}: {_fmt(v)}' for k, v in loc['by_persons'].items())}), "
+                 f"threshold >= {t['location_rate']} -> **{_verdict(loc['rate'] >= t['location_rate'])}**.")
+    if "pose" in b:
+        p = b["pose"]
+        lines.append(f"* Pose and expression with a driving face ({p['n']} faces): expression = the driver's in "
+                     f"{_fmt(p['expression_rate'])} (>= {t['expression_rate']} -> "
+                     f"**{_verdict(p['expression_rate'] >= t['expression_rate'])}**), mean yaw error "
+                     f"{p['yaw_error_deg']:.1f} deg (<= {t['yaw_error_deg']} -> "
+                     f"**{_verdict(p['yaw_error_deg'] <= t['yaw_error_deg'])}**); copy-paste (the reference's "
+                     f"expression instead): {_fmt(p['copy_paste_rate'])}.")
+    if "pose_without_driver" in b:
+        p = b["pose_without_driver"]
+        lines.append(f"* Without a driver ({p['n']} faces): the reference's own expression in "
+                     f"{_fmt(p['expression_rate'])} (>= {t['expression_rate']} -> "
+                     f"**{_verdict(p['expression_rate'] >= t['expression_rate'])}**), yaw error "
+                     f"{p['yaw_error_deg']:.1f} deg.")
+    for count, v in b.get("binding", {}).items():
+        lines.append(f"* Binding, {count} people ({v['n']} faces): each box's face nearest its own reference in "
+                     f"{_fmt(v['rate'])} (>= {t['binding_rate']} -> **{_verdict(v['rate'] >= t['binding_rate'])}**); "
+                     f"attribute match {_fmt(v['identity'])}, face found {_fmt(v['found'])}.")
+    return lines + [""]
 
 
 STATUS = """## Status and what it does not show
@@ -161,7 +218,26 @@ STATUS = """## Status and what it does not show
   a new --work folder) rather than starting over. Its samples draw the place, the shirt colours and people with
   heads, but faces are distorted and the people count is right in only 0.39 of 100 samples (gate >= 0.90:
   **fails**; 8 samples of held-out captions: `curves/base_samples.png`); at step 2,200 it was 0.33 with grainy
-  textures. More base training comes before the branches.
-* Not yet trained: the RealisID-Mini branches; the main job (`bash scripts/run.sh`) still needs them.
+  textures. The branches were trained on this base (more base training would mean retraining them).
+* RealisID-Mini (`realisid/realisid_mini.safetensors`, 11.9 MB fp16): the local and global branches and the
+  identity projector (5.9 M parameters), trained by the pack's own `python -m realisid.train fit` (the shared
+  forward, noise MSE + face-box MSE, 5 % image / text / both dropout) on the shipped base, 4,000 single-person
+  scenes of training identities, batch 8, lr 2e-4 constant after 100 warm-up steps, 1,765 steps (77 min on 2 CPU
+  threads, the first 500 slower while the VAE latents were cached). Identity source: the mini face backend's
+  64-d embedding, declared in the checkpoint (`identity_space: mini-facenet-64`). References: each scene's
+  reference is **another render of the same identity** (other scene, pose, expression), the recipe that cannot
+  be solved by copying the reference; the paper's "self" recipe (the target as its own reference) is supported
+  (`prepare` without a `reference` field) but was **not trained at an equal budget** on this 2-core machine, so
+  which recipe is better is not measured yet. Loss curve: `curves/curve_realisid.png` (this run's curve was read
+  from its log; the trainer now writes `realisid.log.jsonl` itself). A later stage continues from this file with
+  `fit --init models/mini/realisid/realisid_mini.safetensors`.
+* What the behaviour figures say (above): the branches act on **where** and **how the head is turned**, not yet
+  on **who**. With the branches a face is found in its box far more often than with the text-only base (1/4:
+  0.67 against 0.25; 1/7: 0.42 against 0.08), and the head follows the landmark hint (mean yaw error about 10
+  degrees against the driver or the reference). Identity is at chance (attribute match 0.34-0.35 against 0.25-0.27
+  for another person, the text-only base 0.35), so binding is at chance too, and the expression does not follow
+  the driver yet. Below every other threshold of issue 13 at this training length; the base itself draws
+  distorted faces (its gate above), which caps what any branch can show. The thresholds stay as stated; the CI
+  tests that miss them are marked xfail(strict) with the measured figure.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
 """

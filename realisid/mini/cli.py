@@ -8,6 +8,7 @@
     python -m realisid.mini train base --work W --steps N            # text encoders + UNet
     python -m realisid.mini gates --out models/mini/gates.json       # the model card's figures
     python -m realisid.mini inputs                                   # bundled example inputs (seeded)
+    python -m realisid.mini behaviour --out models/mini/behaviour.json  # the trained model through the nodes
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "vae-decoder", "detector", "facenet", "judge", "base")
-EXPORTS = ("faces", "judge", "vae", "base")
+EXPORTS = ("faces", "judge", "vae", "base", "realisid")
 JUDGE_SEED_OFFSET = 100  # the judge never shares a seed with the face net
 CARD_COMMANDS = """
 W=mini_work  # any folder: resumable states and curves
@@ -41,6 +42,19 @@ python -m realisid.mini --threads 1 gates --out models/mini/gates.json --only ce
 python -m realisid.mini --threads 2 encode --work $W --shards 8
 python -m realisid.mini --threads 2 train base --work $W --steps 5350
 python -m realisid.mini export base --work $W && python -m realisid.mini gates --out models/mini/gates.json --only base
+# RealisID-Mini (local + global branches + projector) on that base, with the pack's own trainer: 4,000 single-person
+# scenes of training identities, each with another render of the same identity as its reference ("other")
+python -m realisid.mini scenes --out $W/scenes --n 4000
+for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest.jsonl --out $W/cache_other_$s \
+  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \
+  --shard-index $s & done; wait
+OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \
+  --cache $W/cache_other_0 $W/cache_other_1 --out $W/fit_other --identity-space embedding --crop-size 16 \
+  --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \
+  --cache-latents --seed 0
+python -m realisid.mini export realisid --work $W/fit_other
+python -m realisid.mini curves --work $W/fit_other --stages realisid
+python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 """
 
 
@@ -79,11 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--shards", type=int, required=True, help="number of shards of 500 scenes")
     encode.add_argument("--seed", type=int, default=0)
     sub.add_parser("inputs", help="write the bundled Mini example inputs into workflows/inputs/ (seeded)")
+    behaviour = sub.add_parser("behaviour", help="measure the trained RealisID-Mini model through the real nodes "
+                               "(identity, location, pose and expression, binding; see realisid/mini/behaviour.py)")
+    behaviour.add_argument("--out", required=True, help="JSON file for the figures")
+    behaviour.add_argument("--n", type=int, default=30, help="cases per cell")
+    behaviour.add_argument("--seed", type=int, default=71)
+    behaviour.add_argument("--gates", default=None, help="gates.json with the judge's ceiling (default: the shipped one)")
+    behaviour.add_argument("--images", default=None, help="also save every generated image into this folder")
     sub.add_parser("card", help="write models/mini/README.md from the files' metadata and gates.json")
     curves = sub.add_parser("curves", help="training curves of the stages in --work as PNGs for the model card")
     curves.add_argument("--work", required=True)
     curves.add_argument("--out", default=None, help="folder (default models/mini/curves)")
-    curves.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES,
+    curves.add_argument("--stages", nargs="*", default=list(STAGES), choices=(*STAGES, "realisid"),
                         help="only these stages (the final ones: a stage still training has no final curve)")
     gates = sub.add_parser("gates", help="measure the model card's gates with the exported files")
     gates.add_argument("--out", required=True, help="JSON file for the figures")
@@ -129,7 +150,28 @@ def main(argv: list[str] | None = None) -> int:
         inputs.write_inputs()
     elif args.command == "gates":
         _gates(args.out, args.n, args.n_vae, args.only)
+    elif args.command == "behaviour":
+        _behaviour(args)
     return 0
+
+
+def _behaviour(args) -> None:
+    import tempfile
+
+    import folder_paths
+
+    from realisid import comfy_host
+    from realisid.mini import behaviour, files
+
+    comfy_host.load_core_extras()
+    comfy_host.load_pack()
+    with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
+        folder_paths.set_input_directory(f"{scratch}/input")
+        folder_paths.set_output_directory(f"{scratch}/output")
+        summary = behaviour.measure(args.n, args.gates or files.MODELS_DIR / "gates.json", args.seed, args.images)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    log.info("behaviour written to %s (%.2f s per image)", args.out, summary["seconds_per_image"])
 
 
 def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None) -> None:
@@ -186,9 +228,43 @@ def _export(what: str, work: str, seed: int) -> None:
         mean, std = vae.calibrate(model)
         files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae", training=records,
                             raw_latent_mean=mean, raw_latent_std=std)
-    else:
+    elif what == "base":
         _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
+    else:
+        _export_realisid(work, seed, files.REALISID_DIR / files.REALISID_FILE)
     log.info("exported %s", what)
+
+
+def _export_realisid(work: str, seed: int, path: Path) -> None:
+    """The newest model file of a `python -m realisid.train fit --out WORK` run, in fp16, with its training record
+    (for a file written before the trainer recorded it: steps from the name, the wall time of the output folder,
+    `--seed`)."""
+    import re
+
+    import safetensors
+    import safetensors.torch
+
+    from realisid.machine import machine
+    from realisid.mini import files
+    from realisid.train.outputs import TRAINING_KEY
+
+    steps = {int(m.group(1)): p for p in Path(work).glob("realisid-step*.safetensors")
+             if (m := re.fullmatch(r"realisid-step(\d+)\.safetensors", p.name))}
+    if not steps:
+        raise SystemExit(f"no realisid-step*.safetensors in {work}: run `python -m realisid.train fit --out {work}`")
+    step, source = max(steps.items())
+    with safetensors.safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    record = json.loads(metadata[TRAINING_KEY]) if TRAINING_KEY in metadata else {
+        "steps": step, "seconds": round(source.stat().st_mtime - (Path(work) / "logs").stat().st_mtime, 1),
+        "seed": seed, "machine": machine()}
+    tensors = {k: (v.half() if v.is_floating_point() else v)
+               for k, v in safetensors.torch.load_file(str(source)).items()}
+    metadata[TRAINING_KEY] = json.dumps(record)
+    metadata[files.METADATA_KEY] = json.dumps({"kind": "realisid", "training": {"realisid": record}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    log.info("%s: step %d of %s, %.1f MB", path, step, work, path.stat().st_size / 1e6)
 
 
 def _export_base(work: str, seed: int, path: Path) -> None:

@@ -19,6 +19,7 @@ VAE_FILE = "mini_vae.safetensors"
 BASE_FILE = "realisid_mini_base.safetensors"
 FACES_FILE = "mini_faces.safetensors"
 JUDGE_FILE = "mini_judge.safetensors"
+REALISID_FILE = "realisid_mini.safetensors"  # the RealisID-Mini branches, trained by `python -m realisid.train fit`
 METADATA_KEY = "realisid_mini"
 
 

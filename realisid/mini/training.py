@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from realisid.machine import machine
+
 log = logging.getLogger(__name__)
 
-
-def machine() -> str:
-    """One line naming the machine a training ran on (for the model card)."""
-    threads = torch.get_num_threads()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads, {device}"
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

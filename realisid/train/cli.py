@@ -77,6 +77,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--sample-count", type=int, default=2, help="preview images per sampling")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", help="a state folder (OUT/state/step-N) or 'latest'")
+    p.add_argument("--init", help="start the branches and projector from this RealisID .safetensors (e.g. a "
+                                  "committed model) with a fresh optimizer; ignored with --resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-size", type=int, default=64, help="local branch crop side in latent cells")
     p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
@@ -164,7 +166,7 @@ def config_from_args(args):
         ema=args.ema, save_every=args.save_every, sample_every=args.sample_every, sample_steps=args.sample_steps,
         resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
-        cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu)
+        cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init)
 
 
 def run_fit(args) -> list[float]:

@@ -27,6 +27,7 @@ from realisid import checkpoint
 from realisid.control import FaceCondition, branch_residuals
 from realisid.geometry import LATENT_DOWNSCALE
 from realisid.identity_sources import clip_space
+from realisid.machine import machine
 from realisid.train import previews
 from realisid.train.data import (
     CachedFaceDataset,
@@ -44,6 +45,7 @@ from realisid.train.outputs import EXPORT_DTYPES, file_sha256, rotate, write_rea
 from realisid.train.rng import step_generator
 
 log = logging.getLogger(__name__)
+CURVE_FILE = "realisid.log.jsonl"
 
 IDENTITY_SPACES = ("clip", "arcface", "embedding")
 FACE_LOSS_NORMS = ("area", "none")
@@ -94,6 +96,7 @@ class TrainConfig:
     workers: int = 4  # DataLoader worker processes reading the cache (0: in the training process)
     prefetch: int = 2  # batches each worker reads ahead
     overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
+    init: str | None = None  # a RealisID file to start the branches from (ignored when resuming a state)
     cache_latents: bool = False  # keep each sample's VAE latent in memory after its first encode (small sets)
     cpu: bool = False
 
@@ -273,12 +276,14 @@ class Progress:
 
     def __init__(self):
         self.step = 0
+        self.seconds = 0.0  # training wall time over every run of this output folder (the model card's figure)
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+        self.seconds = float(state.get("seconds", 0.0))  # states written before the time was recorded
 
 
 class Trainer:
@@ -354,12 +359,26 @@ class Trainer:
                                                 identity_space=space, projector_config=projector,
                                                 crop_size=self.cfg.crop_size)
         model.config.update(self._hint_conventions())
+        if self.cfg.init and not self.cfg.resume:
+            self._warm_start(model)
         if self.cfg.identity_space == "clip" and self.accelerator.is_main_process:  # only the main process saves
             # the identity space depends on the exact encoder: users must load the same file at inference
             model.config["clip_vision"] = {"file": Path(self.cfg.clip_vision).name,
                                            "sha256": file_sha256(self.cfg.clip_vision)}
         model.nets.to(self.accelerator.device).train()
         return model
+
+    def _warm_start(self, model: checkpoint.RealisIDModel) -> None:
+        """Start the branches and the projector from an earlier RealisID file (a committed model, or the last file
+        of a run whose state is gone) instead of the base UNet; a fresh optimizer. Its config must be the one this
+        run would build."""
+        previous = checkpoint.load_realisid(self.cfg.init, dtype=torch.float32)
+        for key in ("identity_space", "crop_size", "projector", "local", "global", "box_expand", "hint"):
+            if key in model.config and previous.config.get(key) != model.config[key]:
+                raise ValueError(f"--init {self.cfg.init}: its {key} {previous.config.get(key)!r} differs from this "
+                                 f"run's {model.config[key]!r}; train with the same base, cache and --crop-size")
+        model.nets.load_state_dict(previous.nets.state_dict(), strict=True)
+        log.info("warm start from %s", self.cfg.init)
 
     def _hint_conventions(self) -> dict:
         """The box squaring and landmark layout of the cache, saved in the checkpoint so inference draws the same."""
@@ -423,7 +442,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         factor = lr_factor(self.progress.step, cfg.steps, cfg.lr_warmup, cfg.lr_schedule, cfg.lr_min_ratio)
         set_lrs(self.optimizer, cfg.lrs(), factor)
-        total = 0.0
+        total, started = 0.0, time.perf_counter()
         for k in range(cfg.grad_accum):
             micro = 0 if cfg.overfit else self.progress.step * cfg.grad_accum + k
             batch = next(batches)
@@ -438,6 +457,7 @@ class Trainer:
         self.progress.step += 1
         if self.ema is not None:
             self.ema.update()
+        self.progress.seconds += time.perf_counter() - started
         return total, {**parts, "lr_factor": factor}
 
     # the loop -------------------------------------------------------------------------------------------------------
@@ -510,12 +530,20 @@ class Trainer:
             if acc.is_main_process:
                 log.info("step %d loss %.5f (mse %.5f face %.5f) %.2f img/s", step, loss, float(parts["mse"]),
                          float(parts["face_mse"]), rate)
+                self._append_curve({"step": step, "seconds": round(self.progress.seconds, 1), "loss": loss,
+                                    "mse": float(parts["mse"]), "face_mse": float(parts["face_mse"])})
         if cfg.save_every and step % cfg.save_every == 0:
             self.checkpoint(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
             self.log_samples(step)
 
     # outputs --------------------------------------------------------------------------------------------------------
+    def _append_curve(self, entry: dict) -> None:
+        """OUT/realisid.log.jsonl, one line per logged step (a resumed run appends; readers keep each step's last
+        line), the curve `python -m realisid.mini curves --stages realisid` plots without TensorBoard."""
+        with open(self.out / CURVE_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
     def checkpoint(self, step: int, model_file: bool = True) -> None:
         """state/step-N (resumable), realisid-stepN.safetensors, the `latest` marker, then rotation."""
         acc = self.accelerator
@@ -539,11 +567,18 @@ class Trainer:
         `<name>-raw.safetensors`), written from state dicts, so the live parameters are never touched."""
         dtype = EXPORT_DTYPES[self.cfg.export_dtype]
         raw = self.model.nets.state_dict()
+        training = self.training_record()
         if self.ema is None:
-            write_realisid(raw, self.model.config, path, dtype)
+            write_realisid(raw, self.model.config, path, dtype, training)
             return
-        write_realisid(raw, self.model.config, path.with_name(path.stem + "-raw.safetensors"), dtype)
-        write_realisid({**raw, **self.ema.shadow}, self.model.config, path, dtype)
+        write_realisid(raw, self.model.config, path.with_name(path.stem + "-raw.safetensors"), dtype, training)
+        write_realisid({**raw, **self.ema.shadow}, self.model.config, path, dtype, training)
+
+    def training_record(self) -> dict:
+        """Steps, wall time, seed and machine of this output folder's training so far (in every model file)."""
+        return {"steps": self.progress.step, "seconds": round(self.progress.seconds, 1), "seed": self.cfg.seed,
+                "batch_size": self.cfg.batch_size * self.cfg.grad_accum * self.accelerator.num_processes,
+                "processes": self.accelerator.num_processes, "machine": machine()}
 
     @torch.no_grad()
     def log_samples(self, step: int, count: int | None = None) -> None:

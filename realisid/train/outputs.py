@@ -19,14 +19,21 @@ EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 STATE_PREFIX = "step-"
 
 
-def write_realisid(state: dict[str, torch.Tensor], config: dict, path: Path, dtype: torch.dtype) -> None:
+TRAINING_KEY = "realisid_training"  # metadata: how the file was trained (steps, seconds, seed, machine)
+
+
+def write_realisid(state: dict[str, torch.Tensor], config: dict, path: Path, dtype: torch.dtype,
+                   training: dict | None = None) -> None:
     """The layout of checkpoint.save_realisid (one .safetensors, config in the metadata), from a state dict cast
     to `dtype` (floating tensors only), so EMA weights are written without touching the live parameters."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in state.items()}
+    metadata = {checkpoint.METADATA_KEY: json.dumps(config)}
+    if training is not None:
+        metadata[TRAINING_KEY] = json.dumps(training)
     tmp = path.with_name(path.name + ".tmp")
-    safetensors.torch.save_file(tensors, str(tmp), metadata={checkpoint.METADATA_KEY: json.dumps(config)})
+    safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)  # a run killed mid-write never leaves a truncated file under the final name
 
 

@@ -1,0 +1,205 @@
+"""Behavioural tests of the shipped RealisID-Mini model (issue 13): seeded, on CPU, through the real nodes.
+
+Each test states its threshold (realisid.mini.behaviour.THRESHOLDS, the issue's); the model card states the same
+figures measured with more cases (`python -m realisid.mini behaviour`). A threshold the shipped model does not
+reach is marked xfail(strict=True) with the measured figure: the test runs and reports, and turns into a failure
+the day the model passes, so the mark cannot outlive the weakness it records.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from realisid.mini import behaviour, files
+
+needs_model = pytest.mark.skipif(not (files.REALISID_DIR / files.REALISID_FILE).is_file(),
+                                 reason="the trained RealisID-Mini model is not in models/mini/realisid/")
+
+N = 8  # cases per cell: 8 faces at 1/4 and at 1/7 (full and text-only), 8 driven faces, 8 two- and 8 three-person images
+SAMPLING_STEPS = 10
+T = behaviour.THRESHOLDS
+
+
+def _perfect_render(case, references, driver=None, swap=False):
+    """What an ideal generator draws for `case`: its people at their boxes, each with its reference's identity
+    (`swap`: the identities rotated one box along) and the driver's (or reference's own) pose and expression."""
+    from realisid.mini import world
+
+    people = []
+    for i, person in enumerate(case.people):
+        target = driver.truth if (driver is not None and i == 0) else references[i].truth
+        identity = case.people[(i + 1) % len(case.people)].identity if swap else person.identity
+        people.append(world.PersonSpec(identity=identity, cx=person.x * world.SIZE, cy=person.y * world.SIZE,
+                                       side=person.size * world.SIZE, pose=target.pose, expression=target.expression))
+    return world.render_scene(world.SceneSpec(people=tuple(people), place="park", seed=case.seed)).image
+
+
+@pytest.fixture(scope="module")
+def scorers():
+    from realisid.mini import backend, judge
+
+    return backend.MiniFaceAnalyzer(), judge.MiniJudge()
+
+
+def test_the_plan_is_seeded_and_variants_share_their_cases():
+    a, b = behaviour.plan(3, seed=1), behaviour.plan(3, seed=1)
+    assert a == b and a != behaviour.plan(3, seed=2)
+    quarter = [c for c in a if c.cell == "identity 1/4"]
+    assert len(quarter) == 3 * len(behaviour.VARIANTS)
+    by_people = {}
+    for c in quarter:
+        by_people.setdefault(c.people, set()).add(c.variant)
+    assert all(v == set(behaviour.VARIANTS) for v in by_people.values())  # each placement in every variant
+    for c in a:
+        boxes = behaviour.requested_boxes(c)
+        assert (boxes >= 0).all() and (boxes <= 256).all()  # every box inside the image
+        assert all(p.identity.index % 10 == 0 for p in c.people)  # held-out identities only
+
+
+def test_an_ideal_generator_scores_at_the_ceiling_and_a_swapped_one_fails_binding(scorers):
+    """The scoring, against renders whose truth is known: ideal images score identity near the judge's ceiling,
+    every face located and bound, the driver's expression; the same images with identities rotated between the
+    boxes are located but not bound."""
+    analyzer, judge = scorers
+    cases = behaviour.plan(4, seed=3, variants=("full",))
+    rows, swapped = [], []
+    for case in cases:
+        refs = behaviour.references_for(case)
+        driver = behaviour.driver_for(case, refs[0]) if case.driven else None
+        rows += behaviour.score_case(case, _perfect_render(case, refs, driver), refs, driver, analyzer, judge)
+        if len(case.people) > 1:
+            swapped += behaviour.score_case(case, _perfect_render(case, refs, swap=True), refs, None, analyzer, judge)
+    gates = json.loads((files.MODELS_DIR / "gates.json").read_text())
+    summary = behaviour.summarise(rows, gates, behaviour.identities_of(cases))
+    for side in behaviour.SIDES:
+        cell = summary["identity"][f"full {side}"]
+        assert cell["ratio"] >= 0.9, cell
+        assert cell["shuffled"] < cell["attribute_match"] - 0.3, cell  # another person is far from a match
+    assert summary["location"]["rate"] >= 0.95, summary["location"]
+    assert summary["pose"]["expression_rate"] >= 0.75 and summary["pose"]["copy_paste_rate"] <= 0.25
+    assert summary["pose"]["yaw_error_deg"] <= 12, summary["pose"]
+    for count in ("2", "3"):
+        assert summary["binding"][count]["rate"] >= 0.9, summary["binding"]
+    assert np.mean([r["bound"] for r in swapped]) <= 0.2
+    assert np.mean([r["iou"] >= behaviour.THRESHOLDS["location_iou"] for r in swapped]) >= 0.95
+
+
+@pytest.fixture(scope="module")
+def measured(pack_node_ids, tmp_path_factory):
+    """One seeded run of the full model's cells and the text-only base (the ablations are the card's, not CI's)."""
+    import folder_paths
+
+    from realisid.mini import backend, family, judge
+
+    family.register()
+    root = tmp_path_factory.mktemp("mini_behaviour")
+    folder_paths.set_input_directory(str(root / "input"))
+    folder_paths.set_output_directory(str(root / "output"))
+    cases = behaviour.plan(N, seed=5, variants=("full", "text_only"))
+    # 10 sampling steps, not the workflows' 20: CI time (the card's figures use 20)
+    rows, seconds = behaviour.run_cases(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), steps=SAMPLING_STEPS)
+    gates = json.loads((files.MODELS_DIR / "gates.json").read_text())
+    return behaviour.summarise(rows, gates, behaviour.identities_of(cases))
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.39 of the ceiling here (card, n=12: 0.35; text-only base 0.35): the 1,765-step model does not carry identity yet")
+def test_full_model_keeps_identity_at_one_quarter(measured):
+    cell = measured["identity"]["full 1/4"]
+    assert cell["n"] == N
+    assert cell["ratio"] >= T["identity_ratio_1/4"], cell
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.32 of the ceiling here (card, n=12: 0.36): no identity yet")
+def test_full_model_keeps_identity_at_one_seventh(measured):
+    cell = measured["identity"]["full 1/7"]
+    assert cell["ratio"] >= T["identity_ratio_1/7"], cell
+
+
+@needs_model
+def test_text_only_base_is_near_chance(measured):
+    """The base never sees the reference: its faces match the reference no better than another person's
+    (measured chance) would, up to sampling noise of 8 faces x 9 attributes."""
+    for label in behaviour.SIDES:
+        cell = measured["identity"][f"text_only {label}"]
+        assert abs(cell["attribute_match"] - cell["shuffled"]) <= 0.1, (label, cell)
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.42 of 64 faces at IoU >= 0.6 here (card: 0.52 of 96)")
+def test_faces_land_in_their_boxes(measured):
+    assert measured["location"]["rate"] >= T["location_rate"], measured["location"]
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.38 here (card, n=12: 0.25)")
+def test_driven_face_takes_the_drivers_expression(measured):
+    pose = measured["pose"]
+    assert pose["n"] == N
+    assert pose["expression_rate"] >= T["expression_rate"], pose
+
+
+@needs_model
+def test_driven_face_turns_its_head_like_the_driver(measured):
+    """The landmark hint carries the head pose: mean absolute yaw error against the driver's."""
+    pose = measured["pose"]
+    assert pose["yaw_error_deg"] <= T["yaw_error_deg"], pose
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.19 here (card: 0.17)")
+def test_undriven_face_keeps_the_references_expression(measured):
+    cell = measured["pose_without_driver"]
+    assert cell["expression_rate"] >= T["expression_rate"], cell
+
+
+@needs_model
+@pytest.mark.xfail(strict=True, reason="measured 0.44 (2 people) and 0.33 (3 people) here (card: 0.54, 0.42): "
+                                       "with identity at chance, binding is at chance too")
+@pytest.mark.parametrize("count", ["2", "3"])
+def test_each_box_binds_its_own_reference(measured, count):
+    cell = measured["binding"][count]
+    assert cell["n"] == N * int(count)
+    assert cell["rate"] >= T["binding_rate"], cell
+
+
+def _plain_ksampler(g_prompt: dict, seed: int) -> str:
+    """Add a plain KSampler on the Mini base (node '1') with its own prompts; returns its SaveImage id."""
+    def add(kind, **inputs):
+        node_id = str(max(int(k) for k in g_prompt) + 1)
+        g_prompt[node_id] = {"class_type": kind, "inputs": inputs}
+        return node_id
+
+    pos = add("CLIPTextEncode", text="one person, close-up portrait, in a park, wearing a red shirt", clip=["1", 1])
+    neg = add("CLIPTextEncode", text="", clip=["1", 1])
+    latent = add("EmptyLatentImage", width=256, height=256, batch_size=1)
+    sampled = add("KSampler", model=["1", 0], seed=seed, steps=6, cfg=4.0, sampler_name="euler", scheduler="normal",
+                  positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
+    image = add("VAEDecode", samples=[sampled, 0], vae=["1", 2])
+    return add("SaveImage", images=[image, 0], filename_prefix="plain")
+
+
+@needs_model
+def test_plain_ksampler_is_bit_identical_beside_a_realisid_graph(measured, run_prompt):
+    """The RealisID graph and a plain KSampler share one loaded base in one prompt; the plain image equals the
+    one from a prompt without RealisID, so nothing was patched into the shared MODEL."""
+    from realisid.evaluate.harness import read_output_images
+
+    cases = behaviour.plan(1, seed=9, variants=("full",), people=(), pose=False)
+    refs = behaviour.references_for(cases[0])
+    both = behaviour.case_prompt(cases[0], [behaviour.stage_image(r.image) for r in refs])
+    plain_save = _plain_ksampler(both, seed=3)
+    alone = {k: v for k, v in both.items() if k == "1"}
+    alone_save = _plain_ksampler(alone, seed=3)
+
+    result = run_prompt(both)
+    order = [e[1].get("node") for e in result.events if e[0] == "executing"]
+    realisid_sampler = next(k for k, v in both.items() if v["class_type"] == "SamplerCustomAdvanced")
+    plain_sampler = next(k for k, v in both.items() if v["class_type"] == "KSampler")
+    assert order.index(realisid_sampler) < order.index(plain_sampler)  # the plain one ran after RealisID
+    beside = read_output_images({plain_save: result.outputs[plain_save]})[0]
+    reference = read_output_images({alone_save: run_prompt(alone).outputs[alone_save]})[0]
+    assert beside.std() > 0
+    np.testing.assert_array_equal(beside, reference)
