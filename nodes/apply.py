@@ -197,15 +197,11 @@ class MultiFaceComposite(io.ComfyNode):
         return io.NodeOutput(pos, neg, mapping_preview(layout, faces))
 
 
-def mapping_labels(n_boxes: int, n_faces: int) -> list[str]:
-    """Box k is bound to the k-th face of the combined faces: numbered from 1, as the workflows title their people
-    (each encoder numbers only its own batch, so its labels would repeat across Combine Faces)."""
-    return [f"person {k + 1}" if k < n_faces else f"box {k + 1}: no face" for k in range(n_boxes)]
-
-
 def mapping_preview(layout, faces) -> torch.Tensor:
-    """The layout with each box labelled by the person bound to it."""
-    return layout_preview(layout, labels=mapping_labels(len(layout), len(faces)))
+    """The layout with each box labelled by the person bound to it: box k holds the k-th of the combined faces (the
+    Composite checks one face per box), numbered from 1 as the workflows title their people (each encoder numbers
+    only its own batch, so its labels would repeat across Combine Faces)."""
+    return layout_preview(layout, labels=[f"person {k + 1}" for k in range(len(faces))])
 
 
 NODES = [LocalBranchApply, GlobalLocationApply, MultiFaceComposite]
