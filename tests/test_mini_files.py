@@ -44,6 +44,23 @@ def test_a_file_of_another_kind_or_shape_is_refused(random_files, tmp_path):
         judge.MiniJudge(tmp_path / "junk.safetensors")
 
 
+def test_truncated_data_and_nan_weights_are_refused_by_file_name(random_files, tmp_path):
+    """A file whose header is intact but whose data is cut short, or whose weights are NaN, fails at load with
+    the file's name, not a raw safetensors error or a judge that reads NaN."""
+    good = (random_files / "judge.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good[: len(good) - 1000])
+    with pytest.raises(ValueError, match="cut.safetensors is not a readable .safetensors file"):
+        judge.MiniJudge(cut)
+    net = facenets.Judge()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    poisoned = tmp_path / "nan.safetensors"
+    judge.save_judge(poisoned, net.eval())
+    with pytest.raises(ValueError, match="nan.safetensors: 1 tensor\\(s\\) hold NaN"):
+        judge.MiniJudge(poisoned)
+
+
 def test_readers_return_the_interfaces_contracts(random_files):
     scene = world.random_scene(11, n_people=2)
     analyzer = backend.MiniFaceAnalyzer(random_files / "faces.safetensors", threshold=0.0)

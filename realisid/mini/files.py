@@ -57,7 +57,11 @@ def read_info(path: str | os.PathLike, kind: str) -> dict:
 def load_networks(path: str | os.PathLike, kind: str, networks: dict[str, torch.nn.Module]) -> dict:
     """Fill `networks` (float32, eval mode) from a file written by save_networks; returns its info."""
     info = read_info(path, kind)
-    state = safetensors.torch.load_file(str(path))
+    state = safetensors.torch.load_file(str(path))  # a truncated file already failed read_info's header check
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values (e.g. {broken[:3]}); the file "
+                         f"is corrupt, restore it from the pack or retrain it")
     for name, net in networks.items():
         prefix = f"{name}."
         own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
