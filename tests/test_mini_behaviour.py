@@ -165,41 +165,45 @@ def test_each_box_binds_its_own_reference(measured, count):
     assert cell["rate"] >= T["binding_rate"], cell
 
 
-def _plain_ksampler(g_prompt: dict, seed: int) -> str:
-    """Add a plain KSampler on the Mini base (node '1') with its own prompts; returns its SaveImage id."""
-    def add(kind, **inputs):
-        node_id = str(max(int(k) for k in g_prompt) + 1)
-        g_prompt[node_id] = {"class_type": kind, "inputs": inputs}
-        return node_id
-
-    pos = add("CLIPTextEncode", text="one person, close-up portrait, in a park, wearing a red shirt", clip=["1", 1])
-    neg = add("CLIPTextEncode", text="", clip=["1", 1])
-    latent = add("EmptyLatentImage", width=256, height=256, batch_size=1)
-    sampled = add("KSampler", model=["1", 0], seed=seed, steps=6, cfg=4.0, sampler_name="euler", scheduler="normal",
-                  positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0], denoise=1.0)
-    image = add("VAEDecode", samples=[sampled, 0], vae=["1", 2])
-    return add("SaveImage", images=[image, 0], filename_prefix="plain")
-
-
 @needs_model
-def test_plain_ksampler_is_bit_identical_beside_a_realisid_graph(measured, run_prompt):
-    """The RealisID graph and a plain KSampler share one loaded base in one prompt; the plain image equals the
-    one from a prompt without RealisID, so nothing was patched into the shared MODEL."""
-    from realisid.evaluate.harness import read_output_images
+def test_plain_sampling_is_bit_identical_before_and_after_a_realisid_graph_on_the_same_model(pack_node_ids):
+    """One loaded Mini base (one MODEL object): plain sampling, then the RealisID nodes (encoder, layout, Composite,
+    Guider) sampling with that MODEL, then plain sampling again. The two plain latents are bit-identical, so the
+    graph patched nothing into the MODEL it was given; the RealisID latent differs, so the graph did act."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.sd
+    import torch
 
-    cases = behaviour.plan(1, seed=9, variants=("full",), people=(), pose=False)
-    refs = behaviour.references_for(cases[0])
-    both = behaviour.case_prompt(cases[0], [behaviour.stage_image(r.image) for r in refs])
-    plain_save = _plain_ksampler(both, seed=3)
-    alone = {k: v for k, v in both.items() if k == "1"}
-    alone_save = _plain_ksampler(alone, seed=3)
+    import nodes
 
-    result = run_prompt(both)
-    order = [e[1].get("node") for e in result.events if e[0] == "executing"]
-    realisid_sampler = next(k for k, v in both.items() if v["class_type"] == "SamplerCustomAdvanced")
-    plain_sampler = next(k for k, v in both.items() if v["class_type"] == "KSampler")
-    assert order.index(realisid_sampler) < order.index(plain_sampler)  # the plain one ran after RealisID
-    beside = read_output_images({plain_save: result.outputs[plain_save]})[0]
-    reference = read_output_images({alone_save: run_prompt(alone).outputs[alone_save]})[0]
-    assert beside.std() > 0
-    np.testing.assert_array_equal(beside, reference)
+    nodes_by_id = nodes.NODE_CLASS_MAPPINGS
+
+    model, clip = comfy.sd.load_checkpoint_guess_config(str(files.CHECKPOINTS_DIR / files.BASE_FILE),
+                                                        output_vae=True, output_clip=True)[:2]
+    encode = nodes.CLIPTextEncode()
+    pos = encode.encode(clip, "one person, close-up portrait, in a park, wearing a red shirt")[0]
+    neg = encode.encode(clip, "")[0]
+    latent = torch.zeros(1, 16, 32, 32)
+    noise = comfy.sample.prepare_noise(latent, 3)
+
+    def plain():
+        return comfy.sample.sample(model, noise, 6, 4.0, "euler", "normal", pos, neg, latent, seed=3, disable_pbar=True)
+
+    before = plain()
+    realisid_model = nodes_by_id["RealisIDModelLoader"].execute(files.REALISID_FILE)[0]
+    analysis = nodes_by_id["RealisIDFaceAnalysis"].execute("mini (RealisID-Mini world, bundled)", "CPU")[0]
+    case = behaviour.plan(1, seed=9, variants=("full",), people=(), pose=False)[0]
+    reference = torch.from_numpy(behaviour.references_for(case)[0].image / 255.0).float()[None]
+    faces = nodes_by_id["RealisIDFaceEncoder"].execute(reference, analysis, realisid_model, "largest", 0, "error",
+                                                      "each image is a different person", None)[0]
+    layout = nodes_by_id["RealisIDLayoutFromNumbers"].execute(0.5, 0.35, 0.3)[0]
+    rpos, rneg, _ = nodes_by_id["RealisIDMultiFaceComposite"].execute(pos, neg, realisid_model, faces, layout, 1.0,
+                                                                      1.0, 0.0, 1.0, 0, "per_person", 0.0)
+    guider = nodes_by_id["RealisIDGuider"].execute(model, rpos, rneg, 4.0, 3.0, 0.2)[0]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 6)
+    with_realisid = guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=3,
+                                  disable_pbar=True)
+    after = plain()
+    assert not torch.allclose(with_realisid, before)
+    assert torch.equal(after, before)

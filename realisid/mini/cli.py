@@ -45,12 +45,12 @@ python -m realisid.mini export base --work $W && python -m realisid.mini gates -
 # RealisID-Mini (local + global branches + projector) on that base, with the pack's own trainer: 4,000 single-person
 # scenes of training identities, each with another render of the same identity as its reference ("other")
 python -m realisid.mini scenes --out $W/scenes --n 4000
-for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest.jsonl --out $W/cache_other_$s \
-  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \
+for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest.jsonl --out $W/cache_other_$s \\
+  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \\
   --shard-index $s & done; wait
-OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \
-  --cache $W/cache_other_0 $W/cache_other_1 --out $W/fit_other --identity-space embedding --crop-size 16 \
-  --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \
+OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \\
+  --cache $W/cache_other_0 $W/cache_other_1 --out $W/fit_other --identity-space embedding --crop-size 16 \\
+  --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \\
   --cache-latents --seed 0
 python -m realisid.mini export realisid --work $W/fit_other
 python -m realisid.mini curves --work $W/fit_other --stages realisid
