@@ -106,3 +106,28 @@ def test_card_judges_the_base_gate_at_ninety_percent(found, verdict):
                       "judge_confidence_renders": 0.98, "seconds_per_image": 1.5}}
     (line,) = card._verdicts(gates)
     assert f"**{verdict}**" in line and "200 text-only samples" in line and "1.50 s per image" in line
+
+
+def test_export_realisid_takes_the_newest_step_in_fp16_with_its_training_record(models_dir, tmp_path):
+    """`python -m realisid.mini export realisid`: the newest step file of a fit folder, fp16, still a RealisID file,
+    its training record readable by the card; a file without a record is refused, naming the way to get one."""
+    from realisid import checkpoint
+    from realisid.mini import cli
+    from realisid.train.outputs import write_realisid
+
+    model = checkpoint.load_realisid(str(models_dir / "realisid" / "tiny_realisid_sdxl.safetensors"))
+    work = tmp_path / "fit"
+    for step in (5, 10):
+        write_realisid(model.nets.state_dict(), model.config, work / f"realisid-step{step:07d}.safetensors",
+                       torch.float32, {"steps": step, "seconds": 2.0 * step, "seed": 1, "machine": "m"})
+    out = tmp_path / "realisid_mini.safetensors"
+    cli._export_realisid(str(work), out)
+    assert {v.dtype for v in safetensors.torch.load_file(str(out)).values() if v.is_floating_point()} == {torch.float16}
+    assert files.read_info(out, "realisid")["training"]["realisid"] == {"steps": 10, "seconds": 20.0, "seed": 1,
+                                                                       "machine": "m"}
+    assert checkpoint.load_realisid(str(out)).config == model.config
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    checkpoint.save_realisid(model, str(bare / "realisid-step0000003.safetensors"))
+    with pytest.raises(SystemExit, match="no 'realisid_training' record"):
+        cli._export_realisid(str(bare), out)

@@ -42,10 +42,6 @@ def random_mini_files(models_dir, pack_node_ids):
     return models_dir
 
 
-def result_prompt(path):
-    return json.loads(path.read_text())
-
-
 def _with_random_files(prompt: dict, steps: int = 2) -> dict:
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
@@ -83,7 +79,7 @@ def test_mini_workflow_runs_end_to_end_on_random_networks(path, random_mini_file
     generated = [img for img in saved if img["filename"].startswith("realisid_mini_0")]
     mapping = [img for img in saved if img["filename"].startswith("realisid_mini_mapping")]
     # the Composite's face-to-box mapping is saved beside the image (the main job prints both paths)
-    has_composite = any(n["class_type"] == "RealisIDMultiFaceComposite" for n in result_prompt(path).values())
+    has_composite = any(n["class_type"] == "RealisIDMultiFaceComposite" for n in json.loads(path.read_text()).values())
     assert len(generated) == 1 and len(mapping) == int(has_composite) and len(saved) == 1 + len(mapping)
     image = Image.open(f"{folder_paths.get_output_directory()}/{generated[0]['subfolder']}/{generated[0]['filename']}")
     assert image.size == (256, 256)

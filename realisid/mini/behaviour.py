@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from realisid.mini import head, world
 from realisid.mini.identity import ATTRIBUTES, Identity, random_identity
+from realisid.mini.judge import attribute_match
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +222,6 @@ def requested_boxes(case: Case) -> np.ndarray:
     from realisid.layout import layout_from_numbers
 
     return layout_from_numbers([(p.x, p.y, p.size) for p in case.people]).pixel_boxes(world.SIZE, world.SIZE)
-
-
-def attribute_match(reading: dict, identity: Identity) -> float:
-    truth = identity.as_dict()
-    return float(np.mean([reading["attributes"][a] == truth[a] for a in ATTRIBUTES]))
 
 
 def score_case(case: Case, image: np.ndarray, references: Sequence[Portrait], driver: Portrait | None,

@@ -61,32 +61,36 @@ def _judge_table(gates: dict, key: str) -> list[str]:
     return lines
 
 
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
 def _verdicts(gates: dict) -> list[str]:
     out = []
     if "ceiling" in gates:
         worst = min(gates["ceiling"]["1/4"]["attributes"].values())
         out.append(f"* Ceiling: every identity attribute >= {CEILING_MIN_AT_QUARTER} at 1/4: lowest {_fmt(worst)} "
-                   f"-> **{'pass' if worst >= CEILING_MIN_AT_QUARTER else 'FAIL'}**.")
+                   f"-> **{_verdict(worst >= CEILING_MIN_AT_QUARTER)}**.")
     if "vae" in gates and "ceiling_vae_sample" in gates:
         for side, limit in VAE_MAX_DROP.items():
             drops = {n: gates["ceiling_vae_sample"][side]["attributes"][n] - gates["vae"][side]["attributes"][n]
                      for n in ATTRIBUTES}
             name, drop = max(drops.items(), key=lambda kv: kv[1])
             out.append(f"* VAE at {side}: largest drop from the ceiling {_fmt(drop)} ({name}), limit {limit} -> "
-                       f"**{'pass' if drop <= limit else 'FAIL'}**.")
+                       f"**{_verdict(drop <= limit)}**.")
     if "detection" in gates:
         worst = min(v["iou>=0.7"] for v in gates["detection"].values())
         out.append(f"* Detection: IoU >= 0.7 for >= {DETECTION_MIN} of faces at every size: lowest {_fmt(worst)} "
-                   f"-> **{'pass' if worst >= DETECTION_MIN else 'FAIL'}**.")
+                   f"-> **{_verdict(worst >= DETECTION_MIN)}**.")
     if "verification" in gates:
         auc = gates["verification"]["1/4"]["auc"]
         out.append(f"* Verification ROC AUC at 1/4 >= {VERIFICATION_MIN_AUC}: {_fmt(auc)} -> "
-                   f"**{'pass' if auc >= VERIFICATION_MIN_AUC else 'FAIL'}** (1/7: "
+                   f"**{_verdict(auc >= VERIFICATION_MIN_AUC)}** (1/7: "
                    f"{_fmt(gates['verification']['1/7']['auc'])}).")
     if "base" in gates:
         b = gates["base"]
         out.append(f"* Base: the requested number of people found in >= {BASE_MIN_COUNT} of {b['n']} text-only "
-                   f"samples: {_fmt(b['count_correct'])} -> **{'pass' if b['count_correct'] >= BASE_MIN_COUNT else 'FAIL'}"
+                   f"samples: {_fmt(b['count_correct'])} -> **{_verdict(b['count_correct'] >= BASE_MIN_COUNT)}"
                    f"**; the judge's mean confidence on their faces {_fmt(b['judge_confidence_samples'])} (on renders "
                    f"{_fmt(b['judge_confidence_renders'])}); {b['seconds_per_image']:.2f} s per image on this CPU.")
     return out
@@ -150,10 +154,6 @@ def write_card(commands: str) -> Path:
     path = files.MODELS_DIR / "README.md"
     path.write_text("\n".join(lines) + "\n" + STATUS)
     return path
-
-
-def _verdict(ok: bool) -> str:
-    return "pass" if ok else "FAIL"
 
 
 def behaviour_section(b: dict) -> list[str]:

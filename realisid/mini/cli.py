@@ -231,20 +231,18 @@ def _export(what: str, work: str, seed: int) -> None:
     elif what == "base":
         _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
     else:
-        _export_realisid(work, seed, files.REALISID_DIR / files.REALISID_FILE)
+        _export_realisid(work, files.REALISID_DIR / files.REALISID_FILE)
     log.info("exported %s", what)
 
 
-def _export_realisid(work: str, seed: int, path: Path) -> None:
-    """The newest model file of a `python -m realisid.train fit --out WORK` run, in fp16, with its training record
-    (for a file written before the trainer recorded it: steps from the name, the wall time of the output folder,
-    `--seed`)."""
+def _export_realisid(work: str, path: Path) -> None:
+    """The newest model file of a `python -m realisid.train fit --out WORK` run, in fp16, with the training record
+    the trainer wrote into it (the model card's row)."""
     import re
 
     import safetensors
     import safetensors.torch
 
-    from realisid.machine import machine
     from realisid.mini import files
     from realisid.train.outputs import TRAINING_KEY
 
@@ -255,12 +253,12 @@ def _export_realisid(work: str, seed: int, path: Path) -> None:
     step, source = max(steps.items())
     with safetensors.safe_open(str(source), framework="pt") as f:
         metadata = dict(f.metadata() or {})
-    record = json.loads(metadata[TRAINING_KEY]) if TRAINING_KEY in metadata else {
-        "steps": step, "seconds": round(source.stat().st_mtime - (Path(work) / "logs").stat().st_mtime, 1),
-        "seed": seed, "machine": machine()}
+    if TRAINING_KEY not in metadata:
+        raise SystemExit(f"{source} has no '{TRAINING_KEY}' record (steps, time, machine): it was written by an older "
+                         f"trainer; continue it with `python -m realisid.train fit --init {source}` to get one")
+    record = json.loads(metadata[TRAINING_KEY])
     tensors = {k: (v.half() if v.is_floating_point() else v)
                for k, v in safetensors.torch.load_file(str(source)).items()}
-    metadata[TRAINING_KEY] = json.dumps(record)
     metadata[files.METADATA_KEY] = json.dumps({"kind": "realisid", "training": {"realisid": record}})
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
