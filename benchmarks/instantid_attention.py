@@ -44,7 +44,7 @@ def boot(args) -> None:
     for path in (str(REPO), str(REPO / "benchmarks")):
         if path not in sys.path:
             sys.path.insert(0, path)
-    from realisid import comfy_host
+    from realisid.host import comfy_host
     from tests.helpers import host
 
     comfy_host.boot(args.comfyui_dir or str(host.comfyui_dir()), cpu=args.device == "cpu")
@@ -56,7 +56,7 @@ def layers(k: int, seed: int = 0):
     from real_shapes import REAL_UNET
 
     from realisid import geometry
-    from realisid.instantid_attention import RegionalIPAttention
+    from realisid.instantid.attention import RegionalIPAttention
     from tests.helpers import fake_instantid as fi
 
     down = (3, 2, 1)

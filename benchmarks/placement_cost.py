@@ -16,7 +16,6 @@ import importlib.util
 import json
 import logging
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -77,8 +76,10 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     latent = torch.randn(BATCH, 4, LATENT, LATENT)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}", "shapes": "SDXL local residuals, latent 128, S 64, batch 2",
+    sys.path.insert(0, str(REPO))
+    from realisid.machine import description
+
+    report = {"machine": description(), "shapes": "SDXL local residuals, latent 128, S 64, batch 2",
               "ms": {}}
     variants = {"current": (load_geometry(REPO), step_current)}
     if args.before is not None:

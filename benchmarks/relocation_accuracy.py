@@ -3,11 +3,11 @@
     python benchmarks/relocation_accuracy.py        # writes benchmarks/results/relocation_accuracy.json
 
 * energy: a band-limited crop field (up to 16 periods over S = 64) pasted into a box of side 1/10 .. 1/2 of a
-  128-cell latent, against the area integral over every cell by explicit loops (tests/test_geometry.py's reference);
+  128-cell latent, against the area integral over every cell by explicit loops (tests/unit/test_geometry.py's reference);
 * round trip: a smooth latent field cropped to S = 64, taken to UNet level l the way a stride-2 padding-1 conv
   does (its centre tap: cell j of level l is latent cell 2^l * j), relocated, and compared with the full latent's
   own level-l field on the cells fully inside the box (relative RMS); "previous" crops and pastes by point-sampled
-  bilinear grid_sample with pure scaling (tests/test_geometry.py's round_trip_errors).
+  bilinear grid_sample with pure scaling (tests/unit/test_geometry.py's round_trip_errors).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from realisid import geometry as g  # noqa: E402
 from tests.test_geometry import _band_limited, _loop_area_paste, _old_point_paste, round_trip_errors  # noqa: E402
+
+from realisid import geometry as g  # noqa: E402
 
 log = logging.getLogger("relocation_accuracy")
 N, S = 128, 64

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def boot_host(args: argparse.Namespace) -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     # bind `tests` to this repo before ComfyUI's folder (which has its own tests/ package) joins sys.path
-    from realisid import comfy_host
+    from realisid.host import comfy_host
     from tests.helpers import host
 
     root = args.comfyui_dir or str(host.comfyui_dir())
@@ -485,28 +484,13 @@ def targets(derived: dict, ks: list[int], device: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- description + output
 
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(args, device) -> dict:
     import psutil
-    import torch
 
-    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "comfyui": comfyui_version(args.comfyui_dir),
-            "gpu": None, "cuda": torch.version.cuda, "commit": git_commit()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
-    return info
+    from realisid.machine import description
+
+    return {**description(device), "ram_bytes": psutil.virtual_memory().total,
+            "comfyui": comfyui_version(args.comfyui_dir), "commit": git_commit()}
 
 
 def comfyui_version(root: str) -> str | None:

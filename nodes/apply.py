@@ -11,7 +11,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from realisid import conditioning, validation
+from realisid import conditioning, null_identity, validation
 from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.control import GLOBAL_MODES, RealisIDControl
 from realisid.layout import LayoutError, checked_layout
@@ -88,7 +88,7 @@ def apply_control(positive, negative, realisid_model, faces, layout, start_perce
     conditions = conditioning.face_conditions(realisid_model, faces, layout, crop_size or None)
     control = RealisIDControl(realisid_model, conditions, timestep_percent_range=(start_percent, end_percent),
                               crop_size=crop_size or None, **options)
-    return conditioning.attach_with_null_twin(positive, negative, control)
+    return null_identity.attach_with_null_twin(positive, negative, control)
 
 
 def without_zero_branches(options: dict) -> dict:

@@ -4,9 +4,11 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from realisid import conditioning, instantid, instantid_attention, validation
+from realisid import conditioning, validation
 from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.faces import check_space
+from realisid.instantid import attention as instantid_attention
+from realisid.instantid import model as instantid
 from realisid.layout import LayoutError, checked_layout
 
 from .loaders import check_present, model_path

@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from realisid import runner
+from realisid.host import runner
 
 
 def main(argv=None) -> int:

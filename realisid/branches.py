@@ -27,7 +27,8 @@ def _controlnet_arg_names() -> set[str]:
     return set(inspect.signature(comfy.cldm.cldm.ControlNet.__init__).parameters) - _NOT_CONFIG
 
 
-def _jsonable(value):
+def json_value(value):
+    """A config value as JSON gives it back (tuples become lists), so configs compare equal across a save."""
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -38,7 +39,7 @@ def controlnet_config_from_unet(unet_config: dict) -> dict:
     (out_channels, transformer_depth_output, dtype, ...) as ComfyUI's ControlNet loader does.
     """
     names = _controlnet_arg_names()
-    config = {k: _jsonable(v) for k, v in unet_config.items() if k in names}
+    config = {k: json_value(v) for k, v in unet_config.items() if k in names}
     for key in ("in_channels", "model_channels", "num_res_blocks", "channel_mult", "context_dim"):
         if key not in config:
             raise ValueError(f"UNet config lacks '{key}': not an SD1.5/SDXL-style UNet config ({sorted(unet_config)})")

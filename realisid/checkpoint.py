@@ -388,12 +388,8 @@ def check_base_compat(model: RealisIDModel, base_model) -> None:
     """Raise a clear error when the base MODEL's UNet cannot take this RealisID model's residuals/context."""
     base = branches.base_config_from_model(base_model)
     ours = model.unet_config
-    diffs = [k for k in COMPAT_KEYS if _jsonable(base.get(k)) != _jsonable(ours.get(k))]
+    diffs = [k for k in COMPAT_KEYS if branches.json_value(base.get(k)) != branches.json_value(ours.get(k))]
     if diffs:
         raise ValueError(f"RealisID model is for a {model.base_family.upper()} base ({_describe(ours)}) but the MODEL "
                          f"is {family_of(base).upper()}-like ({_describe(base)}); mismatched: {diffs}. "
                          f"Use a RealisID checkpoint trained for this base.")
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value

@@ -11,10 +11,10 @@ import logging
 import numpy as np
 import torch
 
-from realisid import instantid
 from realisid.control import FaceCondition
 from realisid.faces import check_space
-from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
+from realisid.faces.render import render_face_hint, to_crop_coords
+from realisid.instantid import model as instantid
 from realisid.layout import FaceLayout, LayoutError
 from realisid.validation import InputError
 
@@ -31,13 +31,11 @@ def hint_kind(model) -> str:
 
 def render_hint(record, kind: str, size: int, expand: float = 1.0) -> np.ndarray:
     """The local branch's hint for one face: HxWx3 float32 in [0, 1], in crop coordinates of its square box."""
-    square = record.square_box(expand)
-    if kind == "kps5":
-        return render_kps5(to_crop_coords(record.kps, square, size), size)
-    if record.landmarks68 is None:
+    if kind != "kps5" and record.landmarks68 is None:
         raise HintError("this RealisID model draws 68-point landmark hints, but the face analysis gave none: use the "
                         "embedded backend, or an insightface pack that includes 1k3d68.onnx (antelopev2, buffalo_l)")
-    return render_landmarks68(to_crop_coords(record.landmarks68, square, size), size)
+    points = record.kps if kind == "kps5" else record.landmarks68
+    return render_face_hint(to_crop_coords(points, record.square_box(expand), size), size)
 
 
 def identity_tokens(model, faces) -> list[torch.Tensor]:
@@ -81,50 +79,3 @@ def face_conditions(model, faces, layout: FaceLayout, crop_size: int | None = No
         hint = torch.from_numpy(render_hint(driver, kind, size, expand * frame)).permute(2, 0, 1).contiguous()
         conditions.append(FaceCondition(p_id=p_id, landmark_hint=hint, box=instantid.framed_box(slot.square, frame)))
     return conditions
-
-
-def attach_control(conditioning: list, control, links: dict | None = None) -> list:
-    """A copy of `conditioning` whose entries carry `control` chained after their existing control.
-
-    `links` maps a previous control to the copy chained after it: entries with the same previous control share
-    one link (as core ControlNetApplyAdvanced does), and a caller can pre-fill it.
-    """
-    links = {} if links is None else links
-    out = []
-    for tensor, options in conditioning:
-        options = options.copy()
-        previous = options.get("control")
-        if previous not in links:
-            link = control.copy()
-            link.set_previous_controlnet(previous)
-            links[previous] = link
-        options["control"] = links[previous]
-        options["control_apply_to_uncond"] = False
-        out.append([tensor, options])
-    return out
-
-
-def attach_with_null_twin(positive: list, negative: list, control) -> tuple[list, list]:
-    """(positive, negative) copies: the positive carries `control`, the negative its null-identity twin.
-
-    A negative entry's link is `with_identity(False)` of the positive link it mirrors, so the RealisID Guider can
-    recognise the pair (`identity_twin`) and batch both: the link of the positive entry with the same previous
-    control, or, when the negative's previous control is itself the null twin of a positive previous control (a
-    chain: Local Branch Apply -> Global Location Apply), the twin of that control's link, chained after the
-    negative's own previous control.
-    """
-    links: dict = {}
-    positive = attach_control(positive, control, links)
-    twins = {previous: link.with_identity(False) for previous, link in links.items()}
-    for previous in _previous_controls(negative):
-        mirrored = getattr(previous, "identity_twin", None)
-        is_null_twin = mirrored is not None and not getattr(previous, "identity_enabled", True)
-        if previous not in twins and is_null_twin and mirrored in links:
-            twin = links[mirrored].with_identity(False)
-            twin.set_previous_controlnet(previous)  # keep the negative's own (null-identity) chain under it
-            twins[previous] = twin
-    return positive, attach_control(negative, control.with_identity(False), twins)
-
-
-def _previous_controls(conditioning: list) -> list:
-    return [options.get("control") for _, options in conditioning]

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from realisid import geometry, memory
+from realisid.null_identity import identity_flags
 
 log = logging.getLogger(__name__)
 GLOBAL_MODES = ("per_person", "union")
-# transformer_options key: {cond index in a calc_cond_batch call: whether it sees the faces' identity}
-IDENTITY_ROUTING_KEY = "realisid_identity"
 PREPARED_OPTIONS = ("feather", "crop_size")  # baked into PreparedFaces once, not passed per step
 
 
@@ -183,24 +182,6 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
     return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
                                    None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
                                    global_mode, use_local, use_global, paired)
-
-
-def identity_flags(transformer_options: dict, chunks_fallback: int = 1, by_index: bool = False) -> list[bool]:
-    """Per batch chunk of one UNet call: may it see the faces' identity (else the null identity)?
-
-    A guider that evaluates several conds through ONE control object routes them with
-    transformer_options[IDENTITY_ROUTING_KEY] = {cond index: bool} (the RealisID Guider: its three predictions then
-    share one UNet batch). Without routing, a RealisID control decides by itself (`identity_enabled`: the negative
-    carries a null-identity twin), so every guider is right; `by_index` is for model-level patches that have no
-    control object (InstantID's IP-Adapter): ComfyUI's convention, cond index 0 = the positive.
-    """
-    chunks = transformer_options.get("cond_or_uncond")
-    if chunks is None:
-        return [True] * chunks_fallback
-    routing = transformer_options.get(IDENTITY_ROUTING_KEY)
-    if routing is not None:
-        return [bool(routing.get(c, False)) for c in chunks]
-    return [c == 0 for c in chunks] if by_index else [True] * len(chunks)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):

@@ -37,36 +37,6 @@ LATENT_DOWNSCALE = 8
 log = logging.getLogger(__name__)
 
 
-def square_box_from_detection(xyxy_px: Sequence[float], expand: float = 1.0) -> tuple[float, float, float, float]:
-    """A square box around a detection: side = longer side * expand, same centre (RealisID crops square faces)."""
-    x0, y0, x1, y1 = (float(v) for v in xyxy_px)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"empty detection box {tuple(xyxy_px)}: need x1 > x0 and y1 > y0")
-    if expand <= 0:
-        raise ValueError(f"expand must be > 0, got {expand}")
-    half = max(x1 - x0, y1 - y0) * expand / 2.0
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    return (cx - half, cy - half, cx + half, cy + half)
-
-
-def frac_to_px(box_frac: Sequence[float], width: float, height: float) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box_frac
-    return (x0 * width, y0 * height, x1 * width, y1 * height)
-
-
-def px_to_frac(box_px: Sequence[float], width: float, height: float) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box_px
-    return (x0 / width, y0 / height, x1 / width, y1 / height)
-
-
-def px_to_latent(box_px: Sequence[float], downscale: int = LATENT_DOWNSCALE) -> tuple[float, float, float, float]:
-    return tuple(float(v) / downscale for v in box_px)
-
-
-def latent_to_px(box_latent: Sequence[float], downscale: int = LATENT_DOWNSCALE) -> tuple[float, float, float, float]:
-    return tuple(float(v) * downscale for v in box_latent)
-
-
 def frac_to_latent(boxes_frac, latent_hw: tuple[int, int]) -> torch.Tensor:
     """(K,4) fractions -> (K,4) latent units for a latent of size (H, W)."""
     boxes = torch.as_tensor(boxes_frac, dtype=torch.float64).reshape(-1, 4)

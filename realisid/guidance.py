@@ -14,18 +14,11 @@ Cond order (what ``cond_or_uncond`` says to UNet patches): ``[positive, negative
 patches written for CFG (0 = cond, 1 = uncond) treat the identity positive and the negative as they would under
 CFG; see RealisIDGuider for what cfg/pre-cfg/post-cfg functions see.
 
-"Null identity" (method.md §5 items 14-15): layout and location control stay on, only ``p_id`` becomes the null
-projection. Three hooks switch it:
-
-* controls that route identity per cond (``routes_identity``: ``RealisIDControl``) are shared by all three sets
-  (a negative carrying such a control's null twin, link by link, gets the positive's chain back);
-  ``transformer_options["realisid_identity"]`` tells them that only the positive (cond 0) sees the identity, so
-  the three predictions can run as ONE UNet batch (ComfyUI batches conds only when they share a control object);
-* any other link of an entry's ``'control'`` chain that has a callable ``with_identity(enabled)`` is replaced by
-  ``with_identity(False)`` in the no-identity sets;
-* an entry that carries ``'realisid_null_cross_attn'`` (tokens shaped like ``'cross_attn_controlnet'``) gets those
-  tokens as its ``'cross_attn_controlnet'`` in the no-identity copy. This is the hook for controls that read the
-  identity from the ControlNet cross-attention context (the InstantID path): set both keys on the positive entry.
+How the no-identity sets are derived (the null identity: layout and location stay on, only ``p_id`` becomes the
+null projection): `realisid.null_identity`. Controls that route identity per cond (``RealisIDControl``) are shared
+by all three sets and told per cond which rows see the identity, so the three predictions run as ONE UNet batch
+(ComfyUI batches conds only when they share a control object); any other link with ``with_identity(enabled)`` is
+replaced by its ``with_identity(False)`` copy in the no-identity sets.
 """
 
 from __future__ import annotations
@@ -36,13 +29,17 @@ import math
 import comfy.samplers
 import torch
 
-from realisid.control import IDENTITY_ROUTING_KEY
 from realisid.memory import sampling_context
+from realisid.null_identity import (
+    IDENTITY_ROUTING_KEY,
+    conditioning_has_identity,
+    conditioning_without_identity,
+    fill_uncond_controls,
+    share_identity_twins,
+    without_apply_to_uncond,
+)
 
 log = logging.getLogger(__name__)
-
-NULL_CROSS_ATTN_KEY = "realisid_null_cross_attn"
-CROSS_ATTN_CONTROLNET_KEY = "cross_attn_controlnet"
 
 # Positions of the predictions in one calc_cond_batch call, i.e. the `cond_or_uncond` values UNet patches see.
 # ComfyUI's convention (CFGGuider, PerpNeg, IPAdapter/InstantID/PuLID patches): 0 = the positive, 1 = the
@@ -53,152 +50,6 @@ _POSITIVE, _NEGATIVE, _TEXT = 0, 1, 2
 def three_way_combine(eps_none: torch.Tensor, eps_t: torch.Tensor, eps_ti: torch.Tensor, lt: float, li: float):
     """RealisID Eq. 8: ``eps_none + lt * (eps_t - eps_none) + li * (eps_ti - eps_t)``."""
     return eps_none + lt * (eps_t - eps_none) + li * (eps_ti - eps_t)
-
-
-def _carries_identity(control) -> bool:
-    return callable(getattr(control, "with_identity", None))
-
-
-def _has_identity_switch(control) -> bool:
-    """Needs a null-identity copy: carries identity and cannot be routed per cond (RealisIDControl can)."""
-    return _carries_identity(control) and not getattr(control, "routes_identity", False)
-
-
-def _chain_has(control, test) -> bool:
-    while control is not None:
-        if test(control):
-            return True
-        control = control.previous_controlnet
-    return False
-
-
-def control_without_identity(control, memo: dict | None = None):
-    """The control chain with every identity-carrying link switched to the null identity.
-
-    Links are never mutated: each link that changes, or sits above one that changes, is rebuilt from a copy
-    (``with_identity(False)`` or ``.copy()``) whose ``previous_controlnet`` is set to the rebuilt tail. A tail with no
-    identity link is shared as is, so chains without identity come back as the very same object. ``memo`` (keyed by
-    object id) makes a control shared by several entries map to one shared copy, so ComfyUI can still batch them.
-    """
-    if control is None or not _chain_has(control, _has_identity_switch):
-        return control
-    memo = {} if memo is None else memo
-    key = id(control)
-    if key in memo:
-        return memo[key][1]
-    tail = control_without_identity(control.previous_controlnet, memo)
-    if _has_identity_switch(control):
-        new = control.with_identity(False)
-        if new is control:
-            raise TypeError(f"{type(control).__name__}.with_identity(False) must return a copy, not the object itself")
-    else:
-        new = control.copy()
-    new.set_previous_controlnet(tail)
-    memo[key] = (control, new)  # keep `control` alive so its id cannot be reused while the memo lives
-    return new
-
-
-def entry_without_identity(entry: dict, memo: dict | None = None) -> dict:
-    """A shallow copy of one conditioning options dict with its identity switched to the null identity."""
-    out = dict(entry)
-    if "control" in out:
-        out["control"] = control_without_identity(out["control"], memo)
-    if out.get(NULL_CROSS_ATTN_KEY) is not None:
-        out[CROSS_ATTN_CONTROLNET_KEY] = out[NULL_CROSS_ATTN_KEY]
-    return out
-
-
-def entry_has_identity(entry: dict) -> bool:
-    return _chain_has(entry.get("control"), _carries_identity) or entry.get(NULL_CROSS_ATTN_KEY) is not None
-
-
-def conditioning_without_identity(conds, memo: dict | None = None):
-    """The no-identity twin of a conditioning, never mutating the input.
-
-    Accepts ComfyUI CONDITIONING (``[[tensor, dict], ...]``) or the converted form (``[dict, ...]``) and returns the
-    same form with new lists/dicts; tensors are shared, changed controls are copies (see control_without_identity).
-    """
-    memo = {} if memo is None else memo
-    out = []
-    for item in conds:
-        if isinstance(item, dict):
-            out.append(entry_without_identity(item, memo))
-        else:
-            out.append([item[0], entry_without_identity(item[1], memo)] + list(item[2:]))
-    return out
-
-
-def conditioning_has_identity(conds) -> bool:
-    return any(entry_has_identity(item if isinstance(item, dict) else item[1]) for item in conds)
-
-
-def _share_identity_twins(negative, positive):
-    """Negative entries whose control chain is the null-identity twin of a positive entry's routed chain get that
-    chain back: routing then gives them the null identity, and ComfyUI can batch all predictions together."""
-    routed = {id(c): c for c in (_options(item).get("control") for item in positive)
-              if c is not None and getattr(c, "routes_identity", False)}
-    out = []
-    for item in negative:
-        control = _options(item).get("control")
-        twin = getattr(control, "identity_twin", None)
-        if twin is not None and id(twin) in routed and _is_null_twin_chain(control, twin):
-            options = {**_options(item), "control": twin}
-            item = options if isinstance(item, dict) else [item[0], options] + list(item[2:])
-        out.append(item)
-    return out
-
-
-def _is_null_twin(control, other) -> bool:
-    return getattr(control, "identity_twin", None) is other and not getattr(control, "identity_enabled", True)
-
-
-def _is_null_twin_chain(control, positive_control) -> bool:
-    """Link by link, the same control or its null-identity twin (so swapping in the positive's chain, with the
-    identity routed or switched off per cond, computes the same thing)."""
-    while control is not None or positive_control is not None:
-        if control is None or positive_control is None:
-            return False
-        if control is not positive_control and not _is_null_twin(control, positive_control):
-            return False
-        control, positive_control = control.previous_controlnet, positive_control.previous_controlnet
-    return True
-
-
-def _options(item) -> dict:
-    """The options dict of a conditioning entry in either form ([tensor, dict] or the converted dict)."""
-    return item if isinstance(item, dict) else item[1]
-
-
-def _without_apply_to_uncond(conds):
-    """Entries copied with ``control_apply_to_uncond`` off: ComfyUI would copy the REAL control into the other sets."""
-    return [[c[0], {**c[1], "control_apply_to_uncond": False}] + list(c[2:]) for c in conds]
-
-
-def _fill_uncond_controls(positive_text, negative):
-    """The legacy ControlNetApply contract (``control_apply_to_uncond``), with the null-identity controls.
-
-    Mirrors ComfyUI's fill of a control-less negative: the k-th such positive control goes to negative entry
-    k mod n (entries with an 'area' take no part), but taken from the no-identity positive.
-    """
-    controls = [
-        c[1]["control"]
-        for c in positive_text
-        if c[1].get("control_apply_to_uncond", False) and c[1].get("control") is not None and "area" not in c[1]
-    ]
-    if not controls or any(c[1].get("control") is not None for c in negative if "area" not in c[1]):
-        return negative
-    free = [i for i, c in enumerate(negative) if "area" not in c[1]]
-    if not free:
-        return negative
-    out = list(negative)
-    for k, control in enumerate(controls):
-        i = free[k % len(free)]
-        entry = {**negative[i][1], "control": control}
-        if k < len(free):
-            out[i] = [out[i][0], entry] + list(out[i][2:])
-        else:
-            out.append([negative[i][0], entry] + list(negative[i][2:]))
-    return out
 
 
 def identity_on_sigma(id_delay: float, sample_sigmas: torch.Tensor | None, model_sampling) -> float:
@@ -245,17 +96,16 @@ class RealisIDGuider(comfy.samplers.CFGGuider):
         if not conditioning_has_identity(positive):
             log.warning(
                 "RealisIDGuider: the positive conditioning carries no identity control (no control with "
-                "with_identity() and no '%s'); the id term will be zero.",
-                NULL_CROSS_ATTN_KEY,
+                "with_identity()); the id term will be zero."
             )
         memo = {}  # shared, so a control applied to both positive and negative gets one null-identity copy
         positive_text = conditioning_without_identity(positive, memo)
-        negative = _share_identity_twins(negative, positive)
-        negative = _fill_uncond_controls(positive_text, conditioning_without_identity(negative, memo))
+        negative = share_identity_twins(negative, positive)
+        negative = fill_uncond_controls(positive_text, conditioning_without_identity(negative, memo))
         self.inner_set_conds(
             {
-                "positive": _without_apply_to_uncond(positive),
-                "positive_text": _without_apply_to_uncond(positive_text),
+                "positive": without_apply_to_uncond(positive),
+                "positive_text": without_apply_to_uncond(positive_text),
                 "negative": negative,
             }
         )

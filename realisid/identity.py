@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 DEFAULT_CONFIG = {"dim": 1280, "depth": 4, "dim_head": 64, "heads": 20, "num_queries": 16, "embedding_dim": 1280,
@@ -39,18 +40,15 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.reshape(b, n, self.heads, self.dim_head).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         x, latents = self.norm1(x), self.norm2(latents)
-        q = self._split_heads(self.to_q(latents))
-        k, v = (self._split_heads(t) for t in self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1))
+        q = rearrange(self.to_q(latents), "b n (h d) -> b h n d", h=self.heads)
+        k, v = rearrange(self.to_kv(torch.cat([x, latents], dim=1)), "b n (two h d) -> two b h n d", two=2,
+                         h=self.heads)
         # scale split between q and k (as the reference does) keeps fp16 products in range
         scale = 1.0 / math.sqrt(math.sqrt(self.dim_head))
         weight = torch.softmax((q * scale) @ (k * scale).transpose(-2, -1), dim=-1)
-        out = (weight @ v).transpose(1, 2).reshape(latents.shape[0], latents.shape[1], -1)
+        out = rearrange(weight @ v, "b h n d -> b n (h d)")
         return self.to_out(out)
 
 

@@ -62,7 +62,7 @@ def updated_readme(readme: str, reference: str) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from realisid import comfy_host, workflow_format
+    from realisid.host import comfy_host, workflow_format
 
     with comfy_host.quiet_torchaudio():
         comfy_host.boot(os.environ["COMFYUI_DIR"], cpu=True)

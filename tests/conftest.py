@@ -57,7 +57,7 @@ def write_tiny_realisid(path: pathlib.Path, seed: int = 3) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def pack_node_ids() -> list[str]:
     """Load this pack through nodes.load_custom_node, once per session."""
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     comfy_host.load_core_extras()
     return comfy_host.load_pack()
@@ -68,7 +68,7 @@ def run_prompt(pack_node_ids, models_dir, tmp_path):
     """Execute an API-format prompt in-process (validate_prompt + PromptExecutor); returns the PromptResult."""
     import folder_paths
 
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     folder_paths.set_output_directory(str(tmp_path / "output"))
     folder_paths.set_input_directory(str(stage_example_inputs(tmp_path / "input")))

@@ -15,9 +15,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from realisid import checkpoint, instantid, validation
+from realisid import checkpoint, validation
 from realisid.checkpoint import CheckpointError
-from realisid.instantid import InstantIDFileError
+from realisid.instantid import model as instantid
+from realisid.instantid.model import InstantIDFileError
 from tests.helpers import fake_instantid as fi
 from tests.helpers import tiny_realisid as T
 
@@ -534,7 +535,7 @@ def write_hostile(source, folder: pathlib.Path, name: str, kind: str, fault) -> 
 @pytest.mark.parametrize("case,kind,fault,fragment", EXECUTOR_CASES, ids=[c[0] for c in EXECUTOR_CASES])
 def test_executor_names_the_bad_checkpoint(source, nothing_built, run_prompt, models_dir, case, kind, fault,
                                            fragment):
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
     from tests.test_nodes import node
 
     name = f"executor-{case}"
@@ -569,7 +570,7 @@ EXECUTOR_IID_CASES = [("controlnet", case, fragment) for case, fragment in CN_CA
 def test_executor_names_the_bad_instantid_file(iid, host_iid, run_prompt, models_dir, folder, case, fragment):
     """Each hostile file in the folder the loader reads (a pickle in models/controlnet among them); the host
     reports InstantIDFileError naming that file and never the other one."""
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
     from tests.test_nodes import node
 
     bad = (cn_bad if folder == "controlnet" else ip_bad)(iid, models_dir / folder, case)
@@ -591,7 +592,7 @@ def test_executor_names_the_bad_instantid_file(iid, host_iid, run_prompt, models
 @pytest.mark.parametrize("crop_frame", [NAN, INF, 0.5], ids=repr)
 def test_executor_names_a_bad_instantid_crop_frame(host_iid, run_prompt, crop_frame):
     """crop_frame NaN passes the host's min/max checks (and 0.5 is refused by them): the message names it."""
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
     from tests.test_nodes import node
 
     loader = node("RealisIDInstantIDLoader", control_net_name=host_iid[0].name, ip_adapter_name=host_iid[1].name,
@@ -608,7 +609,7 @@ def test_executor_names_the_unreadable_onnx_file(tmp_path, monkeypatch, run_prom
     import sys
 
     import nodes as comfy_nodes
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
     from tests.helpers import fake_insightface
 
     root = fake_insightface.build_fake_pack(tmp_path / "pack")

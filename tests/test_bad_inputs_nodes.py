@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from realisid import instantid
-from realisid.comfy_host import PromptError
 from realisid.geometry import FaceSquare
+from realisid.host.comfy_host import PromptError
+from realisid.instantid import model as instantid
 from realisid.layout import FaceLayout, FaceSlot, LayoutError
 from realisid.validation import InputError
 from tests.helpers import fake_instantid as fi

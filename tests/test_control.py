@@ -218,7 +218,7 @@ def test_cond_uncond_batch_matches_each_entry_alone(sdxl):
 def test_identity_is_routed_per_cond_in_one_batch(sdxl):
     """Without routing the control object decides (every row of the identity control sees p_id); a guider's routing
     picks the rows per cond; each row equals that row computed alone with the matching identity."""
-    from realisid.control import IDENTITY_ROUTING_KEY
+    from realisid.null_identity import IDENTITY_ROUTING_KEY
 
     base, model, faces = sdxl
     control = RealisIDControl(model, faces)

@@ -2,7 +2,7 @@
 
 import importlib.util
 
-from realisid import workflow_format
+from realisid.host import workflow_format
 from tests.helpers.host import REPO
 
 

@@ -13,13 +13,8 @@ import comfy.supported_models
 import pytest
 import torch
 
-from realisid.guidance import (
-    RealisIDGuider,
-    conditioning_has_identity,
-    conditioning_without_identity,
-    identity_on_sigma,
-    three_way_combine,
-)
+from realisid.guidance import RealisIDGuider, identity_on_sigma, three_way_combine
+from realisid.null_identity import conditioning_has_identity, conditioning_without_identity
 
 CTX = 32
 UNET_CFG = dict(
@@ -149,17 +144,17 @@ def test_conditioning_without_identity_walks_chain_on_copies(tiny):
     assert conditioning_has_identity(positive)
 
 
-def test_chain_without_identity_is_shared_and_cross_attn_hook_applies(tiny):
+def test_a_chain_without_identity_is_shared_as_is(tiny):
+    """A plain ControlNet carries no identity: the no-identity set keeps the very same control (so ComfyUI can still
+    batch it with the positive) and every other key, on a new options dict."""
     _, cnet = tiny
     plain = comfy.controlnet.ControlNet(cnet, load_device=mm.get_torch_device())
-    real, null = torch.ones(1, 4, CTX), torch.zeros(1, 4, CTX)
-    conds = [[torch.ones(1, 7, CTX), {"control": plain, "cross_attn_controlnet": real, "realisid_null_cross_attn": null}]]
+    tokens = torch.ones(1, 4, CTX)
+    conds = [[torch.ones(1, 7, CTX), {"control": plain, "cross_attn_controlnet": tokens}]]
     out = conditioning_without_identity(conds)
-    assert out[0][1]["control"] is plain
-    assert out[0][1]["cross_attn_controlnet"] is null
-    assert conds[0][1]["cross_attn_controlnet"] is real
-    assert conditioning_has_identity(conds)
-    assert not conditioning_has_identity([[torch.ones(1, 7, CTX), {"control": plain}]])
+    assert out[0][1]["control"] is plain and out[0][1]["cross_attn_controlnet"] is tokens
+    assert out[0][1] is not conds[0][1] and out[0] is not conds[0]
+    assert not conditioning_has_identity(conds)
 
 
 def test_with_identity_returning_self_is_rejected(tiny):
@@ -374,8 +369,8 @@ def test_full_delay_never_uses_the_identity_and_equals_zero_id_scale(tiny):
 def test_realisid_control_runs_the_three_predictions_as_one_unet_batch():
     """With the real RealisIDControl the guider puts the negative's null twin back and routes identity per cond, so
     its predictions share one control object: one UNet call per step, 2 conds during the delay and 3 after it (the values: tests/test_sampling_matrix.py)."""
-    from realisid.conditioning import attach_with_null_twin
     from realisid.control import FaceCondition, RealisIDControl
+    from realisid.null_identity import attach_with_null_twin
     from tests.helpers import tiny_realisid as T
 
     base, model = T.tiny_base_model("sdxl"), T.tiny_realisid_model("sdxl")

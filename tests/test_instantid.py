@@ -12,9 +12,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from realisid import branches, control, identity, instantid
+from realisid import branches, control, identity
 from realisid.faces import EmbeddingSpaceError, check_space
 from realisid.faces.record import FaceRecord
+from realisid.instantid import model as instantid
 from tests.helpers import fake_instantid as fi
 from tests.helpers import tiny_realisid as tr
 

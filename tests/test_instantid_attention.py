@@ -14,7 +14,9 @@ import comfy.sample
 import pytest
 import torch
 
-from realisid import geometry, instantid, instantid_attention
+from realisid import geometry
+from realisid.instantid import attention as instantid_attention
+from realisid.instantid import model as instantid
 from tests.helpers import fake_instantid as fi
 from tests.helpers import tiny_realisid as tr
 
@@ -132,7 +134,7 @@ def test_uncond_rows_get_the_null_identity(base, iid):
 
 def test_identity_rows_follow_the_cond_routing(base, iid):
     """Plain CFG: the positive (cond 0) gets the faces, the negative the null tokens; a guider's routing wins."""
-    from realisid.control import IDENTITY_ROUTING_KEY
+    from realisid.null_identity import IDENTITY_ROUTING_KEY
 
     fn = _replace_fn(_patched(base, iid))
     cpu = torch.device("cpu")

@@ -78,7 +78,7 @@ def test_workflows_use_the_instantid_nodes_and_files():
 def test_embedded_dlib_faces_are_refused(instantid_files, pack_node_ids):
     """The offline dlib backend's 128-d embedding is not InstantID's ArcFace space: a clear error."""
     import nodes
-    from realisid import instantid
+    from realisid.instantid import model as instantid
 
     mapping = nodes.NODE_CLASS_MAPPINGS
     model = instantid.load_instantid(str(instantid_files / "controlnet" / "instantid_controlnet.safetensors"),
@@ -92,7 +92,7 @@ def test_embedded_dlib_faces_are_refused(instantid_files, pack_node_ids):
 
 
 def test_sd15_base_is_refused(instantid_files, run_prompt):
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
 
     _stage_face_image()
     prompt = _for_tests(json.loads((REPO / "workflows" / "api" / "instantid_small_face.json").read_text()))

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from realisid import memory
-from realisid.conditioning import attach_with_null_twin
-from realisid.control import IDENTITY_ROUTING_KEY, FaceCondition, RealisIDControl
+from realisid.control import FaceCondition, RealisIDControl
 from realisid.guidance import RealisIDGuider
+from realisid.null_identity import IDENTITY_ROUTING_KEY, attach_with_null_twin
 from tests.helpers import tiny_realisid as T
 
 STEPS, DELAY, LT, LI = 5, 0.4, 4.0, 3.0  # identity on from step round(0.4 * 5) = 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from realisid.comfy_host import PromptError
+from realisid.host.comfy_host import PromptError
 from tests.helpers.host import REPO
 
 

@@ -57,7 +57,7 @@ def test_layout_prompt_runs_through_prompt_executor(run_prompt):
 
 
 def test_invalid_prompt_names_the_node(run_prompt):
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
 
     prompt = {
         "1": {"class_type": "RealisIDLayoutFromNumbers",
@@ -142,7 +142,7 @@ def test_an_unknown_missing_file_gets_the_plain_message(pack_node_ids):
 
 def test_a_missing_checkpoint_fails_validation_with_that_message(run_prompt):
     """Through ComfyUI's validate_prompt: the loader's own message, not 'Value not in list'."""
-    from realisid.comfy_host import PromptError
+    from realisid.host.comfy_host import PromptError
 
     prompt = {
         "1": {"class_type": "RealisIDModelLoader", "inputs": {"model_name": "absent.safetensors"}},

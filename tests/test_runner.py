@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from realisid import runner, workflow_format
+from realisid.host import runner, workflow_format
 from tests.helpers.host import REPO, comfyui_dir
 
 LAYOUT_PROMPT = {
@@ -132,7 +132,7 @@ def _fake_comfyui(root):
 
 
 def test_find_comfyui_from_inside_custom_nodes(tmp_path, monkeypatch):
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     comfy = _fake_comfyui(tmp_path / "ComfyUI")
     monkeypatch.delenv("COMFYUI_DIR", raising=False)
@@ -186,7 +186,7 @@ def test_a_file_reachable_only_through_extra_model_paths_is_found(tmp_path, pack
     """ComfyUI's own extra_model_paths.yaml (in the ComfyUI folder) is read, as main.py reads it."""
     import folder_paths
 
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     comfy, elsewhere = _fake_comfyui(tmp_path / "ComfyUI"), tmp_path / "my_models"
     (elsewhere / "instantid").mkdir(parents=True)

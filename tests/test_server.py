@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from realisid import workflow_format
+from realisid.host import workflow_format
 from tests.conftest import stage_example_inputs
 from tests.helpers.host import REPO
 from tests.helpers.server import ComfyServer, server_base_dir

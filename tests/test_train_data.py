@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
+from realisid.faces.render import render_face_hint
 from realisid.train import data
 from realisid.train.host import FrozenHost
 from realisid.train.loop import batch_indices
-from realisid.train.prepare import render_hint
 from tests.helpers import train_synthetic
 
 
@@ -46,7 +46,7 @@ def test_items_stay_uint8_on_the_host_and_become_the_float_hint_on_the_device(en
     assert {k: item[k].dtype for k in ("image", "mask", "hint")} == dict.fromkeys(("image", "mask", "hint"), torch.uint8)
     stored = safetensors.numpy.load_file(str(root / "cache" / dataset.rows[1][1]["file"]))
     batch = data.to_device(data.collate([item]), "cpu")
-    expected_hint = torch.from_numpy(render_hint(stored["landmarks"], 32)).permute(2, 0, 1)
+    expected_hint = torch.from_numpy(render_face_hint(stored["landmarks"] * 32, 32)).permute(2, 0, 1)
     torch.testing.assert_close(batch["hint"][0], expected_hint, rtol=0, atol=0)
     torch.testing.assert_close(batch["image"][0], torch.from_numpy(stored["image"]).permute(2, 0, 1) / 255.0)
     assert batch["mask"].dtype == torch.float32 and batch["mask"].sum() == float(stored["mask"].sum())

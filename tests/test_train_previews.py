@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from realisid import checkpoint
-from realisid.conditioning import attach_with_null_twin
 from realisid.control import FaceCondition, RealisIDControl
 from realisid.guidance import RealisIDGuider
+from realisid.null_identity import attach_with_null_twin
 from realisid.train.data import collate, to_device
 from realisid.train.loop import Trainer
 from tests.helpers import train_synthetic

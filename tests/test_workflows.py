@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from realisid import workflow_format
+from realisid.host import workflow_format
 from tests.helpers.host import REPO
 
 API = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -135,7 +135,7 @@ def test_ui_workflow_has_groups_a_note_and_titles_counted_from_1(path):
 
 def _extent(node: dict) -> tuple[float, float, float, float]:
     """A node's box with its title bar and the room the frontend's badges take above it (file coordinates)."""
-    from realisid import workflow_format as wf
+    from realisid.host import workflow_format as wf
 
     x, y = node["pos"]
     w, h = node["size"]
@@ -145,7 +145,7 @@ def _extent(node: dict) -> tuple[float, float, float, float]:
 
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
 def test_ui_workflow_nodes_do_not_overlap_and_open_in_view(path):
-    from realisid import workflow_format as wf
+    from realisid.host import workflow_format as wf
 
     ui = json.loads(path.read_text())
     boxes = [(n["title"], _extent(n)) for n in ui["nodes"]]

@@ -8,7 +8,7 @@ files in workflows/api and only get their UI twin from here.
     COMFYUI_DIR=... python workflows/build.py --ui-only   # the UI files from the API files as they are
 
 Each UI file gets three groups (identity, layout, sampling), a Note saying what to set, and its model files'
-sources in properties.models (see realisid/workflow_format.py and realisid/model_files.py).
+sources in properties.models (see realisid/host/workflow_format.py and realisid/model_files.py).
 """
 
 from __future__ import annotations
@@ -243,7 +243,8 @@ def realisid_workflows() -> dict[str, dict]:
 
 def note_for(prompt: dict) -> str:
     """The Note node's text: what to set, node by node (by title), and which model files go where."""
-    from realisid import model_files, workflow_format
+    from realisid import model_files
+    from realisid.host import workflow_format
 
     def titles(kind, group=None):
         return [n["_meta"]["title"] for nid, n in prompt.items() if n["class_type"] == kind
@@ -289,7 +290,7 @@ def note_for(prompt: dict) -> str:
 
 def write_ui(info: dict) -> list[pathlib.Path]:
     """Every UI file rendered from its API twin (the API files as they are on disk)."""
-    from realisid import workflow_format
+    from realisid.host import workflow_format
 
     written = []
     for path in sorted((HERE / "api").glob("*.json")):
@@ -302,7 +303,7 @@ def write_ui(info: dict) -> list[pathlib.Path]:
 
 
 def write_all(ui_only: bool = False) -> list[pathlib.Path]:
-    from realisid import workflow_format
+    from realisid.host import workflow_format
 
     info = workflow_format.object_info()
     written = []
@@ -316,7 +317,7 @@ def write_all(ui_only: bool = False) -> list[pathlib.Path]:
 
 def main() -> None:
     sys.path.insert(0, str(HERE.parent))
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     comfy_host.boot(comfy_host.find_comfyui(), cpu=True)
     comfy_host.load_all_extras()

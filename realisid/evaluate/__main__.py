@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.comfyui:
         raise SystemExit("set --comfyui or $COMFYUI_DIR to the ComfyUI folder")
-    from .. import comfy_host
+    from ..host import comfy_host
 
     comfy_host.boot(args.comfyui, cpu=args.cpu)
     import folder_paths

@@ -2,7 +2,7 @@
 
 An `EvalPlan` expands into `EvalCase`s. A generator turns a case into images: any callable
 `(EvalCase) -> list[RGB uint8 arrays]`, or a `WorkflowGenerator` that fills an API-format ComfyUI workflow's
-inputs from the case and runs it in-process (`realisid.comfy_host.execute`). Each image is analysed with one face
+inputs from the case and runs it in-process (`realisid.host.comfy_host.execute`). Each image is analysed with one face
 analyzer, its faces are matched to the requested boxes, and one row per (case, image, slot) is scored.
 """
 
@@ -171,7 +171,7 @@ class WorkflowGenerator:
         return prompt
 
     def __call__(self, case: EvalCase) -> list[np.ndarray]:
-        from .. import comfy_host
+        from ..host import comfy_host
 
         result = comfy_host.execute(self.prompt_for(case))
         images = read_output_images(result.outputs)

@@ -90,3 +90,10 @@ def render_kps5(kps_in_crop, size: int, stick_width: float | None = None, radius
     for (x, y), colour in zip(kps, KPS5_COLOURS, strict=True):
         cv2.circle(canvas, (int(round(x * _ONE)), int(round(y * _ONE))), int(round(radius * _ONE)), colour, -1, cv2.LINE_AA, _SHIFT)
     return canvas.astype(np.float32) / 255.0
+
+
+def render_face_hint(points_in_crop, size: int) -> np.ndarray:
+    """The local branch's hint from a face's points in crop pixels: 68 landmarks as polylines, 5 keypoints in
+    InstantID's style (the count says which; training caches and inference draw through this one function)."""
+    pts = np.asarray(points_in_crop, np.float32)
+    return render_landmarks68(pts, size) if pts.shape[0] == 68 else render_kps5(pts, size)

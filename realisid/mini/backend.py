@@ -82,6 +82,8 @@ class MiniFaceAnalyzer:
 
 
 def _square(box: np.ndarray) -> np.ndarray:
+    """The square of the box's MEAN side, in float64: the face net's refinement rule (its boxes are near-square and
+    the mean keeps their size), not the max-side squaring of FaceRecord.square_box that crops use."""
     side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float64)

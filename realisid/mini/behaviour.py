@@ -206,8 +206,8 @@ def case_prompt(case: Case, reference_names: Sequence[str], driver_name: str | N
 
 def generate(prompt: dict) -> np.ndarray:
     """Run a prompt in the host; the one image its SaveImage wrote, RGB uint8."""
-    from realisid import comfy_host
     from realisid.evaluate.harness import read_output_images
+    from realisid.host import comfy_host
 
     result = comfy_host.execute(prompt)
     saved = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]

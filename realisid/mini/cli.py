@@ -59,7 +59,7 @@ python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --imag
 
 
 def _boot(comfyui: str | None) -> None:
-    from realisid import comfy_host
+    from realisid.host import comfy_host
 
     if not comfyui:
         raise SystemExit("RealisID-Mini needs ComfyUI's model code: pass --comfyui DIR or set COMFYUI_DIR")
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     scenes.add_argument("--out", required=True)
     scenes.add_argument("--n", type=int, required=True, help="number of scenes")
     scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--split", choices=("train", "held_out"), default="train",
+                        help="whose identities: training ones, or held-out ones (for identity-use)")
     encode = sub.add_parser("encode", help="VAE latents of training scenes (for the base stage)")
     encode.add_argument("--work", required=True)
     encode.add_argument("--shards", type=int, required=True, help="number of shards of 500 scenes")
@@ -100,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--seed", type=int, default=71)
     behaviour.add_argument("--gates", default=None, help="gates.json with the judge's ceiling (default: the shipped one)")
     behaviour.add_argument("--images", default=None, help="also save every generated image into this folder")
+    use = sub.add_parser("identity-use", help="face-box loss of held-out faces with their own identity vs another's "
+                         "(see realisid/train/identity_use.py)")
+    use.add_argument("--model", required=True, help="RealisID-Mini file (.safetensors)")
+    use.add_argument("--cache", required=True, nargs="+", help="prepared held-out scenes (scenes --split held_out)")
+    use.add_argument("--n", type=int, default=128, help="faces")
+    use.add_argument("--out", default=None, help="also write the figures into this JSON file under --label")
+    use.add_argument("--label", default="model", help="key of these figures in --out (e.g. the recipe)")
     sub.add_parser("card", help="write models/mini/README.md from the files' metadata and gates.json")
     curves = sub.add_parser("curves", help="training curves of the stages in --work as PNGs for the model card")
     curves.add_argument("--work", required=True)
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "scenes":
         from realisid.mini import dataset
 
-        log.info("manifest: %s", dataset.write_scenes(args.out, args.n, seed=args.seed))
+        log.info("manifest: %s", dataset.write_scenes(args.out, args.n, seed=args.seed, split=args.split))
     elif args.command == "curves":
         from realisid.mini import curves, files
 
@@ -152,7 +161,23 @@ def main(argv: list[str] | None = None) -> int:
         _gates(args.out, args.n, args.n_vae, args.only)
     elif args.command == "behaviour":
         _behaviour(args)
+    elif args.command == "identity-use":
+        _identity_use(args)
     return 0
+
+
+def _identity_use(args) -> None:
+    from realisid.mini import files
+    from realisid.train import identity_use
+
+    use = identity_use.measure(args.model, str(files.CHECKPOINTS_DIR / files.BASE_FILE), args.cache, args.n)
+    log.info("identity use of %s: face-box loss own %.4f, other %.4f (gap %.1f%%), own lower for %.0f%% of %d "
+             "faces", args.model, use.face_mse_own, use.face_mse_other, 100 * use.gap, 100 * use.win_rate, use.n)
+    if args.out:
+        path = Path(args.out)
+        figures = json.loads(path.read_text()) if path.exists() else {}
+        figures[args.label] = use.as_dict()
+        path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def _behaviour(args) -> None:
@@ -160,7 +185,7 @@ def _behaviour(args) -> None:
 
     import folder_paths
 
-    from realisid import comfy_host
+    from realisid.host import comfy_host
     from realisid.mini import behaviour, files
 
     comfy_host.load_core_extras()

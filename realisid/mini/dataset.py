@@ -26,9 +26,9 @@ def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
     return world.render_scene(spec)
 
 
-def write_scenes(out: str | Path, n: int, seed: int = 0) -> Path:
-    """n single-person training scenes (deterministic in (seed, index)) with their references; resumable: an
-    image already written is kept. Returns the manifest's path."""
+def write_scenes(out: str | Path, n: int, seed: int = 0, split: str = "train") -> Path:
+    """n single-person scenes of `split` identities ("train", or "held_out" for measurements), deterministic in
+    (seed, index), with their references; resumable: an image already written is kept. Returns the manifest."""
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "references").mkdir(exist_ok=True)
@@ -36,7 +36,7 @@ def write_scenes(out: str | Path, n: int, seed: int = 0) -> Path:
     for i in tqdm(range(n), desc="mini scenes"):
         name = f"{i:06d}.png"
         rng = np.random.default_rng([seed, 6007, i])
-        spec = world.random_spec(rng, n_people=1, split="train")
+        spec = world.random_spec(rng, n_people=1, split=split)
         image, reference = folder / "images" / name, folder / "references" / name
         if not (image.exists() and reference.exists()):  # a resumed run renders only what is missing
             ref = reference_scene(spec.people[0].identity, rng)

@@ -130,7 +130,7 @@ def _boot_comfy(comfyui: str | None, cpu: bool) -> None:
     if "comfy.model_management" in sys.modules:
         return
     if comfyui:
-        from realisid import comfy_host
+        from realisid.host import comfy_host
 
         comfy_host.boot(comfyui, cpu=cpu)
         return

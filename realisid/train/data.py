@@ -17,7 +17,7 @@ import safetensors.numpy
 import torch
 import torch.nn.functional as F
 
-from realisid.train.prepare import render_hint
+from realisid.faces.render import render_face_hint
 
 TENSOR_KEYS = ("image", "mask", "box", "hint", "face_crop", "embedding")
 
@@ -39,8 +39,9 @@ def read_manifest(cache: str | Path) -> list[dict]:
 
 
 def hint_uint8(unit_points: np.ndarray, size: int) -> np.ndarray:
-    """The landmark hint as uint8 (size, size, 3): render_hint's canvas is uint8 / 255, so this is lossless."""
-    return np.round(render_hint(unit_points, size) * 255.0).astype(np.uint8)
+    """The landmark hint of points in unit crop coordinates as uint8 (size, size, 3): the renderer's canvas is
+    uint8 / 255, so this is lossless."""
+    return np.round(render_face_hint(np.asarray(unit_points, np.float32) * size, size) * 255.0).astype(np.uint8)
 
 
 class CachedFaceDataset(torch.utils.data.Dataset):

@@ -32,7 +32,8 @@ import safetensors.numpy
 
 from realisid.faces.identity_input import masked_face_crop
 from realisid.faces.record import FaceRecord
-from realisid.faces.render import render_kps5, render_landmarks68, to_crop_coords
+from realisid.faces.render import render_face_hint, to_crop_coords
+from realisid.geometry import box_mask
 from realisid.train.sources import RawSample
 
 log = logging.getLogger(__name__)
@@ -103,24 +104,9 @@ def single_face(records: list[FaceRecord], min_score: float, what: str = "image"
     return faces[0]
 
 
-def box_mask(square_px: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (size, size): 1 on pixels whose centre lies in the box (the same rule as geometry.box_mask)."""
-    centres = np.arange(size) + 0.5
-    x0, y0, x1, y1 = (float(v) for v in square_px)
-    mx = (centres >= x0) & (centres < x1)
-    my = (centres >= y0) & (centres < y1)
-    return (my[:, None] & mx[None, :]).astype(np.uint8)
-
-
 def landmarks_in_crop(record: FaceRecord, square_px: np.ndarray) -> np.ndarray:
     points = record.landmarks68 if record.landmarks68 is not None else record.kps
     return to_crop_coords(points, square_px, 1).astype(np.float32)
-
-
-def render_hint(unit_points: np.ndarray, size: int) -> np.ndarray:
-    """Landmarks in unit crop coordinates -> float32 (size, size, 3) hint in [0, 1]."""
-    pts = np.asarray(unit_points, np.float32) * size
-    return render_landmarks68(pts, size) if pts.shape[0] == 68 else render_kps5(pts, size)
 
 
 def short_side_resize(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -179,7 +165,7 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions,
     landmarks = landmarks_in_crop(record, square)
     tensors = {
         "image": image,
-        "mask": box_mask(box * opts.size, opts.size),
+        "mask": box_mask([box], opts.size, opts.size)[0, 0].numpy().astype(np.uint8),  # pixel centres in the box
         "box": box,
         "landmarks": landmarks,
     }
@@ -191,7 +177,7 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions,
     # (identity_sources.encode_person); box_expand widens the location box and the hint crop only
     tensors["face_crop"] = masked_face_crop(identity_photo, identity_record, FACE_CROP_SIZE)
     if opts.hint_size > 0:
-        tensors["hint"] = np.round(render_hint(landmarks, opts.hint_size) * 255).astype(np.uint8)
+        tensors["hint"] = np.round(render_face_hint(landmarks * opts.hint_size, opts.hint_size) * 255).astype(np.uint8)
     if identity_record.embedding is not None:
         tensors["embedding"] = np.asarray(identity_record.embedding, np.float32)
     fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4),

@@ -4,7 +4,7 @@
   RealisIDModel. ComfyUI's memory manager may move, partially offload or patch what it loads; the trainer's
   parameters and the optimizer's state must never take part in that.
 * The conditioning: the positive carries the RealisID control, the negative its null-identity twin
-  (`conditioning.attach_with_null_twin`), sampled with the RealisID Guider (three-way guidance, delayed identity).
+  (`null_identity.attach_with_null_twin`), sampled with the RealisID Guider (three-way guidance, delayed identity).
   Sharing one identity-carrying control with the negative would let CFG cancel the identity signal.
 * Afterwards every model the sampler loaded is unloaded through ComfyUI (its own unpatching), and the frozen base
   goes back to the training device, frozen as the trainer keeps it.
@@ -69,8 +69,8 @@ def sample_faces(host: FrozenHost, model: checkpoint.RealisIDModel, faces: list[
     import comfy.sample
     import comfy.samplers
 
-    from realisid.conditioning import attach_with_null_twin
     from realisid.guidance import RealisIDGuider
+    from realisid.null_identity import attach_with_null_twin
 
     h, w = hw
     images = []

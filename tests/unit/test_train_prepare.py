@@ -10,7 +10,6 @@ import safetensors.numpy
 
 from realisid.train import sources
 from realisid.train.cli import main
-from realisid.train.prepare import box_mask
 from tests.helpers import train_synthetic
 
 ARGS = ["--size", "64", "--detect-size", "256", "--min-face", "8", "--hint-size", "32", "--no-progress"]
@@ -57,7 +56,9 @@ def test_cached_sample_contents_are_consistent(cache):
     box = data["box"]
     np.testing.assert_allclose(box, row["box"], atol=1e-5)
     assert box[2] - box[0] == pytest.approx(box[3] - box[1], abs=1e-5)  # square
-    np.testing.assert_array_equal(data["mask"], box_mask(box * 64, 64))
+    x0, y0, x1, y1 = (float(v) * 64 for v in box)
+    expected = [[int(x0 <= i + 0.5 < x1 and y0 <= j + 0.5 < y1) for i in range(64)] for j in range(64)]
+    np.testing.assert_array_equal(data["mask"], np.array(expected, np.uint8))  # pixel centres inside the box
     assert 0 < data["mask"].sum() < 64 * 64
     inside = (data["landmarks"] > -0.2) & (data["landmarks"] < 1.2)  # landmarks sit in the face box (crop coords)
     assert inside.mean() > 0.95

@@ -16,7 +16,7 @@ the order down_blocks, up_blocks, mid_block. ComfyUI's blocks are enumerated fro
 (input_blocks, output_blocks, middle_block; transformer blocks in order inside each), so any SDXL-family UNet
 pairs with the file whose widths match it (checked).
 
-Which evaluations get the identity: `realisid.control.identity_flags(..., by_index=True)`: ComfyUI's convention
+Which evaluations get the identity: `realisid.null_identity.identity_flags(..., by_index=True)`: ComfyUI's convention
 (cond index 0 is the positive; the patch has no control object to ask), or the RealisID Guider's explicit routing.
 The others get the null tokens (the projection of a zero embedding, InstantID's unconditional input). Always
 inside the boxes only.
@@ -30,7 +30,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from realisid import geometry
-from realisid.control import identity_flags
+from realisid.null_identity import identity_flags
 
 
 def attn2_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from realisid import comfy_host, model_files, workflow_format
+from realisid import model_files
+from realisid.host import comfy_host, workflow_format
 
 log = logging.getLogger("realisid.run")
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-PACK_DIR = pathlib.Path(__file__).resolve().parents[1]
+PACK_DIR = pathlib.Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +38,7 @@ def find_comfyui(explicit: str | os.PathLike | None = None, cwd: str | os.PathLi
         return pathlib.Path(explicit).absolute()
     if os.environ.get("COMFYUI_DIR"):
         return find_comfyui(os.environ["COMFYUI_DIR"])
-    starts = [pathlib.Path(os.path.abspath(__file__)).parents[1], PACK_DIR, pathlib.Path(cwd or os.getcwd()).absolute()]
+    starts = [pathlib.Path(os.path.abspath(__file__)).parents[2], PACK_DIR, pathlib.Path(cwd or os.getcwd()).absolute()]
     for start in starts:
         for folder in (start, *start.parents):
             if folder.name == "custom_nodes" and is_comfyui(folder.parent):
