@@ -14,4 +14,5 @@ if _PACK_DIR not in sys.path:
 if __package__:
     from .nodes import comfy_entrypoint  # noqa: F401
 
-    __all__ = ["comfy_entrypoint"]
+    WEB_DIRECTORY = "./web"  # web/realisid.js: UI graphs saved by earlier versions load with the right values
+    __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

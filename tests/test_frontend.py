@@ -140,6 +140,20 @@ def test_a_changed_widget_value_shows_in_the_frontends_prompt(page):
         f"{node['id']}:EmptyLatentImage.width: frontend {width + 64} vs twin {width}"]
 
 
+def test_a_layout_saved_with_the_old_output_size_widgets_loads_with_its_values(page):
+    """web/realisid.js migrates a graph saved before the layout nodes dropped width/height (their 5 widget values,
+    now 3): the frontend's prompt equals the API twin. Without the extension x would read 1024."""
+    from tests.test_runner import saved_with_the_old_layout_size
+
+    name = "realisid_two_people"
+    old, count = saved_with_the_old_layout_size(json.loads((UI_DIR / f"{name}.json").read_text()))
+    assert count == 2
+    state = page.load(json.dumps(old))
+    assert state["dialogs"] == [] and state["toasts"] == [], state
+    assert api_differences(page.api_prompt(), json.loads((API_DIR / f"{name}.json").read_text())) == []
+    assert any("RealisID: node" in line and "migrated" in line for line in page.console())
+
+
 def test_api_differences_sees_a_changed_widget_value():
     """The comparison itself can fail: a changed value, a changed class and an extra input are all reported."""
     twin = {"1": {"class_type": "A", "inputs": {"x": 0.3, "clip": ["2", 0]}}, "2": {"class_type": "B", "inputs": {}}}

@@ -7,9 +7,35 @@ never drift; `check_ui_workflow` validates a UI file against /object_info the wa
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import pathlib
 from collections import defaultdict
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# the frontend extension (web/realisid.js) applies the same file when a graph loads
+LEGACY_WIDGETS_FILE = pathlib.Path(__file__).resolve().parents[2] / "web" / "legacy_widgets.json"
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _legacy_rules() -> dict:
+    return {k: v for k, v in json.loads(LEGACY_WIDGETS_FILE.read_text()).items() if not k.startswith("_")}
+
+
+def migrate_legacy_widgets(ui: dict) -> dict:
+    """A copy of a UI graph whose nodes saved by earlier versions of this pack (legacy_widgets.json: a node type
+    with exactly its old number of widget values) have the values of removed widgets dropped."""
+    rules, out = _legacy_rules(), dict(ui)
+    out["nodes"] = []
+    for node in ui["nodes"]:
+        rule, values = rules.get(node.get("type")), node.get("widgets_values")
+        if rule and isinstance(values, list) and len(values) == rule["old_count"]:
+            node = {**node, "widgets_values": [v for i, v in enumerate(values) if i not in rule["dropped"]]}
+            log.info("node %s (%s) migrated: %s", node.get("id"), node["type"], rule["why"])
+        out["nodes"].append(node)
+    return out
 
 
 def object_info() -> dict:
@@ -321,7 +347,9 @@ def _columns(prompt: dict) -> dict[str, int]:
 
 
 def ui_to_api(ui: dict, info: dict) -> dict:
-    """The API prompt of a UI graph (what the frontend's graphToPrompt sends); muted/bypassed nodes unsupported."""
+    """The API prompt of a UI graph (what the frontend's graphToPrompt sends, after the same migration of graphs
+    saved by earlier versions); muted/bypassed nodes unsupported."""
+    ui = migrate_legacy_widgets(ui)
     links = {lk[0]: lk for lk in ui["links"]}
     prompt = {}
     for node in ui["nodes"]:
@@ -354,7 +382,9 @@ def _widget_counts(spec: dict) -> tuple[int, int]:
 
 
 def check_ui_workflow(ui: dict, info: dict) -> list[str]:
-    """Problems the frontend would meet loading this UI graph; empty when it is consistent."""
+    """Problems the frontend would meet loading this UI graph (after its migration of graphs saved by earlier
+    versions); empty when it is consistent."""
+    ui = migrate_legacy_widgets(ui)
     problems = []
     nodes_by_id = {n["id"]: n for n in ui["nodes"]}
     for node in ui["nodes"]:
