@@ -1,4 +1,5 @@
-"""Command line: `python -m realisid.train prepare ...` and `python -m realisid.train fit ...` (see docs/training.md)."""
+"""Command line: `python -m realisid.train prepare ...`, `... encode-latents ...` and `... fit ...` (see
+docs/training.md)."""
 
 from __future__ import annotations
 
@@ -92,12 +93,38 @@ def _fit_parser(sub) -> None:
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
 
 
+def _encode_parser(sub) -> None:
+    p = sub.add_parser("encode-latents", help="the frozen VAE's latents of prepared caches, computed once and kept "
+                       "beside them (fit then reads them instead of running the VAE)")
+    p.add_argument("--base", required=True, help="the base checkpoint fit will train on (its VAE encodes)")
+    p.add_argument("--cache", required=True, nargs="+", help="cache folder(s): each gets latents/<base key>.safetensors")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cpu", action="store_true", help="encode on the CPU")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
+
+
+def run_encode(args) -> dict:
+    _boot_comfy(args.comfyui, args.cpu)
+    import comfy.model_management as mm
+    import torch
+
+    from realisid.train import latents
+    from realisid.train.host import FrozenHost
+
+    device = torch.device("cpu") if args.cpu else mm.get_torch_device()
+    host = FrozenHost(args.base, device)
+    return latents.encode_caches(host, args.cache, latents.base_key(args.base), args.batch_size,
+                                 progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m realisid.train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _prepare_parser(sub)
     _fit_parser(sub)
+    _encode_parser(sub)
     return parser
 
 
@@ -190,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             run_prepare(args)
+        elif args.command == "encode-latents":
+            run_encode(args)
         else:
             run_fit(args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

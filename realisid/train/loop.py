@@ -28,7 +28,7 @@ from realisid.control import FaceCondition, branch_residuals
 from realisid.geometry import LATENT_DOWNSCALE
 from realisid.identity_sources import clip_space
 from realisid.machine import machine
-from realisid.train import previews
+from realisid.train import latents, previews
 from realisid.train.data import (
     CachedFaceDataset,
     StepBatches,
@@ -311,7 +311,7 @@ class Trainer:
         if cfg.resume:
             acc.load_state(cfg.resume)
             log.info("resumed from %s at step %d", cfg.resume, self.progress.step)
-        self._latent_cache: dict[int, torch.Tensor] = {}
+        self._latent_cache = self._stored_latents()
         self._saved_step = self.progress.step if cfg.resume else -1
         self._sigterm = False
 
@@ -404,15 +404,23 @@ class Trainer:
                               acc.process_index, acc.num_processes, fixed=cfg.overfit)
         return make_loader(self.dataset, sampler, cfg.workers, cfg.prefetch, pin_memory=acc.device.type == "cuda")
 
+    def _stored_latents(self) -> dict[int, torch.Tensor]:
+        """The latents `encode-latents` stored for this base beside the caches (realisid/train/latents.py), read
+        into memory; the base file is hashed only when some cache has a store at all."""
+        if not any((Path(c) / "latents").is_dir() for c in self.cfg.caches):
+            return {}
+        stored = latents.stored_latents(self.dataset, latents.base_key(self.cfg.base))
+        log.info("%d of %d samples' VAE latents read from the caches' stores", len(stored), len(self.dataset))
+        return {i: t.to(self.accelerator.device) for i, t in stored.items()}
+
     def _latents(self, batch: dict) -> torch.Tensor:
-        if not self.cfg.cache_latents:
-            return self.host.encode_latents(batch["image"])
-        missing = [j for j, i in enumerate(batch["index"]) if i not in self._latent_cache]
-        if missing:
-            fresh = self.host.encode_latents(batch["image"][missing])
-            for j, lat in zip(missing, fresh, strict=True):
-                self._latent_cache[batch["index"][j]] = lat
-        return torch.stack([self._latent_cache[i] for i in batch["index"]])
+        """Stored (or, with cache_latents, already encoded) latents, the VAE for the rest of the batch."""
+        indices = batch["index"]
+        missing = [j for j, i in enumerate(indices) if i not in self._latent_cache]
+        fresh = dict(zip(missing, self.host.encode_latents(batch["image"][missing]), strict=True)) if missing else {}
+        if self.cfg.cache_latents:
+            self._latent_cache.update({indices[j]: lat for j, lat in fresh.items()})
+        return torch.stack([fresh[j] if j in fresh else self._latent_cache[i] for j, i in enumerate(indices)])
 
     def _identity_source(self, batch: dict) -> torch.Tensor:
         if self.cfg.identity_space == "clip":

@@ -1,0 +1,82 @@
+"""Frozen pre-computation: the VAE latents of a training cache, computed once and kept beside it.
+
+`python -m realisid.train encode-latents --base B --cache C [C ...]` writes, for each cache folder,
+`C/latents/<key>.safetensors`: one model-space latent per sample (what `FrozenHost.encode_latents` gives, float32),
+under the sample's file name. `<key>` is the first 16 hex digits of the base file's SHA-256, so latents are only
+ever read by a run on the same base (VAE and latent format come from it). `fit` reads the store of its base when
+there is one and encodes only samples it lacks; a step then runs the branches and the frozen UNet, not the VAE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from tqdm import tqdm
+
+from realisid.train.data import CachedFaceDataset, collate
+from realisid.train.outputs import file_sha256
+
+log = logging.getLogger(__name__)
+KEY_LENGTH = 16
+
+
+def base_key(base_file: str | Path) -> str:
+    return file_sha256(base_file)[:KEY_LENGTH]
+
+
+def store_path(cache: str | Path, key: str) -> Path:
+    return Path(cache) / "latents" / f"{key}.safetensors"
+
+
+def read_store(cache: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """{sample file: latent} of one cache for the base `key` (empty when none was written)."""
+    path = store_path(cache, key)
+    return safetensors.torch.load_file(str(path)) if path.is_file() else {}
+
+
+def write_store(cache: str | Path, key: str, latents: dict[str, torch.Tensor]) -> Path:
+    """Written to a temporary name first, so an interrupted write never leaves a store that reads half."""
+    path = store_path(cache, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in latents.items()}, str(partial),
+                                metadata={"format": "realisid-latents", "base_key": key})
+    os.replace(partial, path)
+    return path
+
+
+def stored_latents(dataset: CachedFaceDataset, key: str) -> dict[int, torch.Tensor]:
+    """{dataset index: latent} of every sample whose cache has a store for `key`."""
+    stores: dict[Path, dict[str, torch.Tensor]] = {}
+    out = {}
+    for index, (cache, row) in enumerate(dataset.rows):
+        if cache not in stores:
+            stores[cache] = read_store(cache, key)
+        latent = stores[cache].get(row["file"])
+        if latent is not None:
+            out[index] = latent
+    return out
+
+
+def encode_caches(host, caches: list[str], key: str, batch_size: int = 16, progress: bool = True) -> dict:
+    """Encode every sample of each cache that its store lacks; returns {cache: number of latents stored}."""
+    counts = {}
+    for cache in caches:
+        dataset = CachedFaceDataset(cache, hint_size=8)  # the hint is not read here
+        latents = read_store(cache, key)
+        missing = [i for i, (_, row) in enumerate(dataset.rows) if row["file"] not in latents]
+        for start in tqdm(range(0, len(missing), batch_size), desc=f"latents {Path(cache).name}", disable=not progress):
+            indices = missing[start:start + batch_size]
+            batch = collate([dataset[i] for i in indices])
+            with torch.no_grad():
+                encoded = host.encode_latents(batch["image"].to(host.device).float() / 255.0).cpu()
+            for i, latent in zip(indices, encoded, strict=True):
+                latents[dataset.rows[i][1]["file"]] = latent
+        write_store(cache, key, latents)
+        counts[str(cache)] = len(latents)
+        log.info("%s: %d latents (%d new) in %s", cache, len(latents), len(missing), store_path(cache, key))
+    return counts
