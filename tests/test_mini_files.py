@@ -108,11 +108,19 @@ def test_card_judges_the_base_gate_at_ninety_percent(found, verdict):
     assert f"**{verdict}**" in line and "200 text-only samples" in line and "1.50 s per image" in line
 
 
+def test_card_lists_identity_use_per_model_and_recipe():
+    from realisid.mini import card
+
+    lines = card.identity_use_section({"m, other": {"n": 64, "face_mse_own": 0.3, "face_mse_other": 0.4,
+                                                    "gap": 0.25, "win_rate": 0.875}})
+    assert "| m, other | 64 | 0.300 | 0.400 | 25.0 % | 0.875 |" in lines
+
+
 def test_export_realisid_takes_the_newest_step_in_fp16_with_its_training_record(models_dir, tmp_path):
     """`python -m realisid.mini export realisid`: the newest step file of a fit folder, fp16, still a RealisID file,
     its training record readable by the card; a file without a record is refused, naming the way to get one."""
     from realisid import checkpoint
-    from realisid.mini import cli
+    from realisid.mini import card, cli
     from realisid.train.outputs import write_realisid
 
     model = checkpoint.load_realisid(str(models_dir / "realisid" / "tiny_realisid_sdxl.safetensors"))
@@ -126,6 +134,16 @@ def test_export_realisid_takes_the_newest_step_in_fp16_with_its_training_record(
     assert files.read_info(out, "realisid")["training"]["realisid"] == {"steps": 10, "seconds": 20.0, "seed": 1,
                                                                        "machine": "m"}
     assert checkpoint.load_realisid(str(out)).config == model.config
+    later = tmp_path / "fit2"  # a run warm-started from `out` (fit --init): its stages, then this run's
+    write_realisid(model.nets.state_dict(), model.config, later / "realisid-step0000004.safetensors", torch.float32,
+                   {"steps": 4, "seconds": 8.0, "seed": 2, "machine": "m"})
+    continued = tmp_path / "continued.safetensors"
+    cli._export_realisid(str(later), continued, continues=str(out))
+    assert files.read_info(continued, "realisid")["training"] == {
+        "realisid": {"steps": 10, "seconds": 20.0, "seed": 1, "machine": "m"},
+        "realisid stage 2": {"steps": 4, "seconds": 8.0, "seed": 2, "machine": "m"}}
+    rows = card._training_rows(files.read_info(continued, "realisid"))
+    assert [r.split(" | ")[:2] for r in rows] == [["| realisid", "10"], ["| realisid stage 2", "4"]]
     bare = tmp_path / "bare"
     bare.mkdir()
     checkpoint.save_realisid(model, str(bare / "realisid-step0000003.safetensors"))

@@ -151,6 +151,9 @@ def write_card(commands: str) -> Path:
     behaviour_path = files.MODELS_DIR / "behaviour.json"
     if behaviour_path.exists():
         lines += behaviour_section(json.loads(behaviour_path.read_text()))
+    use_path = files.MODELS_DIR / "identity_use.json"
+    if use_path.exists():
+        lines += identity_use_section(json.loads(use_path.read_text()))
     path = files.MODELS_DIR / "README.md"
     path.write_text("\n".join(lines) + "\n" + STATUS)
     return path
@@ -200,6 +203,20 @@ def behaviour_section(b: dict) -> list[str]:
         lines.append(f"* Binding, {count} people ({v['n']} faces): each box's face nearest its own reference in "
                      f"{_fmt(v['rate'])} (>= {t['binding_rate']} -> **{_verdict(v['rate'] >= t['binding_rate'])}**); "
                      f"attribute match {_fmt(v['identity'])}, face found {_fmt(v['found'])}.")
+    return lines + [""]
+
+
+def identity_use_section(figures: dict) -> list[str]:
+    """`python -m realisid.mini identity-use` per model and reference recipe (realisid/train/identity_use.py)."""
+    lines = ["## Identity use: does the model use the identity? (held-out faces, the trainer's loss)", "",
+             "The face-box denoising loss of held-out faces with their own identity and with another face's, on "
+             "the same noise, timestep and caption (`python -m realisid.mini identity-use`). A model that ignores "
+             "the identity scores the same with either; 'gap' is the relative reduction by the face's own identity.",
+             "", "| model, references of the held-out faces | faces | own identity | another's | gap | own lower |",
+             "|---|---|---|---|---|---|"]
+    for label, v in figures.items():
+        lines.append(f"| {label} | {v['n']} | {_fmt(v['face_mse_own'])} | {_fmt(v['face_mse_other'])} | "
+                     f"{100 * v['gap']:.1f} % | {_fmt(v['win_rate'])} |")
     return lines + [""]
 
 

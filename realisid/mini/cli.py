@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("what", choices=EXPORTS)
     export.add_argument("--work", required=True)
     export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--continues", default=None, help="realisid only: the RealisID-Mini file this run started "
+                        "from (fit --init); its training stages are kept before this run's in the record")
     scenes = sub.add_parser("scenes", help="the branches' training set: single-person scenes of training identities, "
                             "each with another render of the same person, as a manifest for realisid.train prepare")
     scenes.add_argument("--out", required=True)
@@ -136,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--init is for the base stage only, not {args.stage!r}")
         _train(args.stage, args.work, args.steps, args.seed, args.init)
     elif args.command == "export":
-        _export(args.what, args.work, args.seed)
+        if args.continues is not None and args.what != "realisid":
+            raise SystemExit(f"--continues is for the realisid export only, not {args.what!r}")
+        _export(args.what, args.work, args.seed, args.continues)
     elif args.command == "encode":
         from realisid.mini import base
 
@@ -234,7 +238,7 @@ def _record(state: dict) -> dict:
             "machine": state.get("machine", "not recorded")}
 
 
-def _export(what: str, work: str, seed: int) -> None:
+def _export(what: str, work: str, seed: int, continues: str | None = None) -> None:
     from realisid.mini import backend, facenets, files, judge, vae
 
     if what == "faces":
@@ -256,13 +260,14 @@ def _export(what: str, work: str, seed: int) -> None:
     elif what == "base":
         _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
     else:
-        _export_realisid(work, files.REALISID_DIR / files.REALISID_FILE)
+        _export_realisid(work, files.REALISID_DIR / files.REALISID_FILE, continues)
     log.info("exported %s", what)
 
 
-def _export_realisid(work: str, path: Path) -> None:
+def _export_realisid(work: str, path: Path, continues: str | None = None) -> None:
     """The newest model file of a `python -m realisid.train fit --out WORK` run, in fp16, with the training record
-    the trainer wrote into it (the model card's row)."""
+    the trainer wrote into it (the model card's row). A run warm-started from an exported file (`continues`) keeps
+    that file's stages first and adds its own as the next stage."""
     import re
 
     import safetensors
@@ -282,9 +287,11 @@ def _export_realisid(work: str, path: Path) -> None:
         raise SystemExit(f"{source} has no '{TRAINING_KEY}' record (steps, time, machine): it was written by an older "
                          f"trainer; continue it with `python -m realisid.train fit --init {source}` to get one")
     record = json.loads(metadata[TRAINING_KEY])
+    stages = {} if continues is None else dict(files.read_info(continues, "realisid").get("training", {}))
+    stage = "realisid" if not stages else f"realisid stage {len(stages) + 1}"
     tensors = {k: (v.half() if v.is_floating_point() else v)
                for k, v in safetensors.torch.load_file(str(source)).items()}
-    metadata[files.METADATA_KEY] = json.dumps({"kind": "realisid", "training": {"realisid": record}})
+    metadata[files.METADATA_KEY] = json.dumps({"kind": "realisid", "training": {**stages, stage: record}})
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
     log.info("%s: step %d of %s, %.1f MB", path, step, work, path.stat().st_size / 1e6)
