@@ -132,7 +132,12 @@ def main(argv=None) -> dict:
         log.info("K=%s: cached %.2f ms (%d copies), uncached %.2f ms (%d copies) per UNet call", k,
                  fig["cached"]["median_s"] * 1e3, fig["cached"]["copies_per_unet_call"],
                  fig["uncached"]["median_s"] * 1e3, fig["uncached"]["copies_per_unet_call"])
-    report = {"config": {k: v for k, v in vars(args).items() if k != "comfyui_dir"}, "results": results}
+    import torch
+
+    from realisid.machine import description
+
+    report = {"machine": description(torch.device(args.device)), "results": results,
+              "config": {k: v for k, v in vars(args).items() if k != "comfyui_dir"}}
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(report, indent=1))
     return report

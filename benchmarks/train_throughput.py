@@ -109,6 +109,7 @@ def run(args) -> dict:
     import torch
     from accelerate import Accelerator
 
+    from realisid.machine import description
     from realisid.train.loop import BranchForward, StepInputs, TrainConfig, step_loss
 
     args.size = args.size or ((1024 if args.family == "sdxl" else 512) if args.real_size else 64)
@@ -164,7 +165,7 @@ def run(args) -> dict:
         "family": args.family, "real_size": args.real_size, "image_size": args.size, "batch_size": b,
         "crop_size": args.crop_size, "mixed_precision": args.mixed_precision,
         "grad_checkpointing": args.grad_checkpointing, "checkpoint_unet": args.checkpoint_unet, "device": str(dev),
-        "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "machine": description(dev),
         "trainable_params": sum(p.numel() for p in model.nets.parameters() if p.requires_grad),
         "steps": args.steps, "seconds": round(seconds, 3), "images_per_s": round(b * args.steps / seconds, 3),
         "peak_memory_mb": round(peak_memory_mb(str(dev)), 1),

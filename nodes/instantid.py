@@ -92,7 +92,8 @@ class InstantIDAttention(io.ComfyNode):
 
 
 def apply_attention(model, instantid_model, faces, layout, weight, start_percent, end_percent):
-    """Validate the inputs and return the patched MODEL clone (or the MODEL itself when there are no faces)."""
+    """Validate the inputs and return the patched MODEL clone (or the MODEL itself when there are no faces or the
+    weight is 0: core's convention, strength 0 returns the input and costs nothing)."""
     weight, start_percent, end_percent = (validation.finite_number(name, value) for name, value in
                                           (("weight", weight), ("start_percent", start_percent),
                                            ("end_percent", end_percent)))
@@ -104,8 +105,8 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
     instantid.check_base(instantid_model, model)
     faces = validation.faces("faces", faces)
     checked_layout("layout", layout)
-    if not faces:
-        return model  # the encoder's pass-through policy found no face: nothing to add
+    if not faces or weight == 0.0:
+        return model  # no face (the encoder's pass-through policy) or weight 0: nothing to add
     if len(faces) != len(layout):
         raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per person")
     for face in faces:

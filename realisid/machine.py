@@ -35,7 +35,7 @@ def description(device: torch.device | None = None) -> dict:
 
 
 def machine() -> str:
-    """One line: the architecture, cores, torch threads and the device (model cards, training records)."""
-    threads = torch.get_num_threads()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads, {device}"
+    """One line of `description` (model cards, training records): architecture, cores, torch threads, device."""
+    info = description(torch.device("cuda", 0) if torch.cuda.is_available() else None)
+    return (f"{platform.processor() or platform.machine()}, {info['cpu_count']} cores, {info['torch_threads']} "
+            f"torch threads, {info['gpu'] or 'CPU'}")

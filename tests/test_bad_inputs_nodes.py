@@ -147,6 +147,21 @@ def test_instantid_attention_accepts_finite_numbers(mapping, base, instantid_mod
     assert run_attention(mapping, base, instantid_model, {})[0] is base  # no faces: the MODEL passes through
 
 
+def test_instantid_attention_at_weight_zero_returns_the_model_itself(mapping, base, instantid_model):
+    """Core's convention: strength 0 returns the input (no clone, no 70 attention patches); any other weight
+    patches a clone."""
+    from realisid.faces import FaceRecord
+    from realisid.identity_sources import EncodedFace
+
+    record = FaceRecord(box=(60, 50, 140, 150), score=1, kps=[(85, 90), (115, 90), (100, 110), (88, 130), (112, 130)],
+                        image_size=(200, 200))
+    faces = [EncodedFace(record, torch.randn(1, 512, generator=torch.Generator().manual_seed(3)),
+                         instantid.IDENTITY_SPACE)]
+    assert run_attention(mapping, base, instantid_model, {"weight": 0.0}, faces)[0] is base
+    patched = run_attention(mapping, base, instantid_model, {"weight": 0.5}, faces)[0]
+    assert patched is not base and patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+
+
 # ------------------------------------------------------------------------------------------ Face Encoder ------
 def encode(mapping, analyzer, model, clip_vision, image, policy="error"):
     return mapping["RealisIDFaceEncoder"].execute(image, analyzer, model, "largest", 0, policy, ONE_PER_IMAGE,

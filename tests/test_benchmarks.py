@@ -100,3 +100,4 @@ def test_train_throughput_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
     assert result["peak_memory_mb"] > 0 and result["batch_size"] == 2
+    assert result["machine"]["cpu"] and result["machine"]["gpu"] is None  # realisid.machine.description

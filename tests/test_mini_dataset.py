@@ -30,6 +30,8 @@ def test_scenes_are_single_training_identities_with_another_render_of_the_same_p
         reference = dataset.reference_scene(spec.people[0].identity, rng)
         np.testing.assert_array_equal(cv2.imread(str(scenes.parent / row["reference"]))[..., ::-1], reference.image)
         assert reference.faces[0].identity == spec.people[0].identity and not np.array_equal(reference.image, target)
+    own = [json.loads(line) for line in (scenes.parent / dataset.MANIFEST_SELF).read_text().splitlines()]
+    assert own == [{k: v for k, v in row.items() if k != "reference"} for row in rows]  # the "self" recipe
     before = scenes.read_text()
     assert dataset.write_scenes(scenes.parent, n=3, seed=4).read_text() == before  # resumable, same lines
 

@@ -129,9 +129,9 @@ def l2_normalise(vec: np.ndarray) -> np.ndarray:
     return vec / norm
 
 
-def square_box_xyxy(box, expand: float = 1.0) -> np.ndarray:
-    """Square (xyxy, float32) centred on `box`, side max(w, h) * expand."""
+def square_box_xyxy(box, expand: float = 1.0, dtype=np.float32) -> np.ndarray:
+    """Square (xyxy) centred on `box`, side max(w, h) * expand, computed in float64 and returned as `dtype`."""
     x0, y0, x1, y1 = (float(v) for v in box)
     half = max(x1 - x0, y1 - y0) * float(expand) / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+    return np.array([cx - half, cy - half, cx + half, cy + half], dtype)

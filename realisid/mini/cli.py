@@ -53,7 +53,29 @@ OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/re
   --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \\
   --cache-latents --seed 0
 python -m realisid.mini export realisid --work $W/fit_other
-python -m realisid.mini curves --work $W/fit_other --stages realisid
+# stage 2: the two reference recipes, each continued from the stage-1 file at an equal budget (1,200 steps, seed
+# 1, one thread each, side by side): "other" as in stage 1, and the paper's "self" (the target is its own reference;
+# scenes writes manifest_self.jsonl beside manifest.jsonl, the same scenes without their references)
+for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest_self.jsonl --out $W/cache_self_$s \
+  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \
+  --shard-index $s & done; wait
+for r in other self; do OMP_NUM_THREADS=1 python -m realisid.train fit \
+  --base models/mini/checkpoints/realisid_mini_base.safetensors --cache $W/cache_${r}_0 $W/cache_${r}_1 \
+  --out $W/fit2_$r --identity-space embedding --crop-size 16 --batch-size 8 --lr 2e-4 --lr-warmup 100 \
+  --steps 1200 --save-every 200 --keep-last 2 --workers 0 --cpu --cache-latents --seed 1 \
+  --init models/mini/realisid/realisid_mini.safetensors & done; wait
+# identity use of each recipe on held-out people, with "other" and with "self" references
+python -m realisid.mini scenes --out $W/heldout --n 256 --seed 1 --split held_out
+for r in other self; do m=manifest.jsonl; [ $r = self ] && m=manifest_self.jsonl
+  python -m realisid.train prepare --manifest $W/heldout/$m --out $W/heldout_$r --backend mini --size 256 \
+    --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128; done
+python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.safetensors --cache $W/heldout_other \
+  --n 128 --out models/mini/identity_use.json --label "stage 1 (1,765 steps, other), other references"
+for f in other self; do for r in other self; do python -m realisid.mini identity-use \
+  --model $W/fit2_$f/realisid-final.safetensors --cache $W/heldout_$r --n 128 --out models/mini/identity_use.json \
+  --label "stage 2 $f (+1,200 steps), $r references"; done; done
+python -m realisid.mini export realisid --work $W/fit2_WINNER --continues models/mini/realisid/realisid_mini.safetensors
+python -m realisid.mini curves --work $W/fit2_WINNER --stages realisid --suffix _stage2
 python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 """
 
@@ -117,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     curves.add_argument("--out", default=None, help="folder (default models/mini/curves)")
     curves.add_argument("--stages", nargs="*", default=list(STAGES), choices=(*STAGES, "realisid"),
                         help="only these stages (the final ones: a stage still training has no final curve)")
+    curves.add_argument("--suffix", default="", help="appended to the file name, e.g. _stage2 for a continued stage")
     gates = sub.add_parser("gates", help="measure the model card's gates with the exported files")
     gates.add_argument("--out", required=True, help="JSON file for the figures")
     gates.add_argument("--n", type=int, default=200, help="faces per cell")
@@ -152,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "curves":
         from realisid.mini import curves, files
 
-        curves.plot_curves(args.work, args.out or str(files.MODELS_DIR / "curves"), tuple(args.stages))
+        curves.plot_curves(args.work, args.out or str(files.MODELS_DIR / "curves"), tuple(args.stages), args.suffix)
     elif args.command == "card":
         from realisid.mini import card
 

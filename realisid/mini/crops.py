@@ -5,16 +5,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from realisid.faces.record import square_box_xyxy
+
 CROP = 64  # side of the crops the Mini face networks read
 EXPAND = 1.5  # crop side relative to the face-box side (hair and chin in view)
 
 
 def crop_frame(box, expand: float = EXPAND) -> np.ndarray:
-    """The square (xyxy px) a crop of `box` covers: same centre, side = max side * expand."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    half = max(x1 - x0, y1 - y0) * expand / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return np.array([cx - half, cy - half, cx + half, cy + half], np.float64)
+    """The square (xyxy px, float64) a crop of `box` covers: same centre, side = max side * expand."""
+    return square_box_xyxy(box, expand, np.float64)
 
 
 def crop(image: np.ndarray, box, expand: float = EXPAND, size: int = CROP) -> np.ndarray:

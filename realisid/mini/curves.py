@@ -25,7 +25,8 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
-def plot_curves(work: str, out_dir: str, stages: tuple[str, ...]) -> list[Path]:
+def plot_curves(work: str, out_dir: str, stages: tuple[str, ...], suffix: str = "") -> list[Path]:
+    """curve_<stage><suffix>.png per stage whose log is in `work` (a suffix keeps a later stage's curve apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +50,7 @@ def plot_curves(work: str, out_dir: str, stages: tuple[str, ...]) -> list[Path]:
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
         fig.tight_layout()
-        target = Path(out_dir) / f"curve_{stage}.png"
+        target = Path(out_dir) / f"curve_{stage}{suffix}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(target, dpi=90)
         plt.close(fig)

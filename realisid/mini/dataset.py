@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from realisid.mini import head, world
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = "manifest.jsonl"  # each scene with its other render as the reference ("other")
+MANIFEST_SELF = "manifest_self.jsonl"  # the same scenes without one: the target is its own reference ("self")
 
 
 def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
@@ -28,7 +29,8 @@ def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
 
 def write_scenes(out: str | Path, n: int, seed: int = 0, split: str = "train") -> Path:
     """n single-person scenes of `split` identities ("train", or "held_out" for measurements), deterministic in
-    (seed, index), with their references; resumable: an image already written is kept. Returns the manifest."""
+    (seed, index), with their references; resumable: an image already written is kept. Returns the "other"
+    manifest; the "self" manifest of the same scenes is written beside it."""
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "references").mkdir(exist_ok=True)
@@ -46,4 +48,6 @@ def write_scenes(out: str | Path, n: int, seed: int = 0, split: str = "train") -
                                  "reference": f"references/{name}"}))
     manifest = folder / MANIFEST
     manifest.write_text("\n".join(lines) + "\n")
+    own = [json.dumps({k: v for k, v in json.loads(line).items() if k != "reference"}) for line in lines]
+    (folder / MANIFEST_SELF).write_text("\n".join(own) + "\n")
     return manifest
