@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--seed", type=int, default=71)
     behaviour.add_argument("--gates", default=None, help="gates.json with the judge's ceiling (default: the shipped one)")
     behaviour.add_argument("--images", default=None, help="also save every generated image into this folder")
+    behaviour.add_argument("--variants", nargs="+", default=None, choices=("full", "local_only", "global_only",
+                                                                            "text_only"),
+                           help="only these variants of the identity cells (default: all four)")
+    behaviour.add_argument("--people", nargs="*", type=int, default=None, choices=(2, 3),
+                           help="multi-person cells (default: 2 and 3; none with an empty list)")
     use = sub.add_parser("identity-use", help="face-box loss of held-out faces with their own identity vs another's "
                          "(see realisid/train/identity_use.py)")
     use.add_argument("--model", required=True, help="RealisID-Mini file (.safetensors)")
@@ -220,7 +225,9 @@ def _behaviour(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
         folder_paths.set_input_directory(f"{scratch}/input")
         folder_paths.set_output_directory(f"{scratch}/output")
-        summary = behaviour.measure(args.n, args.gates or files.MODELS_DIR / "gates.json", args.seed, args.images)
+        options = {k: tuple(v) for k, v in (("variants", args.variants), ("people", args.people)) if v is not None}
+        summary = behaviour.measure(args.n, args.gates or files.MODELS_DIR / "gates.json", args.seed, args.images,
+                                    **options)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
     log.info("behaviour written to %s (%.2f s per image)", args.out, summary["seconds_per_image"])
