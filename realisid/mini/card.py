@@ -238,23 +238,31 @@ STATUS = """## Status and what it does not show
   textures. The branches were trained on this base (more base training would mean retraining them).
 * RealisID-Mini (`realisid/realisid_mini.safetensors`, 11.9 MB fp16): the local and global branches and the
   identity projector (5.9 M parameters), trained by the pack's own `python -m realisid.train fit` (the shared
-  forward, noise MSE + face-box MSE, 5 % image / text / both dropout) on the shipped base, 4,000 single-person
-  scenes of training identities, batch 8, lr 2e-4 constant after 100 warm-up steps, 1,765 steps (77 min on 2 CPU
-  threads, the first 500 slower while the VAE latents were cached). Identity source: the mini face backend's
-  64-d embedding, declared in the checkpoint (`identity_space: mini-facenet-64`). References: each scene's
-  reference is **another render of the same identity** (other scene, pose, expression), the recipe that cannot
-  be solved by copying the reference; the paper's "self" recipe (the target as its own reference) is supported
-  (`prepare` without a `reference` field) but was **not trained at an equal budget** on this 2-core machine, so
-  which recipe is better is not measured yet. Loss curve: `curves/curve_realisid.png` (this run's curve was read
-  from its log; the trainer now writes `realisid.log.jsonl` itself). A later stage continues from this file with
-  `fit --init models/mini/realisid/realisid_mini.safetensors`.
-* What the behaviour figures say (above): the branches act on **where** and **how the head is turned**, not yet
-  on **who**. With the branches a face is found in its box far more often than with the text-only base (1/4:
-  0.67 against 0.25; 1/7: 0.42 against 0.08), and the head follows the landmark hint (mean yaw error about 10
-  degrees against the driver or the reference). Identity is at chance (attribute match 0.34-0.35 against 0.25-0.27
-  for another person, the text-only base 0.35), so binding is at chance too, and the expression does not follow
-  the driver yet. Below every other threshold of issue 13 at this training length; the base itself draws
-  distorted faces (its gate above), which caps what any branch can show. The thresholds stay as stated; the CI
-  tests that miss them are marked xfail(strict) with the measured figure.
+  forward, noise MSE + face-box MSE, 5 % image / text / both dropout) on the shipped base and 4,000 single-person
+  scenes of training identities, batch 8, lr 2e-4 constant after 100 warm-up steps, in three stages (table above):
+  1,765 steps with "other" references (77 min, 2 threads); then both reference recipes continued from that file
+  at an equal budget, 1,200 steps each side by side on one thread each (52 and 59 min); then the chosen recipe
+  2,500 more steps (2 threads, VAE latents pre-computed once by `encode-latents`: 0.73 s per step instead of about
+  4 s while a run encodes its own). 5,465 steps in all. Identity source: the mini face backend's 64-d embedding,
+  declared in the checkpoint (`identity_space: mini-facenet-64`). Curves: `curves/curve_realisid.png` (stage 1),
+  `_stage2`, `_stage3`. A later stage continues with `fit --init`.
+* **The two reference recipes, measured** (stage 2, the same scenes, seed and steps; "other": each scene's
+  reference is another render of the same identity; "self", the paper's: the target is its own reference).
+  Identity use (table above, 128 held-out faces): a 17.4 % gap for "other" and 17.3 % for "self" with other-render
+  references, 17.5 % and 18.0 % with self references, so identity is learnt equally. Through the nodes (12 cases
+  per cell, full model): identity / ceiling 0.392 and 0.392 at 1/4, 0.329 and 0.348 at 1/7; faces in their box
+  (IoU >= 0.6) 0.667 and 0.611; expression copied from the reference instead of the driver ("copy-paste") 0.17
+  and 0.25. Differences this small are within the noise of 12 cases. "Other" is shipped: it ties on identity,
+  copies the reference less, and cannot be solved by copying the reference at all (which matters with pixel
+  identity sources such as CLIP tokens, where "self" can paste the face).
+* What the behaviour figures say (above): the branches act on **where** and **how the head is turned**, and
+  now measurably use the identity in denoising (identity use: a 26.3 % gap after stage 3, 12.1 % after stage 1),
+  and the judge now reads part of it in the generated faces: attribute match / ceiling 0.495 at 1/4 and 0.471 at
+  1/7, against 0.355 / 0.311 for the text-only base and 0.250 / 0.241 for another person's attributes (stage 1:
+  0.35 / 0.36, at chance). Binding rose with it (0.71 / 0.56 for 2 / 3 people, stage 1 0.54 / 0.42); the
+  expression does not follow the driver yet (0.25), and the yaw error with a driver is 14 degrees (12 cases). Below every threshold
+  of issue 13 at this training length; the base itself draws distorted faces (its gate above), which caps what
+  any branch can show. The thresholds stay as stated; the CI tests that miss them are marked xfail(strict) with
+  the measured figure.
 * A cartoon world: flat colours, a fixed head model, nine discrete attributes. Figures here do not transfer to photos.
 """

@@ -56,26 +56,41 @@ python -m realisid.mini export realisid --work $W/fit_other
 # stage 2: the two reference recipes, each continued from the stage-1 file at an equal budget (1,200 steps, seed
 # 1, one thread each, side by side): "other" as in stage 1, and the paper's "self" (the target is its own reference;
 # scenes writes manifest_self.jsonl beside manifest.jsonl, the same scenes without their references)
-for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest_self.jsonl --out $W/cache_self_$s \
-  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \
+for s in 0 1; do python -m realisid.train prepare --manifest $W/scenes/manifest_self.jsonl --out $W/cache_self_$s \\
+  --backend mini --size 256 --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128 --num-shards 2 \\
   --shard-index $s & done; wait
-for r in other self; do OMP_NUM_THREADS=1 python -m realisid.train fit \
-  --base models/mini/checkpoints/realisid_mini_base.safetensors --cache $W/cache_${r}_0 $W/cache_${r}_1 \
-  --out $W/fit2_$r --identity-space embedding --crop-size 16 --batch-size 8 --lr 2e-4 --lr-warmup 100 \
-  --steps 1200 --save-every 200 --keep-last 2 --workers 0 --cpu --cache-latents --seed 1 \
+for r in other self; do OMP_NUM_THREADS=1 python -m realisid.train fit \\
+  --base models/mini/checkpoints/realisid_mini_base.safetensors --cache $W/cache_${r}_0 $W/cache_${r}_1 \\
+  --out $W/fit2_$r --identity-space embedding --crop-size 16 --batch-size 8 --lr 2e-4 --lr-warmup 100 \\
+  --steps 1200 --save-every 200 --keep-last 2 --workers 0 --cpu --cache-latents --seed 1 \\
   --init models/mini/realisid/realisid_mini.safetensors & done; wait
 # identity use of each recipe on held-out people, with "other" and with "self" references
 python -m realisid.mini scenes --out $W/heldout --n 256 --seed 1 --split held_out
 for r in other self; do m=manifest.jsonl; [ $r = self ] && m=manifest_self.jsonl
-  python -m realisid.train prepare --manifest $W/heldout/$m --out $W/heldout_$r --backend mini --size 256 \
+  python -m realisid.train prepare --manifest $W/heldout/$m --out $W/heldout_$r --backend mini --size 256 \\
     --detect-size 256 --min-face 8 --min-score 0.4 --hint-size 128; done
-python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.safetensors --cache $W/heldout_other \
+python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.safetensors --cache $W/heldout_other \\
   --n 128 --out models/mini/identity_use.json --label "stage 1 (1,765 steps, other), other references"
-for f in other self; do for r in other self; do python -m realisid.mini identity-use \
-  --model $W/fit2_$f/realisid-final.safetensors --cache $W/heldout_$r --n 128 --out models/mini/identity_use.json \
+for f in other self; do for r in other self; do python -m realisid.mini identity-use \\
+  --model $W/fit2_$f/realisid-final.safetensors --cache $W/heldout_$r --n 128 --out models/mini/identity_use.json \\
   --label "stage 2 $f (+1,200 steps), $r references"; done; done
-python -m realisid.mini export realisid --work $W/fit2_WINNER --continues models/mini/realisid/realisid_mini.safetensors
-python -m realisid.mini curves --work $W/fit2_WINNER --stages realisid --suffix _stage2
+for r in other self; do cp models/mini/realisid/realisid_mini.safetensors $W/stage1.safetensors  # (once)
+  python -m realisid.mini export realisid --work $W/fit2_$r --continues $W/stage1.safetensors
+  python -m realisid.mini behaviour --out $W/behaviour_recipe_$r.json --n 12 --variants full --people; done
+# the recipes tie on identity; "other" copies the reference's expression less: stage 3 continues it, its VAE
+# latents pre-computed once (encode-latents), 2 threads
+python -m realisid.mini export realisid --work $W/fit2_other --continues $W/stage1.safetensors
+python -m realisid.train encode-latents --base models/mini/checkpoints/realisid_mini_base.safetensors \\
+  --cache $W/cache_other_0 $W/cache_other_1 --cpu
+OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \\
+  --cache $W/cache_other_0 $W/cache_other_1 --out $W/fit3_other --identity-space embedding --crop-size 16 \\
+  --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 2500 --save-every 250 --keep-last 2 --workers 0 --cpu \\
+  --cache-latents --seed 2 --init $W/fit2_other/realisid-final.safetensors
+python -m realisid.mini export realisid --work $W/fit3_other --continues models/mini/realisid/realisid_mini.safetensors
+python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.safetensors --cache $W/heldout_other \\
+  --n 128 --out models/mini/identity_use.json --label "stage 3 other (+2,500 steps), other references"
+python -m realisid.mini curves --work $W/fit2_other --stages realisid --suffix _stage2
+python -m realisid.mini curves --work $W/fit3_other --stages realisid --suffix _stage3
 python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 """
 
