@@ -74,8 +74,8 @@ python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.
 for f in other self; do for r in other self; do python -m realisid.mini identity-use \\
   --model $W/fit2_$f/realisid-final.safetensors --cache $W/heldout_$r --n 128 --out models/mini/identity_use.json \\
   --label "stage 2 $f (+1,200 steps), $r references"; done; done
-for r in other self; do cp models/mini/realisid/realisid_mini.safetensors $W/stage1.safetensors  # (once)
-  python -m realisid.mini export realisid --work $W/fit2_$r --continues $W/stage1.safetensors
+cp models/mini/realisid/realisid_mini.safetensors $W/stage1.safetensors  # stage 1, before the exports replace it
+for r in other self; do python -m realisid.mini export realisid --work $W/fit2_$r --continues $W/stage1.safetensors
   python -m realisid.mini behaviour --out $W/behaviour_recipe_$r.json --n 12 --variants full --people; done
 # the recipes tie on identity; "other" copies the reference's expression less: stage 3 continues it, its VAE
 # latents pre-computed once (encode-latents), 2 threads

@@ -12,7 +12,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -57,16 +56,19 @@ def _per_sample_face_mse(trainer: Trainer, batch: dict, seed: int, step: int) ->
 
 def measure(model_file: str, base_file: str, caches: list[str], n: int, batch_size: int = 8,
             seed: int = 0) -> IdentityUse:
-    """Identity use of `model_file` on n samples of `caches` (held-out people, prepared like the training set)."""
-    config = checkpoint.load_realisid(model_file, dtype=torch.float32).config
+    """Identity use of `model_file` on the first n samples of `caches` in a seeded order (held-out people, prepared
+    like the training set; at most every sample once, so n is capped at the caches' size)."""
+    config = checkpoint.read_config(model_file)
+    order = other_identity_order(batch_size)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(base=base_file, cache=caches, out=out, identity_space="embedding",
-                          crop_size=int(config["crop_size"]), projector=dict(config["projector"]), init=model_file, drop_image=0.0, drop_text=0.0, drop_both=0.0, cpu=True, workers=0,
-                          steps=1, batch_size=batch_size, progress=False, seed=seed)
+                          crop_size=int(config["crop_size"]), projector=dict(config["projector"]), init=model_file,
+                          drop_image=0.0, drop_text=0.0, drop_both=0.0, cpu=True, workers=0, steps=1,
+                          batch_size=batch_size, progress=False, seed=seed)
         trainer = Trainer(cfg)
         trainer.model.nets.eval()
+        n = min(n, len(trainer.dataset))  # past one epoch the seeded order repeats samples
         own, other = [], []
-        order = other_identity_order(batch_size)
         with torch.no_grad():
             for step in tqdm(range(-(-n // batch_size)), desc="identity use"):
                 batch = trainer._batch(step)
@@ -76,4 +78,4 @@ def measure(model_file: str, base_file: str, caches: list[str], n: int, batch_si
         trainer.accelerator.end_training()
     own_t, other_t = torch.cat(own)[:n], torch.cat(other)[:n]
     return IdentityUse(n=int(own_t.numel()), face_mse_own=float(own_t.mean()), face_mse_other=float(other_t.mean()),
-                       win_rate=float(np.mean((own_t < other_t).numpy())))
+                       win_rate=float((own_t < other_t).float().mean()))

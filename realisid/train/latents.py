@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from realisid.train.data import CachedFaceDataset, collate
+from realisid.train.data import CachedFaceDataset, read_manifest
 from realisid.train.outputs import file_sha256
 
 log = logging.getLogger(__name__)
@@ -62,20 +62,24 @@ def stored_latents(dataset: CachedFaceDataset, key: str) -> dict[int, torch.Tens
     return out
 
 
+def _cached_image(cache: str | Path, file: str) -> torch.Tensor:
+    """(3, S, S) uint8: a sample's image alone (its hint, crop and mask are not read)."""
+    with safetensors.safe_open(str(Path(cache) / file), framework="pt") as f:
+        return f.get_tensor("image").permute(2, 0, 1)
+
+
 def encode_caches(host, caches: list[str], key: str, batch_size: int = 16, progress: bool = True) -> dict:
     """Encode every sample of each cache that its store lacks; returns {cache: number of latents stored}."""
     counts = {}
     for cache in caches:
-        dataset = CachedFaceDataset(cache, hint_size=8)  # the hint is not read here
         latents = read_store(cache, key)
-        missing = [i for i, (_, row) in enumerate(dataset.rows) if row["file"] not in latents]
+        missing = [row["file"] for row in read_manifest(cache) if row["file"] not in latents]
         for start in tqdm(range(0, len(missing), batch_size), desc=f"latents {Path(cache).name}", disable=not progress):
-            indices = missing[start:start + batch_size]
-            batch = collate([dataset[i] for i in indices])
-            with torch.no_grad():
-                encoded = host.encode_latents(batch["image"].to(host.device).float() / 255.0).cpu()
-            for i, latent in zip(indices, encoded, strict=True):
-                latents[dataset.rows[i][1]["file"]] = latent
+            files = missing[start:start + batch_size]
+            images = torch.stack([_cached_image(cache, file) for file in files])
+            with torch.no_grad():  # the same [0, 1] floats a training step feeds the VAE (data.to_device)
+                encoded = host.encode_latents(images.to(host.device).float() / 255.0).cpu()
+            latents.update(zip(files, encoded, strict=True))
         write_store(cache, key, latents)
         counts[str(cache)] = len(latents)
         log.info("%s: %d latents (%d new) in %s", cache, len(latents), len(missing), store_path(cache, key))
