@@ -1,4 +1,4 @@
-"""Training throughput of RealisID: images/s and peak memory of the trainer's step (realisid.train.loop.step_loss).
+"""Training throughput of RealisID: images/s and peak memory of the trainer's step (realisid.train.step.step_loss).
 
 One step = branches (per-sample branch_residuals, the shared forward) + frozen UNet forward, backward, AdamW.
 The frozen encoders (VAE, text, CLIP vision) are left out: their inputs are random tensors of the right shapes,
@@ -110,7 +110,8 @@ def run(args) -> dict:
     from accelerate import Accelerator
 
     from realisid.machine import description
-    from realisid.train.loop import BranchForward, StepInputs, TrainConfig, step_loss
+    from realisid.train.config import TrainConfig
+    from realisid.train.step import BranchForward, StepInputs, step_loss
 
     args.size = args.size or ((1024 if args.family == "sdxl" else 512) if args.real_size else 64)
     args.crop_size = args.crop_size or (64 if args.real_size else 4)

@@ -15,8 +15,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-LOCAL_HINT_CHANNELS = 3
-GLOBAL_HINT_CHANNELS = 1
 # constructor arguments that are not architecture (set per build) or only apply to the decoder
 _NOT_CONFIG = {"self", "hint_channels", "dtype", "device", "operations", "kwargs", "transformer_depth_output",
                "out_channels"}

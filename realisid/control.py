@@ -46,7 +46,7 @@ class PreparedFaces:
     boxes_latent: torch.Tensor  # (K, 4) latent units, float64, kept on the CPU (MPS has no float64)
     p_id: torch.Tensor  # (K, N, C)
     local_hint: torch.Tensor | None  # (K, 3, S*8, S*8)
-    global_hint: torch.Tensor  # (K, 1, H*8, W*8)
+    global_hint: torch.Tensor  # (K, 1, H*8, W*8) box masks, or (K, 3, H*8, W*8) face drawings (face_hint)
     placement: geometry.BoxPlacement | None = None  # crop and paste grids of the local branch
 
 
@@ -73,15 +73,21 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
         p_id = torch.stack([f.p_id.reshape(-1, f.p_id.shape[-1]) for f in faces])
     boxes_latent = geometry.frac_to_latent(boxes_frac, latent_hw)
     local_hint = placement = None
+    s = crop_size or model.crop_size
+    face_hint = model.global_net is not None and model.global_hint == "face_hint"
+    if (need_local or face_hint) and any(f.landmark_hint is None for f in faces):
+        raise ValueError("the local branch and a face-hint global branch need a landmark_hint for every face")
     if need_local:
-        if any(f.landmark_hint is None for f in faces):
-            raise ValueError("the local branch needs a landmark_hint for every face")
-        s = crop_size or model.crop_size
         local_hint = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE)
                                   for f in faces]).to(device, dtype)
         placement = geometry.place_boxes(boxes_latent, latent_hw, s, geometry.unet_levels(model.local_net), feather,
                                          dtype, device)
-    global_hint = geometry.box_mask(boxes_frac, h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE)
+    hh, ww = h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE
+    if face_hint:  # the InstantID-style baseline: the face drawing on the whole image instead of the box mask
+        drawings = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE) for f in faces])
+        global_hint = geometry.hints_in_boxes(drawings, boxes_frac, hh, ww)
+    else:
+        global_hint = geometry.box_mask(boxes_frac, hh, ww)
     return PreparedFaces(boxes_latent=boxes_latent, p_id=p_id.to(device, dtype), local_hint=local_hint,
                          global_hint=global_hint.to(device, dtype), placement=placement)
 

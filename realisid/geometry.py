@@ -278,6 +278,8 @@ def overlap_norm(masks: torch.Tensor) -> torch.Tensor | None:
 # ------------------------------------------------------------------------------------------- placements ------
 
 def _as_boxes(boxes, device) -> torch.Tensor:
+    if isinstance(boxes, (list, tuple)) and boxes and not isinstance(boxes[0], (int, float)):
+        boxes = [[float(v) for v in box] for box in boxes]  # a list of arrays would go through torch's slow path
     out = torch.as_tensor(boxes, dtype=torch.float64, device=device).reshape(-1, 4)
     if not bool(torch.isfinite(out).all()):  # NaN fails every comparison below, so it would pass them
         raise ValueError(f"non-finite box in {out.tolist()}: boxes are fractions of the latent, finite numbers")
@@ -442,15 +444,11 @@ def relocate(residual: torch.Tensor, boxes, latent_hw: tuple[int, int], level: L
     return paste_placed(residual, placement)
 
 
-def box_mask_latent(boxes, h: int, w: int, soft: bool = True, feather: float = 0.0, device=None) -> torch.Tensor:
-    """(K,1,h,w) float64 mask of boxes given in the units of an (h, w) grid (cell i spans [i, i+1]).
-
-    soft=True: area coverage of each cell (anti-aliased edge); soft=False: 1 where the cell centre lies in the box.
-    feather > 0 multiplies a linear ramp of that width (fraction of box size). Always exactly 0 outside the box.
-    """
+def box_mask_latent(boxes, h: int, w: int, device=None) -> torch.Tensor:
+    """(K,1,h,w) float64 mask of boxes given in the units of an (h, w) grid (cell i spans [i, i+1]): 1 where the
+    cell centre lies in the box (the global branch's hint and the training mask; `level_box_mask` gives the
+    anti-aliased area coverage the residuals are pasted with)."""
     boxes = _as_boxes(boxes, None)
-    if soft:
-        return level_box_mask(boxes, (h, w), LEVEL0, feather).to(device)
     cx = torch.arange(w, dtype=torch.float64)[None] + 0.5
     cy = torch.arange(h, dtype=torch.float64)[None] + 0.5
     x0, y0, x1, y1 = boxes.unbind(dim=1)
@@ -459,7 +457,26 @@ def box_mask_latent(boxes, h: int, w: int, soft: bool = True, feather: float = 0
     return (my[:, :, None] * mx[:, None, :])[:, None].to(device)
 
 
-def box_mask(boxes_frac, h: int, w: int, soft: bool = False) -> torch.Tensor:
-    """(K,1,h,w) float32 mask of boxes given as fractions of the image, on an h x w grid."""
+def box_mask(boxes_frac, h: int, w: int) -> torch.Tensor:
+    """(K,1,h,w) float32 mask of boxes given as fractions of the image, on an h x w grid (cell centres in the box)."""
     boxes = _as_boxes(boxes_frac, None) * torch.tensor([w, h, w, h], dtype=torch.float64)
-    return box_mask_latent(boxes, h, w, soft=soft).float()
+    return box_mask_latent(boxes, h, w).float()
+
+
+def hints_in_boxes(hints: torch.Tensor, boxes_frac, h: int, w: int) -> torch.Tensor:
+    """(K,C,h,w): each face's hint, drawn in the crop frame of its box, placed in that box on a black h x w image
+    (bilinear, zeros outside the box and the image): what the face's keypoints look like drawn on the whole
+    image, InstantID-style, for a global branch whose hint is the face drawing instead of the box mask."""
+    if hints.ndim != 4 or hints.shape[0] != len(_as_boxes(boxes_frac, None)):
+        raise ValueError(f"hints must be (K, C, S, S) with one per box, got {tuple(hints.shape)}")
+    boxes = _as_boxes(boxes_frac, None)
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    bw, bh = (x1 - x0).clamp_min(1e-9), (y1 - y0).clamp_min(1e-9)
+    # output pixel at normalised x_n sits at the image fraction (x_n + 1) / 2; its crop-frame fraction is
+    # (frac - x0) / bw, i.e. normalised 2 * (frac - x0) / bw - 1: one affine map per box
+    zero = torch.zeros_like(bw)
+    theta = torch.stack([torch.stack([1 / bw, zero, (1 - 2 * x0) / bw - 1], dim=1),
+                         torch.stack([zero, 1 / bh, (1 - 2 * y0) / bh - 1], dim=1)], dim=1)
+    grid = F.affine_grid(theta.to(torch.float32), [hints.shape[0], hints.shape[1], h, w], align_corners=False)
+    return F.grid_sample(hints.float(), grid.to(hints.device), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)

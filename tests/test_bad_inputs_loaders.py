@@ -16,11 +16,20 @@ import safetensors.torch
 import torch
 
 from realisid import checkpoint, validation
-from realisid.checkpoint import CheckpointError
+from realisid.checkpoint_format import CheckpointError
 from realisid.instantid import model as instantid
 from realisid.instantid.model import InstantIDFileError
 from tests.helpers import fake_instantid as fi
 from tests.helpers import tiny_realisid as T
+from tests.helpers.checkpoint_cases import (
+    CONFIG_CASES,
+    FILE_CASES,
+    METADATA_CASES,
+    _truncated,
+    setter,
+    unet,
+    unet_setter,
+)
 
 NAN, INF = float("nan"), float("inf")
 # the hostile pickles use protocol 4; torch's weights-only unpickler warns before it refuses them
@@ -58,112 +67,29 @@ def nothing_built(monkeypatch):
     monkeypatch.setattr(checkpoint, "_model_from_config", refuse)
 
 
-def unet(cfg, branch="local"):
-    return cfg[branch]["unet_config"]
-
-
-def setter(*path, value):
-    """A config mutation that sets cfg[path...] = value."""
-    def mutate(cfg):
-        target = cfg
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-    return mutate
-
-
-def deleter(key):
-    return lambda cfg: cfg.pop(key)
-
-
-def unet_setter(key, value, branch="local"):
-    def mutate(cfg):
-        unet(cfg, branch)[key] = value
-    return mutate
-
-
-# (case id, config mutation, fragments the message must contain besides the file name)
-CONFIG_CASES = [
-    ("format-missing", deleter("format"), "format is None"),
-    ("format-other", setter("format", value="ipadapter"), "format is 'ipadapter'"),
-    ("version-2", setter("version", value=2), "version 2 is not supported"),
-    ("version-string", setter("version", value="1"), "version '1'"),
-    ("version-null", setter("version", value=None), "version None"),
-    *[(f"lacks-{k}", deleter(k), f"lacks '{k}'")
-      for k in ("base_family", "identity_space", "crop_size", "projector", "local", "global")],
-    ("base_family-int", setter("base_family", value=5), "'base_family' is 5"),
-    ("base_family-empty", setter("base_family", value=""), "'base_family'"),
-    ("identity_space-null", setter("identity_space", value=None), "'identity_space' is None"),
-    ("identity_space-list", setter("identity_space", value=["a"]), "'identity_space'"),
-    ("both-branches-null", lambda c: c.update(local=None, **{"global": None}), "both branches"),
-    ("local-list", setter("local", value=[]), "'local' is list"),
-    ("local-string", setter("local", value="x"), "'local' is str"),
-    ("local-no-unet_config", setter("local", value={"hint_channels": 3}), "'local' is dict without a 'unet_config'"),
-    ("global-unet_config-list", setter("global", "unet_config", value=[1]), "'global'"),
-    ("local-hint-4", setter("local", "hint_channels", value=4), "local.hint_channels is 4, expected 3"),
-    ("local-hint-string", setter("local", "hint_channels", value="3"), "local.hint_channels is '3'"),
-    ("local-hint-null", setter("local", "hint_channels", value=None), "local.hint_channels is None"),
-    ("global-hint-3", setter("global", "hint_channels", value=3), "global.hint_channels is 3, expected 1"),
-    *[(f"model_channels-{v!r}", unet_setter("model_channels", v), f"local.unet_config.model_channels is {v!r}")
-      for v in (10**6, 0, -1, "abc", 3.5, True, None)],
-    ("global-model_channels-huge", unet_setter("model_channels", 10**6, "global"),
-     "global.unet_config.model_channels is 1000000"),
-    ("in_channels-huge", unet_setter("in_channels", 10**4), "unet_config.in_channels is 10000"),
-    ("context_dim-huge", unet_setter("context_dim", 10**9), "unet_config.context_dim is 1000000000"),
-    ("context_dim-missing", lambda c: unet(c).pop("context_dim"), "unet_config.context_dim is None"),
-    ("adm-huge", unet_setter("adm_in_channels", 10**7), "unet_config.adm_in_channels is 10000000"),
-    ("adm-string", unet_setter("adm_in_channels", "x"), "unet_config.adm_in_channels is 'x'"),
-    ("channel_mult-empty", unet_setter("channel_mult", []), "unet_config.channel_mult is []"),
-    ("channel_mult-huge", unet_setter("channel_mult", [1, 10**6]), "unet_config.channel_mult[1] is 1000000"),
-    ("channel_mult-string", unet_setter("channel_mult", "abc"), "unet_config.channel_mult is 'abc'"),
-    ("channel_mult-9-levels", unet_setter("channel_mult", [1] * 9), "channel_mult has 9 levels"),
-    ("num_res_blocks-short", unet_setter("num_res_blocks", [1]), "unet_config.num_res_blocks is [1]"),
-    ("num_res_blocks-huge", unet_setter("num_res_blocks", 10**3), "unet_config.num_res_blocks is 1000"),
-    ("num_res_blocks-string-entry", unet_setter("num_res_blocks", [1, "a"]), "unet_config.num_res_blocks[1] is 'a'"),
-    ("transformer_depth-huge", unet_setter("transformer_depth", [0, 10**4]),
-     "unet_config.transformer_depth[1] is 10000"),
-    ("transformer_depth-string", unet_setter("transformer_depth", "x"), "unet_config.transformer_depth is 'x'"),
-    ("transformer_depth_middle-huge", unet_setter("transformer_depth_middle", 10**5),
-     "unet_config.transformer_depth_middle is 100000"),
-    ("heads-unset", lambda c: unet(c).update(num_heads=-1, num_head_channels=-1), "not describe a buildable network"),
-    ("projector-list", setter("projector", value=[1, 2]), "'projector' is [1, 2]"),
-    ("projector-unknown-key", setter("projector", "bogus", value=1), "unknown keys ['bogus']"),
-    ("projector-dim-huge", setter("projector", "dim", value=10**6), "projector.dim is 1000000"),
-    ("projector-heads-0", setter("projector", "heads", value=0), "projector.heads is 0"),
-    ("projector-depth-negative", setter("projector", "depth", value=-1), "projector.depth is -1"),
-    ("projector-num_queries-string", setter("projector", "num_queries", value="x"), "projector.num_queries is 'x'"),
-    ("projector-output_dim-mismatch", setter("projector", "output_dim", value=64), "projector.output_dim is 64"),
-    *[(f"crop_size-{v!r}", setter("crop_size", value=v), f"crop_size is {v!r}")
-      for v in (0, -8, "abc", 3, 10**6, 8.0, True, None, [8])],
-]
-
-
 def write_config(folder: pathlib.Path, case: str, tensors: dict, metadata: str) -> str:
     path = folder / f"{case}.safetensors"
     safetensors.torch.save_file(tensors, str(path), metadata={"realisid": metadata})
     return str(path)
 
 
-@pytest.mark.parametrize("case,mutate,fragment", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
-def test_bad_config_is_refused_naming_file_and_field(source, nothing_built, case, mutate, fragment):
+def test_config_faults_are_refused_before_anything_is_built(source, nothing_built):
+    """The header checks (every fault: tests/unit/test_checkpoint_format.py) run inside the loader, first; a config
+    that passes them but cannot be built (heads unset) is refused by name too."""
     config, tensors, folder = source
-    bad = json.loads(json.dumps(config))
-    mutate(bad)
-    path = write_config(folder, case, tensors, json.dumps(bad))
-    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment,
-                   "Expected")
-
-
-METADATA_CASES = [("json-list", "[1, 2]", "JSON list"), ("json-string", '"abc"', "JSON str"),
-                  ("json-null", "null", "JSON NoneType"), ("json-number", "7", "JSON int"),
-                  ("not-json", "{format: realisid", "not valid JSON"), ("empty-metadata", "", "not valid JSON")]
-
-
-@pytest.mark.parametrize("case,metadata,fragment", METADATA_CASES, ids=[c[0] for c in METADATA_CASES])
-def test_metadata_that_is_not_a_json_object_is_refused(source, nothing_built, case, metadata, fragment):
-    _, tensors, folder = source
+    for case, mutate, fragment in (CONFIG_CASES[2], CONFIG_CASES[-1]):  # version 2, crop_size [8]
+        bad = json.loads(json.dumps(config))
+        mutate(bad)
+        path = write_config(folder, case, tensors, json.dumps(bad))
+        raises_exactly(CheckpointError, lambda p=path: checkpoint.load_realisid(p), f"{case}.safetensors", fragment)
+    case, metadata, fragment = METADATA_CASES[0]
     path = write_config(folder, case, tensors, metadata)
     raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment)
+    bad = json.loads(json.dumps(config))
+    unet(bad).update(num_heads=-1, num_head_channels=-1)
+    path = write_config(folder, "heads-unset", tensors, json.dumps(bad))
+    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), "heads-unset.safetensors",
+                   "not describe a buildable network", "Expected")
 
 
 def _reshaped(key):
@@ -205,53 +131,6 @@ def test_tensors_that_do_not_fit_the_config_are_refused(source, nothing_built, c
     mutate(bad)
     path = write_config(folder, case, bad, json.dumps(config))
     raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(path), f"{case}.safetensors", fragment)
-
-
-def _truncated(valid: bytes) -> bytes:
-    return valid[: len(valid) // 2]
-
-
-class Unsafe:
-    """A pickle that would run code when unpickled (it must never be)."""
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (pathlib.Path("/tmp/realisid_unpickled_checkpoint"),))
-
-
-FILE_CASES = [
-    ("garbage", lambda valid: b"\x00garbage" * 10, "not a readable .safetensors"),
-    ("empty", lambda valid: b"", "not a readable .safetensors"),
-    ("header-too-large", lambda valid: (2**40).to_bytes(8, "little") + b"{}", "not a readable .safetensors"),
-    ("truncated", _truncated, "not a readable .safetensors"),
-    ("pickle", lambda valid: pickle.dumps(Unsafe()), "not a readable .safetensors"),
-    ("json-text", lambda valid: b'{"realisid": {}}', "not a readable .safetensors"),
-]
-
-
-@pytest.mark.parametrize("case,content,fragment", FILE_CASES, ids=[c[0] for c in FILE_CASES])
-def test_unreadable_files_are_refused(source, nothing_built, case, content, fragment):
-    _, _, folder = source
-    path = folder / f"{case}.safetensors"
-    path.write_bytes(content((folder / "valid.safetensors").read_bytes()))
-    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(str(path)), f"{case}.safetensors", fragment)
-    assert not pathlib.Path("/tmp/realisid_unpickled_checkpoint").exists()
-
-
-FOREIGN_CASES = [
-    ("controlnet", {"zero_convs.0.0.weight": torch.zeros(2)}, "looks like a ControlNet"),
-    ("ip_adapter", {"image_proj.latents": torch.zeros(2)}, "looks like an IP-Adapter"),
-    ("sd_checkpoint", {"model.diffusion_model.out.0.weight": torch.zeros(2)}, "looks like a full SD checkpoint"),
-    ("lora", {"lora_unet_down.weight": torch.zeros(2)}, "looks like a LoRA"),
-    ("unknown", {"w": torch.zeros(2)}, "looks like an unknown model"),
-]
-
-
-@pytest.mark.parametrize("case,tensors,fragment", FOREIGN_CASES, ids=[c[0] for c in FOREIGN_CASES])
-def test_other_model_files_are_recognised(source, nothing_built, case, tensors, fragment):
-    path = source[2] / f"{case}.safetensors"
-    safetensors.torch.save_file(tensors, str(path))
-    raises_exactly(CheckpointError, lambda: checkpoint.load_realisid(str(path)), f"{case}.safetensors",
-                   "not a RealisID checkpoint", fragment)
 
 
 # several faults in one file: the first in the loader's order is reported

@@ -31,6 +31,8 @@ def test_round_trip_keeps_weights_and_config(saved):
     assert loaded.get_models() == [loaded.patcher]
     half = checkpoint.load_realisid(path, dtype=torch.float16)
     assert half.weight_dtype == torch.float16
+    for k, v in model.nets.state_dict().items():  # the weights themselves, cast once
+        assert torch.equal(half.nets.state_dict()[k], v.half()), k
 
 
 def test_single_branch_model_saves_null_section(tmp_path):
@@ -90,7 +92,13 @@ def test_projector_output_matches_context_dim():
     model = checkpoint.build_realisid_model(T.tiny_unet_config("sd15"), projector_config={
         "dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": 3, "embedding_dim": 8, "source_tokens": 2})
     assert model.config["projector"]["output_dim"] == T.CONTEXT_DIM
-    assert model.project(torch.randn(1, 2, 8)).shape == (1, 3, T.CONTEXT_DIM)
+    a, b = torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(0)), torch.randn(1, 2, 8)
+    with torch.no_grad():
+        out_a, both = model.project(a), model.project(torch.cat([a, b]))
+    assert out_a.shape == (1, 3, T.CONTEXT_DIM) and both.shape == (2, 3, T.CONTEXT_DIM)  # the batch follows
+    torch.testing.assert_close(both[:1], out_a, atol=1e-5, rtol=1e-5)  # per sample, not mixed across the batch
+    gap = float((both[1] - out_a[0]).abs().max())
+    assert gap > 1e-3 * float(out_a.abs().max())  # a function of its input
 
 
 def test_projector_width_follows_the_base_context(pack_node_ids):

@@ -424,11 +424,25 @@ def test_cfg_pre_and_post_functions_see_what_the_docstring_says(tiny):
 
 # --- 4. strength 0 -------------------------------------------------------------------------------------------------
 
+def _snapshot(conditioning) -> list:
+    """Every entry's tensor and options, copied (repr would print only a tensor's corners)."""
+    def copy(v):
+        return v.clone() if torch.is_tensor(v) else v
+    return [(c[0].clone(), {k: copy(v) for k, v in c[1].items()}) for c in conditioning]
+
+
+def _same(a: list, b: list) -> bool:
+    def equal(u, v):
+        return torch.is_tensor(u) and torch.is_tensor(v) and torch.equal(u, v) or (not torch.is_tensor(u) and u is v)
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and x[1].keys() == y[1].keys()
+                                    and all(equal(x[1][k], y[1][k]) for k in x[1]) for x, y in zip(a, b, strict=False))
+
+
 def test_strength_zero_returns_the_inputs_themselves(tiny, mapping):
     _, model, _ = tiny
     faces, layout = _encoded_faces(model), mapping["RealisIDLayoutFromNumbers"].execute(0.5, 0.4, 0.5)[0]
     positive, negative = T.tiny_conditioning("sdxl")
-    before = repr(positive), repr(negative)
+    before = _snapshot(positive), _snapshot(negative)
     local = mapping["RealisIDLocalBranchApply"].execute(positive, negative, model, faces, layout, 0.0, 0.0, 1.0, 0,
                                                         0.0)
     glob = mapping["RealisIDGlobalLocationApply"].execute(positive, negative, model, faces, layout, 0.0, 0.0, 1.0,
@@ -437,8 +451,9 @@ def test_strength_zero_returns_the_inputs_themselves(tiny, mapping):
                                                          1.0, 0, "per_person", 0.0)
     for out in (local, glob, comp):
         assert out[0] is positive and out[1] is negative
-    assert torch.is_tensor(comp[2])  # the mapping preview still comes out
-    assert (repr(positive), repr(negative)) == before and "control" not in positive[0][1]
+    assert comp[2].ndim == 4 and comp[2].shape[0] == 1 and comp[2].shape[-1] == 3  # the mapping preview, an IMAGE
+    assert _same(_snapshot(positive), before[0]) and _same(_snapshot(negative), before[1])
+    assert "control" not in positive[0][1]
 
     # a composite with one branch at 0 does not run that branch
     only_global = mapping["RealisIDMultiFaceComposite"].execute(positive, negative, model, faces, layout, 0.0, 1.0,

@@ -36,6 +36,22 @@ def test_scenes_are_single_training_identities_with_another_render_of_the_same_p
     assert dataset.write_scenes(scenes.parent, n=3, seed=4).read_text() == before  # resumable, same lines
 
 
+def test_a_scenes_folder_refuses_another_seed_or_split_instead_of_mixing_them(tmp_path):
+    """Resuming keeps written images: another seed into the same folder would pair them with new captions."""
+    folder = tmp_path / "scenes"
+    manifest = dataset.write_scenes(folder, n=2, seed=4)
+    before = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
+    for seed, split in ((5, "train"), (4, "held_out")):
+        with pytest.raises(ValueError, match=r"holds scenes of .*'seed': 4.*choose another --out"):
+            dataset.write_scenes(folder, n=2, seed=seed, split=split)
+    assert {p.name: p.read_bytes() for p in (folder / "images").iterdir()} == before  # nothing overwritten
+    assert json.loads(manifest.read_text().splitlines()[0])["caption"] == world.caption(
+        world.random_spec(np.random.default_rng([4, 6007, 0]), n_people=1, split="train"))
+    (folder / dataset.SETTINGS).unlink()  # a folder from before the settings record: its seed is unknown
+    with pytest.raises(ValueError, match="seed and split are unknown"):
+        dataset.write_scenes(folder, n=2, seed=4)
+
+
 def test_prepare_takes_the_identity_from_the_reference_and_the_rest_from_the_target(scenes, tmp_path,
                                                                                      pack_node_ids):
     from realisid.mini.backend import MiniFaceAnalyzer

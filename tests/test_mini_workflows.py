@@ -84,3 +84,36 @@ def test_mini_workflow_runs_end_to_end_on_random_networks(path, random_mini_file
     image = Image.open(f"{folder_paths.get_output_directory()}/{generated[0]['subfolder']}/{generated[0]['filename']}")
     assert image.size == (256, 256)
     assert np.asarray(image).std() > 0  # decoded, not a constant
+
+
+def _chain(prompt: dict) -> list[str]:
+    """The RealisID node types between the text encoders and the guider, in link order from the guider back."""
+    guider = next(n for n in prompt.values() if n["class_type"] == "RealisIDGuider")
+    chain, link = [], guider["inputs"]["positive"]
+    while isinstance(link, list) and prompt[link[0]]["class_type"].startswith("RealisID"):
+        chain.append(prompt[link[0]]["class_type"])
+        link = prompt[link[0]]["inputs"]["positive"]
+    return chain
+
+
+def test_the_chained_small_face_workflow_runs_one_unet_call_per_step(random_mini_files, run_prompt, monkeypatch):
+    """Local Branch Apply -> Global Location Apply -> RealisID Guider, as in realisid_small_face.json (the SDXL
+    twin, which needs SDXL files): the chained negatives stay null twins of the positives, so each step is ONE
+    batched UNet call (unpaired chains cost two)."""
+    import comfy.model_base
+
+    sdxl = json.loads((REPO / "workflows" / "api" / "realisid_small_face.json").read_text())
+    mini = json.loads((REPO / "workflows" / "api" / "mini_small_face.json").read_text())
+    assert _chain(mini) == _chain(sdxl) == ["RealisIDGlobalLocationApply", "RealisIDLocalBranchApply"]
+    calls = []
+    apply_model = comfy.model_base.BaseModel.apply_model
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("transformer_options", {}).get("cond_or_uncond"))
+        return apply_model(self, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_base.BaseModel, "apply_model", counted)
+    steps = 4
+    run_prompt(_with_random_files(mini, steps=steps))
+    assert len(calls) == steps, calls
+    assert all(sorted(c) == [0, 1, 2] for c in calls[-2:]), calls  # past the identity delay: all three conds

@@ -9,8 +9,8 @@ import torch
 
 from realisid.faces.render import render_face_hint
 from realisid.train import data
+from realisid.train.data import batch_indices
 from realisid.train.host import FrozenHost
-from realisid.train.loop import batch_indices
 from tests.helpers import train_synthetic
 
 

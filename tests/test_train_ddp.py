@@ -28,7 +28,8 @@ LAUNCHED = textwrap.dedent("""
     tiny.register_tiny_families()
     import safetensors.torch
     import torch
-    from realisid.train.loop import TrainConfig, Trainer
+    from realisid.train.config import TrainConfig
+    from realisid.train.loop import Trainer
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     trainer = Trainer(cfg)
     seen = [trainer._batch(step)["index"] for step in range(2)]

@@ -7,20 +7,17 @@ import json
 import comfy.model_sampling
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 
 from realisid import checkpoint
 from realisid.control import FaceCondition, RealisIDControl
 from realisid.identity_sources import clip_space, is_clip_space
 from realisid.train.cli import main
-from realisid.train.loop import (
-    TrainConfig,
-    Trainer,
-    batch_indices,
-    diffusion_loss,
-    dropout_flags,
-    model_targets,
-)
+from realisid.train.config import TrainConfig
+from realisid.train.data import batch_indices
+from realisid.train.loop import Trainer
+from realisid.train.step import diffusion_loss, dropout_flags, model_targets
 from tests.helpers import tiny_host_models as tiny
 from tests.helpers import train_synthetic
 
@@ -212,14 +209,16 @@ def test_dropout_frequencies():
     assert (text & ~image).mean() == pytest.approx(0.2, abs=0.015)
 
 
-def test_trained_checkpoint_runs_in_the_comfyui_nodes(trained, run_prompt, models_dir):
-    """The trainer's file, as users get it, drives the bundled single-person workflow through ComfyUI."""
+@pytest.mark.parametrize("variant", ["realisid", "instantid_style"])
+def test_trained_checkpoint_runs_in_the_comfyui_nodes(request, variant, run_prompt, models_dir):
+    """The trainer's file, as users get it, drives the bundled single-person workflow through ComfyUI (the
+    InstantID-style baseline too: the Composite runs the branches a model has)."""
     import shutil
 
     from tests.helpers.host import REPO
     from tests.test_workflows import shrink_for_cpu
 
-    _, _, out = trained
+    out = request.getfixturevalue("trained")[2] if variant == "realisid" else request.getfixturevalue(variant)[1]
     shutil.copy(out / "realisid-final.safetensors", models_dir / "realisid" / "trained_tiny.safetensors")
     prompt = shrink_for_cpu(json.loads((REPO / "workflows" / "api" / "realisid_single_person.json").read_text()))
     loader = next(n for n in prompt.values() if n["class_type"] == "RealisIDModelLoader")
@@ -244,3 +243,79 @@ def test_logged_throughput_counts_only_the_steps_this_run_made():
     trainer._after_step(1.0, parts, (time.perf_counter() - 2.0, 1000))
     assert logged["step"] == 1001
     assert logged["images_per_s"] == pytest.approx(1.0, rel=0.2)
+
+
+@pytest.mark.parametrize("branches", ["local", "global"])
+def test_one_branch_variants_train_and_save_without_the_other(env, tmp_path, branches):
+    """The paper's ablations trained, not only switched off at inference: the saved model has one branch."""
+    out = tmp_path / branches
+    losses = Trainer(_config(env, out, steps=2, branches=branches)).fit()
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    loaded = checkpoint.load_realisid(str(out / "realisid-final.safetensors"))
+    assert (loaded.local_net is None) == (branches == "global")
+    assert (loaded.global_net is None) == (branches == "local")
+    assert (loaded.config["local"] is None) == (branches == "global")
+
+
+def test_kps5_hint_variant_draws_the_five_keypoints_of_the_cached_landmarks(env, tmp_path):
+    from realisid.faces.record import kps5_from_landmarks68
+    from realisid.faces.render import render_kps5
+
+    out = tmp_path / "kps5"
+    trainer = Trainer(_config(env, out, steps=1, hint="kps5"))
+    item = trainer.dataset[0]
+    cache, row = trainer.dataset.rows[0]
+    landmarks = safetensors.numpy.load_file(str(cache / row["file"]))["landmarks"]
+    size = item["hint"].shape[-1]
+    want = render_kps5(kps5_from_landmarks68(landmarks) * size, size)  # InstantID's drawing, in crop pixels
+    np.testing.assert_allclose(item["hint"].permute(1, 2, 0).numpy() / 255.0, want, atol=1 / 255)
+    landmark_hint = Trainer(_config(env, tmp_path / "lm68", steps=1)).dataset[0]["hint"]
+    assert (item["hint"].float() - landmark_hint.float()).abs().max() > 100  # another drawing, not the 68 points
+    trainer.fit()
+    assert checkpoint.load_realisid(str(out / "realisid-final.safetensors")).config["hint"] == "kps5"
+
+
+@pytest.fixture(scope="module")
+def instantid_style(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("instantid_style")
+    trainer = Trainer(_config(env, out, steps=1, branches="global", global_hint="face_hint", hint="kps5"))
+    trainer.fit()
+    return trainer, out
+
+
+def test_instantid_style_variant_is_one_global_branch_reading_the_face_drawing(instantid_style):
+    """The InstantID-style baseline (issue 14): no local branch, and a global branch whose hint is the face's
+    5-keypoint drawing placed in its box on the whole image, so its residuals follow the drawing, not the box."""
+    from realisid import geometry
+    from realisid.control import branch_residuals, prepare_faces
+    from tests.helpers.tiny_realisid import _fill, _keep_hint_scale
+
+    trainer, out = instantid_style
+    model = checkpoint.load_realisid(str(out / "realisid-final.safetensors"))
+    assert model.local_net is None and model.config["local"] is None
+    assert model.global_hint == "face_hint" and model.config["global"]["hint_channels"] == 3
+    assert model.config["hint"] == "kps5"
+    _fill(model.global_net, 7, unit_norms=True)  # random weights: one step leaves the zero-convs almost zero
+    _keep_hint_scale(model.global_net.input_hint_block, 8)
+    item = trainer.dataset[0]
+    hint, box = item["hint"].float() / 255, tuple(item["box"].tolist())
+    p_id = model.project(trainer.host.encode_identity_clip(item["face_crop"][None]))[0]
+    prep = prepare_faces(model, [FaceCondition(p_id, hint, box)], (8, 8), "cpu", torch.float32, need_local=False)
+    assert prep.global_hint.shape == (1, 3, 64, 64) and prep.local_hint is None
+    outside = ~geometry.box_mask([box], 64, 64).bool().expand(-1, 3, -1, -1)
+    assert prep.global_hint[outside].abs().max() < 0.5 < prep.global_hint.amax()  # the drawing, in its box
+    _, y = trainer.host.encode_captions([item["caption"]], (64, 64))
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([500.0])
+
+    def residuals(drawing):
+        with torch.no_grad():
+            res = branch_residuals(model, x, t, [FaceCondition(p_id, drawing, box)], y=y)
+        return torch.cat([r.flatten() for r in res["output"]])
+
+    drawn, mirrored = residuals(hint), residuals(hint.flip(-1))
+    assert (drawn - mirrored).abs().max() > 1e-3 * drawn.abs().max() > 0
+
+
+def test_a_face_hint_global_branch_needs_a_global_branch(env, tmp_path):
+    with pytest.raises(ValueError, match="--global-hint needs a global branch"):
+        _config(env, tmp_path, branches="local", global_hint="face_hint").validate()

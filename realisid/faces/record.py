@@ -129,9 +129,23 @@ def l2_normalise(vec: np.ndarray) -> np.ndarray:
     return vec / norm
 
 
-def square_box_xyxy(box, expand: float = 1.0, dtype=np.float32) -> np.ndarray:
-    """Square (xyxy) centred on `box`, side max(w, h) * expand, computed in float64 and returned as `dtype`."""
+def kps5_from_landmarks68(lm68) -> np.ndarray:
+    """ArcFace-order 5 keypoints from their parents in the iBUG 68-point layout: eye centres, nose tip, mouth
+    corners (float64)."""
+    lm = np.asarray(lm68, np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"kps5_from_landmarks68 needs 68x2 landmarks, got {lm.shape}")
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+
+
+def square_box_xyxy(box, expand: float = 1.0, dtype=np.float32, side: str = "max") -> np.ndarray:
+    """Square (xyxy) centred on `box`, side max(w, h) * expand, computed in float64 and returned as `dtype`.
+    side="mean": (w + h) / 2 instead, the Mini face net's refinement rule (its boxes are near-square, and the
+    mean keeps their size where the max would grow them pass after pass)."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    half = max(x1 - x0, y1 - y0) * float(expand) / 2
+    if side not in ("max", "mean"):
+        raise ValueError(f"side must be 'max' or 'mean', got {side!r}")
+    length = max(x1 - x0, y1 - y0) if side == "max" else ((x1 - x0) + (y1 - y0)) / 2
+    half = length * float(expand) / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return np.array([cx - half, cy - half, cx + half, cy + half], dtype)

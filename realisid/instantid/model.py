@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from realisid import branches, checkpoint, geometry, identity, validation
+from realisid import branches, checkpoint, checkpoint_format, geometry, identity, validation
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class InstantIDModel(checkpoint.RealisIDModel):
 def instantid_config(cn_config: dict, proj_config: dict, crop_size: int, files: dict,
                      crop_frame: float = DEFAULT_CROP_FRAME) -> dict:
     unet_config = {k: v for k, v in cn_config.items() if k != "hint_channels"}
-    return {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "kind": "instantid",
+    return {"format": checkpoint_format.FORMAT, "version": checkpoint_format.VERSION, "kind": "instantid",
             "identity_space": IDENTITY_SPACE, "identity_input": "raw_arcface", "crop_size": int(crop_size),
             "crop_frame": float(crop_frame), "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
             "local": {"hint_channels": 3, "unet_config": branches.controlnet_config_from_unet(unet_config)},
@@ -398,7 +398,7 @@ def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int =
     crop_frame: side of IdentityNet's crop over the face box's side (DEFAULT_CROP_FRAME, provisional), see
     `framed_box`.
     """
-    crop_size = validation.positive_int("crop_size", crop_size, multiple_of=8, maximum=checkpoint.MAX_CROP)
+    crop_size = validation.positive_int("crop_size", crop_size, multiple_of=8, maximum=checkpoint_format.MAX_CROP)
     crop_frame = checked_crop_frame(crop_frame)
     image_proj, ip_weights = read_ip_adapter_file(ip_adapter_path)
     ip_name = os.path.basename(ip_adapter_path)
@@ -428,9 +428,10 @@ def checked_crop_frame(crop_frame) -> float:
 
 
 def crop_frame(model) -> float:
-    """The model's crop frame: its configured one for InstantID, 1 (the crop is the face box) for others, which
-    learnt their own framing (`box_expand`) in training."""
-    return float(model.config.get("crop_frame", 1.0)) if is_instantid(model) else 1.0
+    """The model's crop frame: the one its config declares (InstantID's; a full-latent network run as the local
+    branch, as `realisid.mini.paper`'s baseline twins are), else 1 (the crop is the face box): trained RealisID
+    models learnt their own framing (`box_expand`)."""
+    return checked_crop_frame(model.config.get("crop_frame", 1.0))
 
 
 def framed_box(box, frame: float):

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from realisid.faces.analyzer import check_rgb_image
-from realisid.faces.record import FaceRecord
-from realisid.mini import crops, facenets, files, head
+from realisid.faces.record import FaceRecord, kps5_from_landmarks68, square_box_xyxy
+from realisid.mini import crops, facenets, files
 
 SPACE = f"mini-facenet-{facenets.EMBEDDING_DIM}"
 DETECT_SIZE = 256  # the detector reads images resized so that their longer side is this
@@ -57,7 +57,7 @@ class MiniFaceAnalyzer:
             return []
         refined = self.refine(image, [b for b, _ in detections])
         h, w = image.shape[:2]
-        return [FaceRecord(box=r["box"], score=score, kps=head.kps5_from_landmarks(r["landmarks"]),
+        return [FaceRecord(box=r["box"], score=score, kps=kps5_from_landmarks68(r["landmarks"]),
                            landmarks68=r["landmarks"], embedding=r["embedding"], space=SPACE,
                            image_index=image_index, image_size=(w, h))
                 for r, (_, score) in zip(refined, detections, strict=True)]
@@ -74,19 +74,11 @@ class MiniFaceAnalyzer:
             results = []
             for i, frame_box in enumerate(current):
                 corners = crops.from_crop_units(out["box"][i].numpy().reshape(2, 2), frame_box).reshape(4)
-                results.append({"box": _square(corners),
+                results.append({"box": square_box_xyxy(corners, dtype=np.float64, side="mean"),
                                 "landmarks": crops.from_crop_units(out["landmarks"][i].numpy(), frame_box),
                                 "embedding": out["embedding"][i].numpy()})
             current = [r["box"] for r in results]
         return results
-
-
-def _square(box: np.ndarray) -> np.ndarray:
-    """The square of the box's MEAN side, in float64: the face net's refinement rule (its boxes are near-square and
-    the mean keeps their size), not the max-side squaring of FaceRecord.square_box that crops use."""
-    side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float64)
 
 
 @functools.lru_cache(maxsize=2)

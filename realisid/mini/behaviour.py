@@ -88,12 +88,17 @@ class Portrait:
 
 
 # the cases ---------------------------------------------------------------------------------------------------------
-def _caption(people: Sequence[Person], rng: np.random.Generator) -> str:
-    """A training-style caption (count, framing, place, clothing; never identity) for these placements."""
+def scene_of(people: Sequence[Person], rng: np.random.Generator) -> world.SceneSpec:
+    """The scene these placements ask for (clothing and place drawn from rng; frontal, neutral faces)."""
     side = world.SIZE
     specs = tuple(world.PersonSpec(identity=p.identity, cx=p.x * side, cy=p.y * side, side=p.size * side,
                                    clothing=str(rng.choice(list(world.CLOTHES)))) for p in people)
-    return world.caption(world.SceneSpec(people=specs, place=str(rng.choice(world.PLACES))))
+    return world.SceneSpec(people=specs, place=str(rng.choice(world.PLACES)))
+
+
+def _caption(people: Sequence[Person], rng: np.random.Generator) -> str:
+    """A training-style caption (count, framing, place, clothing; never identity) for these placements."""
+    return world.caption(scene_of(people, rng))
 
 
 def _single(identity: Identity, size: float, rng: np.random.Generator) -> Person:
@@ -179,9 +184,11 @@ def stage_image(image: np.ndarray, prefix: str = "realisid_mini_eval") -> str:
 
 
 def case_prompt(case: Case, reference_names: Sequence[str], driver_name: str | None = None,
-                model_name: str | None = None, ckpt_name: str | None = None, steps: int | None = None) -> dict:
+                model_name: str | None = None, ckpt_name: str | None = None, steps: int | None = None,
+                guidance: dict | None = None) -> dict:
     """The case's API prompt: the bundled Mini graph with its references, boxes, caption, seed and variant, and
-    without the preview nodes (only the generated image is saved)."""
+    without the preview nodes (only the generated image is saved). guidance: RealisID Guider inputs to override
+    (text_scale, id_scale, id_delay), for sweeps of the sampling settings."""
     build = _workflow_builder()
     prompt = build.mini_workflow(case.caption, [(p.x, p.y, p.size) for p in case.people], list(reference_names),
                                  drive_first=case.driven)
@@ -201,6 +208,11 @@ def case_prompt(case: Case, reference_names: Sequence[str], driver_name: str | N
             inputs["ckpt_name"] = ckpt_name
         elif kind == "BasicScheduler" and steps:
             inputs["steps"] = steps
+        elif kind == "RealisIDGuider" and guidance:
+            unknown = set(guidance) - set(inputs)
+            if unknown:
+                raise ValueError(f"guidance: {sorted(unknown)} are not RealisID Guider inputs ({sorted(inputs)})")
+            inputs.update(guidance)
     return prompt
 
 
@@ -334,8 +346,9 @@ def identities_of(cases: Sequence[Case]) -> dict[int, Identity]:
 
 
 def measure(n: int, gates_path: str | Path, seed: int = 71, images_dir: str | Path | None = None,
-            **plan_options) -> dict:
-    """Run `plan(n, seed)` with the shipped Mini files; the summary (with n and seconds per image)."""
+            guidance: dict | None = None, **plan_options) -> dict:
+    """Run `plan(n, seed)` with the shipped Mini files (the RealisID Guider's inputs overridden by `guidance`);
+    the summary (with n, the overrides and seconds per image)."""
     from realisid.mini import backend, family, judge
 
     family.register()
@@ -351,7 +364,8 @@ def measure(n: int, gates_path: str | Path, seed: int = 71, images_dir: str | Pa
             name = f"{case.cell.replace(' ', '_').replace('/', '-')}_{case.variant}_{case.seed}.png"
             cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
-    rows, seconds = run_cases(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), sink)
+    rows, seconds = run_cases(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), sink, guidance=guidance)
     summary = summarise(rows, json.loads(Path(gates_path).read_text()), identities_of(cases))
-    summary.update({"n_per_cell": n, "seed": seed, "seconds_per_image": seconds, "thresholds": THRESHOLDS})
+    summary.update({"n_per_cell": n, "seed": seed, "seconds_per_image": seconds, "thresholds": THRESHOLDS,
+                    "guidance": dict(guidance or {})})
     return summary

@@ -91,7 +91,22 @@ python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.
   --n 128 --out models/mini/identity_use.json --label "stage 3 other (+2,500 steps), other references"
 python -m realisid.mini curves --work $W/fit2_other --stages realisid --suffix _stage2
 python -m realisid.mini curves --work $W/fit3_other --stages realisid --suffix _stage3
+# sampling settings swept before stage 4 (seed 5, n = 8 per cell, full model): no setting beat the workflows'
+# text 4 / identity 3 / delay 0.2 outside the noise, so they stay
+for g in "text_scale=4 id_scale=6" "text_scale=4 id_scale=9" "id_delay=0" "text_scale=2"; do
+  python -m realisid.mini behaviour --out "$W/sweep/${g// /_}.json" --n 8 --seed 5 --variants full --people --guidance $g; done
+# stage 4: 4,500 more steps with a cosine decay to 0.1 x lr (seed 3), from stage 3's last file
+cp models/mini/realisid/realisid_mini.safetensors $W/stage3.safetensors
+OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \\
+  --cache $W/cache_other_0 $W/cache_other_1 --out $W/fit4_other --identity-space embedding --crop-size 16 \\
+  --batch-size 8 --lr 2e-4 --lr-warmup 100 --lr-schedule cosine --lr-min-ratio 0.1 --steps 4500 --save-every 250 \\
+  --keep-last 2 --workers 0 --cpu --cache-latents --seed 3 --init $W/fit3_other/realisid-final.safetensors
+python -m realisid.mini export realisid --work $W/fit4_other --continues $W/stage3.safetensors
+python -m realisid.mini identity-use --model models/mini/realisid/realisid_mini.safetensors --cache $W/heldout_other \\
+  --n 128 --out models/mini/identity_use.json --label "stage 4 other (+4,500 steps, cosine), other references"
+python -m realisid.mini curves --work $W/fit4_other --stages realisid --suffix _stage4
 python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
+python -m realisid.mini paper --n 8  # docs/results-mini.md: the paper's claims per variant (issue 14)
 """
 
 
@@ -122,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--continues", default=None, help="realisid only: the RealisID-Mini file this run started "
                         "from (fit --init); its training stages are kept before this run's in the record")
+    export.add_argument("--variant", default=None, help="realisid only: write models/mini/variants/"
+                        "realisid_mini_VARIANT.safetensors (an issue-14 variant) instead of the shipped model")
     scenes = sub.add_parser("scenes", help="the branches' training set: single-person scenes of training identities, "
                             "each with another render of the same person, as a manifest for realisid.train prepare")
     scenes.add_argument("--out", required=True)
@@ -146,6 +163,22 @@ def _parser() -> argparse.ArgumentParser:
                            help="only these variants of the identity cells (default: all four)")
     behaviour.add_argument("--people", nargs="*", type=int, default=None, choices=(2, 3),
                            help="multi-person cells (default: 2 and 3; none with an empty list)")
+    behaviour.add_argument("--guidance", nargs="*", default=[], metavar="INPUT=VALUE",
+                           help="override RealisID Guider inputs, e.g. id_scale=5 id_delay=0 (sweeps of the "
+                           "sampling settings; default: the bundled workflows' settings)")
+    paper = sub.add_parser("paper", help="the paper's claims measured per variant with bootstrap intervals: identity "
+                           "vs face side, pose and expression, several people, location (see realisid/mini/paper.py)")
+    paper.add_argument("--n", type=int, default=8, help="cases per cell")
+    paper.add_argument("--seed", type=int, default=72)
+    paper.add_argument("--out", default="docs/results-mini", help="folder for rows.json, summary.json and the plots")
+    paper.add_argument("--doc", default="docs/results-mini.md", help="the report (tables, plots, reading); '' for none")
+    paper.add_argument("--extra", nargs="*", default=[], metavar="NAME=FILE",
+                       help="trained variants: a RealisID file the loader lists, run with full strengths")
+    paper.add_argument("--sides", nargs="+", default=None, choices=("1/4", "1/5", "1/6", "1/7", "1/8"),
+                       help="face sides of the identity cells (default: all five)")
+    paper.add_argument("--people", nargs="*", type=int, default=None, choices=(1, 2, 3),
+                       help="people cells (default: 1, 2 and 3; none with an empty list)")
+    paper.add_argument("--steps", type=int, default=None, help="sampling steps (default: the workflows' 20)")
     use = sub.add_parser("identity-use", help="face-box loss of held-out faces with their own identity vs another's "
                          "(see realisid/train/identity_use.py)")
     use.add_argument("--model", required=True, help="RealisID-Mini file (.safetensors)")
@@ -183,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "export":
         if args.continues is not None and args.what != "realisid":
             raise SystemExit(f"--continues is for the realisid export only, not {args.what!r}")
-        _export(args.what, args.work, args.seed, args.continues)
+        _export(args.what, args.work, args.seed, args.continues, args.variant)
     elif args.command == "encode":
         from realisid.mini import base
 
@@ -210,7 +243,43 @@ def main(argv: list[str] | None = None) -> int:
         _behaviour(args)
     elif args.command == "identity-use":
         _identity_use(args)
+    elif args.command == "paper":
+        _paper(args)
     return 0
+
+
+def _paper(args) -> None:
+    import shlex
+    import tempfile
+    import time
+
+    import folder_paths
+
+    from realisid.host import comfy_host
+    from realisid.mini import files, paper
+
+    comfy_host.load_core_extras()
+    comfy_host.load_pack()
+    sides = {k: v for k, v in paper.SIDES.items() if args.sides is None or k in args.sides}
+    people = paper.PEOPLE if args.people is None else tuple(args.people)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
+        folder_paths.set_input_directory(f"{scratch}/input")
+        folder_paths.set_output_directory(f"{scratch}/output")
+        if files.VARIANTS_DIR.is_dir():  # the committed variants, for --extra (users' loaders never list them)
+            folder_paths.add_model_folder_path("realisid", str(files.VARIANTS_DIR))
+        summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps)
+    seconds = time.perf_counter() - start
+    if args.doc:
+        command = "python -m realisid.mini paper " + shlex.join(
+            ["--n", str(args.n), "--seed", str(args.seed), "--out", args.out, "--doc", args.doc]
+            + (["--sides", *args.sides] if args.sides else []) + (["--people", *map(str, people)] if args.people
+                                                                   is not None else [])
+            + (["--extra", *args.extra] if args.extra else []) + (["--steps", str(args.steps)] if args.steps else []))
+        figures = os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.doc)) or ".")
+        paper.write_doc(summary, args.doc, figures, command, args.seed, args.n, seconds)
+        log.info("report written to %s", args.doc)
+    log.info("figures in %s (%.1f min)", args.out, seconds / 60)
 
 
 def _identity_use(args) -> None:
@@ -225,6 +294,20 @@ def _identity_use(args) -> None:
         figures = json.loads(path.read_text()) if path.exists() else {}
         figures[args.label] = use.as_dict()
         path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _guidance_overrides(pairs: list[str]) -> dict:
+    """`--guidance id_scale=5 id_delay=0` -> {"id_scale": 5.0, "id_delay": 0.0}."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name] = float(value) if sep else None
+        except ValueError:
+            out[name] = None
+        if out[name] is None:
+            raise SystemExit(f"--guidance: {pair!r} is not INPUT=NUMBER (e.g. id_scale=5)")
+    return out
 
 
 def _behaviour(args) -> None:
@@ -242,7 +325,7 @@ def _behaviour(args) -> None:
         folder_paths.set_output_directory(f"{scratch}/output")
         options = {k: tuple(v) for k, v in (("variants", args.variants), ("people", args.people)) if v is not None}
         summary = behaviour.measure(args.n, args.gates or files.MODELS_DIR / "gates.json", args.seed, args.images,
-                                    **options)
+                                    guidance=_guidance_overrides(args.guidance), **options)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
     log.info("behaviour written to %s (%.2f s per image)", args.out, summary["seconds_per_image"])
@@ -283,7 +366,7 @@ def _record(state: dict) -> dict:
             "machine": state.get("machine", "not recorded")}
 
 
-def _export(what: str, work: str, seed: int, continues: str | None = None) -> None:
+def _export(what: str, work: str, seed: int, continues: str | None = None, variant: str | None = None) -> None:
     from realisid.mini import backend, facenets, files, judge, vae
 
     if what == "faces":
@@ -305,7 +388,9 @@ def _export(what: str, work: str, seed: int, continues: str | None = None) -> No
     elif what == "base":
         _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
     else:
-        _export_realisid(work, files.REALISID_DIR / files.REALISID_FILE, continues)
+        target = files.REALISID_DIR / files.REALISID_FILE if variant is None else \
+            files.VARIANTS_DIR / files.variant_file(variant)
+        _export_realisid(work, target, continues)
     log.info("exported %s", what)
 
 

@@ -18,6 +18,7 @@ from realisid.mini import head, world
 
 MANIFEST = "manifest.jsonl"  # each scene with its other render as the reference ("other")
 MANIFEST_SELF = "manifest_self.jsonl"  # the same scenes without one: the target is its own reference ("self")
+SETTINGS = "scenes.json"  # the seed and split the folder's images were rendered with
 
 
 def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
@@ -27,13 +28,29 @@ def reference_scene(identity, rng: np.random.Generator) -> world.Scene:
     return world.render_scene(spec)
 
 
+def _claim(folder: Path, settings: dict) -> None:
+    """Resuming keeps the images already written, so a folder serves one (seed, split) only: another one would
+    pair the old images with the new captions and references."""
+    record = folder / SETTINGS
+    if record.exists():
+        held = json.loads(record.read_text())
+        if held != settings:
+            raise ValueError(f"{folder} holds scenes of {held}, not {settings}: choose another --out, or pass "
+                             f"--seed {held['seed']} --split {held['split']} to resume it")
+    elif (folder / "images").is_dir() and any((folder / "images").iterdir()):
+        raise ValueError(f"{folder} holds scene images without {SETTINGS} (their seed and split are unknown): "
+                         "choose another --out, or remove the folder")
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "references").mkdir(exist_ok=True)
+    record.write_text(json.dumps(settings))
+
+
 def write_scenes(out: str | Path, n: int, seed: int = 0, split: str = "train") -> Path:
     """n single-person scenes of `split` identities ("train", or "held_out" for measurements), deterministic in
     (seed, index), with their references; resumable: an image already written is kept. Returns the "other"
     manifest; the "self" manifest of the same scenes is written beside it."""
     folder = Path(out)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "references").mkdir(exist_ok=True)
+    _claim(folder, {"seed": seed, "split": split})
     lines = []
     for i in tqdm(range(n), desc="mini scenes"):
         name = f"{i:06d}.png"

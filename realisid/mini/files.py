@@ -13,6 +13,7 @@ import torch
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models" / "mini"
 CHECKPOINTS_DIR = MODELS_DIR / "checkpoints"  # registered as a ComfyUI "checkpoints" folder
 REALISID_DIR = MODELS_DIR / "realisid"  # registered as a "realisid" folder
+VARIANTS_DIR = MODELS_DIR / "variants"  # issue 14's trained variants: read by `realisid.mini paper` only
 FACES_DIR = MODELS_DIR / "faces"  # read by the mini face backend and the judge
 VAE_DIR = MODELS_DIR / "vae"  # the Mini VAE on its own (the base checkpoint holds the same weights)
 VAE_FILE = "mini_vae.safetensors"
@@ -20,6 +21,10 @@ BASE_FILE = "realisid_mini_base.safetensors"
 FACES_FILE = "mini_faces.safetensors"
 JUDGE_FILE = "mini_judge.safetensors"
 REALISID_FILE = "realisid_mini.safetensors"  # the RealisID-Mini branches, trained by `python -m realisid.train fit`
+
+
+def variant_file(name: str) -> str:
+    return f"realisid_mini_{name}.safetensors"
 METADATA_KEY = "realisid_mini"
 
 

@@ -335,7 +335,3 @@ def _draw_glasses(canvas: Canvas, head: HeadPlacement, square: bool, s: float) -
     canvas.polyline(head.project(bridge), frame, 0.03 * s)
 
 
-def kps5_from_landmarks(lm68: np.ndarray) -> np.ndarray:
-    """ArcFace-order 5 keypoints from their 68-point parents: eye centres, nose tip, mouth corners."""
-    lm = np.asarray(lm68, np.float64)
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])

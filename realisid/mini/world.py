@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from realisid.faces.record import kps5_from_landmarks68
 from realisid.mini import head as heads
 from realisid.mini.identity import Identity, random_identity
 
@@ -212,7 +213,7 @@ def render_scene(spec: SceneSpec, ss: int = 2) -> Scene:
         placement = heads.HeadPlacement(person.cx, person.cy, person.side, person.pose)
         heads.draw_back_hair(canvas, placement, person.identity)
         lm = heads.draw_head(canvas, placement, person.identity, person.expression)
-        truths.append(FaceTruth(box=placement.box, landmarks68=lm, kps5=heads.kps5_from_landmarks(lm),
+        truths.append(FaceTruth(box=placement.box, landmarks68=lm, kps5=kps5_from_landmarks68(lm),
                                 identity=person.identity, pose=person.pose, expression=person.expression,
                                 clothing=person.clothing))
     return Scene(image=canvas.image(), caption=caption(spec), faces=tuple(truths), spec=spec)

@@ -82,6 +82,15 @@ def _fit_parser(sub) -> None:
                                   "committed model) with a fresh optimizer; ignored with --resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-size", type=int, default=64, help="local branch crop side in latent cells")
+    p.add_argument("--branches", choices=("both", "local", "global"), default="both",
+                   help="train both branches (RealisID) or one alone (the paper's ablations)")
+    p.add_argument("--hint", choices=("cache", "kps5"), default="cache",
+                   help="the local branch's hint: the cache's landmark layout, or 5 keypoints drawn from its 68 "
+                        "landmarks (the paper's 68-landmark vs 5-keypoint comparison); saved in the model")
+    p.add_argument("--global-hint", choices=("box_mask", "face_hint"), default="box_mask",
+                   help="the global branch's hint: the box mask (RealisID), or the face's hint drawn in its box on "
+                        "the whole image (with --branches global --hint kps5: the InstantID-style baseline, one "
+                        "identity ControlNet on the full latent with 5 keypoints); saved in the model")
     p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
     p.add_argument("--text-cache-size", type=int, default=4096)
     p.add_argument("--max-text-chunks", type=int, default=3, help="captions are cut to this many 77-token chunks")
@@ -170,7 +179,8 @@ def _boot_comfy(comfyui: str | None, cpu: bool) -> None:
 
 
 def config_from_args(args):
-    from realisid.train.loop import TrainConfig, latest_state
+    from realisid.train.config import TrainConfig
+    from realisid.train.loop import latest_state
 
     try:
         projector = json.loads(args.projector)
@@ -193,7 +203,8 @@ def config_from_args(args):
         ema=args.ema, save_every=args.save_every, sample_every=args.sample_every, sample_steps=args.sample_steps,
         resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
-        cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init)
+        cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init,
+        branches=args.branches, hint=args.hint, global_hint=args.global_hint)
 
 
 def run_fit(args) -> list[float]:

@@ -17,6 +17,7 @@ import safetensors.numpy
 import torch
 import torch.nn.functional as F
 
+from realisid.faces.record import kps5_from_landmarks68
 from realisid.faces.render import render_face_hint
 
 TENSOR_KEYS = ("image", "mask", "box", "hint", "face_crop", "embedding")
@@ -46,18 +47,20 @@ def hint_uint8(unit_points: np.ndarray, size: int) -> np.ndarray:
 
 class CachedFaceDataset(torch.utils.data.Dataset):
     """Items: image (3, S, S) uint8, mask (1, S, S) uint8, box (4,) fractions, hint (3, H, H) uint8 with
-    H = hint_size (re-rendered from the landmarks when the cache holds another size), face_crop (224, 224, 3)
+    H = hint_size (re-rendered from the landmarks when the cache holds another size, or with kps5_hints the 5
+    keypoints of its 68 landmarks), face_crop (224, 224, 3)
     uint8, embedding (D,) (zeros of length 0 when the cache has none), caption str, index int.
 
     `cache` is one cache folder or several (e.g. the shards `prepare --num-shards` wrote in parallel): their
     samples in the order given, one index space."""
 
-    def __init__(self, cache: str | Path | Sequence[str | Path], hint_size: int):
+    def __init__(self, cache: str | Path | Sequence[str | Path], hint_size: int, kps5_hints: bool = False):
         caches = [cache] if isinstance(cache, str | Path) else list(cache)
         if not caches:
             raise ValueError("no training cache given (--cache)")
         self.rows = [(Path(c), row) for c in caches for row in read_manifest(c)]
         self.hint_size = int(hint_size)
+        self.kps5_hints = kps5_hints  # draw the 5 keypoints of the cached 68 landmarks instead (fit --hint kps5)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -69,7 +72,10 @@ class CachedFaceDataset(torch.utils.data.Dataset):
         cache, row = self.rows[index]
         data = safetensors.numpy.load_file(str(cache / row["file"]))
         hint = data.get("hint")
-        if hint is None or hint.shape[0] != self.hint_size:
+        if self.kps5_hints:
+            points = data["landmarks"]
+            hint = hint_uint8(kps5_from_landmarks68(points) if len(points) == 68 else points, self.hint_size)
+        elif hint is None or hint.shape[0] != self.hint_size:
             hint = hint_uint8(data["landmarks"], self.hint_size)
         embedding = data.get("embedding", np.zeros(0, np.float32))
         return {

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from realisid import checkpoint
-from realisid.train.loop import TrainConfig, Trainer
+from realisid import checkpoint_format
+from realisid.train.config import TrainConfig
+from realisid.train.loop import Trainer
 from realisid.train.rng import step_generator
 
 
@@ -58,7 +59,7 @@ def measure(model_file: str, base_file: str, caches: list[str], n: int, batch_si
             seed: int = 0) -> IdentityUse:
     """Identity use of `model_file` on the first n samples of `caches` in a seeded order (held-out people, prepared
     like the training set; at most every sample once, so n is capped at the caches' size)."""
-    config = checkpoint.read_config(model_file)
+    config = checkpoint_format.read_config(model_file)
     order = other_identity_order(batch_size)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(base=base_file, cache=caches, out=out, identity_space="embedding",

@@ -1,9 +1,10 @@
-"""The RealisID training loop (accelerate): frozen ComfyUI base, trainable local + global branches and projector.
+"""The RealisID trainer (accelerate): frozen ComfyUI base, trainable local + global branches and projector.
 
-Per step: VAE latents x0 of the cached images, noise and sigma from the base's model_sampling (EPS / V-pred
-aware), the RealisID residuals from `realisid.control.branch_residuals` (THE forward shared with sampling), the
-frozen UNet's prediction, loss = MSE + lambda * face-box-masked MSE (paper Eq. 7), condition dropout for the
-three-way guidance. Runs unchanged under `accelerate launch` (DDP: only the branches are wrapped).
+Per optimizer step: this rank's batches (data.py), their VAE latents (stored by encode-latents, or encoded here),
+noise, sigmas and dropout from the step's generator (rng.py), the loss of step.py (the forward shared with
+sampling), the optimizer with its schedule (optim.py), EMA (ema.py), logs, resumable states and RealisID files
+(outputs.py), previews (previews.py). Runs unchanged under `accelerate launch` (DDP: only the branches are wrapped).
+Settings: config.py.
 """
 
 from __future__ import annotations
@@ -15,20 +16,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 from tqdm import tqdm
 
 from realisid import checkpoint
-from realisid.control import FaceCondition, branch_residuals
+from realisid.control import FaceCondition
 from realisid.geometry import LATENT_DOWNSCALE
 from realisid.identity_sources import clip_space
 from realisid.machine import machine
 from realisid.train import latents, previews
+from realisid.train.config import PRECISIONS, TrainConfig
 from realisid.train.data import (
     CachedFaceDataset,
     StepBatches,
@@ -40,233 +40,13 @@ from realisid.train.data import (
 )
 from realisid.train.ema import EMA
 from realisid.train.host import FrozenHost
-from realisid.train.optim import SCHEDULES, lr_factor, param_groups, set_lrs
+from realisid.train.optim import lr_factor, param_groups, set_lrs
 from realisid.train.outputs import EXPORT_DTYPES, file_sha256, rotate, write_realisid
 from realisid.train.rng import step_generator
+from realisid.train.step import BranchForward, StepInputs, dropout_flags, sample_sigmas, step_loss
 
 log = logging.getLogger(__name__)
 CURVE_FILE = "realisid.log.jsonl"
-
-IDENTITY_SPACES = ("clip", "arcface", "embedding")
-FACE_LOSS_NORMS = ("area", "none")
-PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class TrainConfig:
-    base: str
-    cache: str | list[str]  # one cache folder, or several (the shards of a parallel prepare)
-    out: str
-    identity_space: str = "clip"  # clip: CLIP-vision tokens of the face crop; arcface: the cached ArcFace vector;
-    # embedding: the cached vector of whatever backend prepared the cache (tests, experiments)
-    clip_vision: str | None = None
-    steps: int = 1000
-    batch_size: int = 4
-    lr: float = 1e-5
-    projector_lr: float | None = None  # the projector starts from scratch: its own LR (None: --lr)
-    lr_warmup: int = 0  # optimizer steps of linear warm-up
-    lr_schedule: str = "constant"  # after warm-up: constant, cosine or linear decay to lr_min_ratio * lr
-    lr_min_ratio: float = 0.0
-    weight_decay: float = 1e-2
-    lambda_face: float = 1.0
-    face_loss_norm: str = "area"
-    drop_image: float = 0.05
-    drop_text: float = 0.05
-    drop_both: float = 0.05
-    mixed_precision: str = "no"
-    grad_checkpointing: bool = False
-    checkpoint_unet: bool = False  # recompute the frozen UNet's activations in backward (non-reentrant)
-    grad_accum: int = 1
-    ema: float = 0.0
-    save_every: int = 500
-    keep_last: int = 0  # resumable states and step files kept (0: all)
-    export_dtype: str = "fp32"  # dtype of the RealisID files written (fp32, bf16, fp16)
-    sample_every: int = 0
-    sample_steps: int = 20
-    sample_count: int = 2
-    resume: str | None = None
-    seed: int = 0
-    crop_size: int = checkpoint.DEFAULT_CROP_SIZE
-    projector: dict = field(default_factory=dict)  # overrides of identity.DEFAULT_CONFIG
-    log_every: int = 10
-    progress: bool = True  # tqdm bar on the main process
-    max_grad_norm: float = 1.0
-    text_cache_size: int = 4096
-    max_text_chunks: int = 3  # captions are cut to this many text-encoder chunks (77 tokens each for CLIP)
-    workers: int = 4  # DataLoader worker processes reading the cache (0: in the training process)
-    prefetch: int = 2  # batches each worker reads ahead
-    overfit: bool = False  # sanity check: the same batch, noise, sigmas and dropout at every step
-    init: str | None = None  # a RealisID file to start the branches from (ignored when resuming a state)
-    cache_latents: bool = False  # keep each sample's VAE latent in memory after its first encode (small sets)
-    cpu: bool = False
-
-    @property
-    def caches(self) -> list[str]:
-        return [self.cache] if isinstance(self.cache, str) else list(self.cache)
-
-    def validate(self) -> None:
-        if self.identity_space not in IDENTITY_SPACES:
-            raise ValueError(f"--identity-space must be one of {IDENTITY_SPACES}, got {self.identity_space!r}")
-        if self.identity_space == "clip" and not self.clip_vision:
-            raise ValueError("--identity-space clip needs --clip-vision FILE (e.g. CLIP-ViT-H-14 .safetensors)")
-        if self.face_loss_norm not in FACE_LOSS_NORMS:
-            raise ValueError(f"--face-loss-norm must be one of {FACE_LOSS_NORMS}, got {self.face_loss_norm!r}")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"--mixed-precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
-        if self.drop_image + self.drop_text + self.drop_both > 1:
-            raise ValueError("the condition-dropout probabilities add up to more than 1")
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("--steps, --batch-size and --grad-accum must be >= 1")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"--lr-schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if self.export_dtype not in EXPORT_DTYPES:
-            raise ValueError(f"--export-dtype must be one of {tuple(EXPORT_DTYPES)}, got {self.export_dtype!r}")
-        if self.lr_warmup < 0 or self.keep_last < 0 or self.workers < 0 or self.prefetch < 1:
-            raise ValueError("--lr-warmup, --keep-last and --workers must be >= 0, --prefetch >= 1")
-
-    def lrs(self) -> dict[str, float]:
-        return {"branches": self.lr, "projector": self.lr if self.projector_lr is None else self.projector_lr}
-
-
-# ---- pieces --------------------------------------------------------------------------------------------------------
-class BranchForward(nn.Module):
-    """The trainable networks as ONE module (what accelerate wraps in DDP); forward = branch_residuals, paired.
-
-    Each sample has its own face: `paired=True` binds face i to batch entry i, so the whole batch runs as one
-    local pass and one global pass, through the same code as sampling. Image dropout swaps in the null identity
-    (the projection of a zero source), as the guidance does at inference.
-    checkpointed: the branch pass is recomputed in backward (torch.utils.checkpoint, non-reentrant), so the
-    ControlNets' attention activations are not kept either (their own use_checkpoint covers ResBlocks only).
-    """
-
-    def __init__(self, model: checkpoint.RealisIDModel, checkpointed: bool = False):
-        super().__init__()
-        self.nets = model.nets  # the same modules the RealisIDModel uses
-        self.model = model
-        self.checkpointed = checkpointed
-
-    def _residuals(self, x_in, timesteps, p_id, hints, y, boxes):
-        faces = [FaceCondition(p_id=p_id[i], landmark_hint=hints[i], box=tuple(float(v) for v in boxes[i]))
-                 for i in range(x_in.shape[0])]
-        out = branch_residuals(self.model, x_in, timesteps, faces, y=y, paired=True)
-        return tuple(out["middle"]), tuple(out["output"])
-
-    def forward(self, x_in, timesteps, identity, hints, boxes, y, drop_identity: list[bool]) -> dict:
-        p_id = self.model.project(identity)
-        dropped = torch.tensor([bool(d) for d in drop_identity], device=p_id.device)
-        if bool(dropped.any()):
-            null = self.model.null_identity(1).to(p_id)
-            p_id = torch.where(dropped[:, None, None], null, p_id)
-        args = (x_in, timesteps, p_id, hints, y, boxes)
-        if self.checkpointed and torch.is_grad_enabled():
-            middle, output = torch.utils.checkpoint.checkpoint(self._residuals, *args, use_reentrant=False)
-        else:
-            middle, output = self._residuals(*args)
-        return {"input": [], "middle": list(middle), "output": list(output)}
-
-
-def model_targets(model_sampling, sigma, x_noisy, x0) -> torch.Tensor:
-    """The model output whose denoised value is x0, for any model_sampling linear in the output (EPS: the noise,
-    V_PREDICTION: v, ...): denoised = a * x + b * out, so out = (x0 - denoised(0, x)) / denoised(1, 0)."""
-    base = model_sampling.calculate_denoised(sigma, torch.zeros_like(x_noisy), x_noisy)
-    gain = model_sampling.calculate_denoised(sigma, torch.ones_like(x_noisy), torch.zeros_like(x_noisy))
-    return (x0 - base) / gain
-
-
-def sample_sigmas(model_sampling, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Training sigmas: a uniform discrete timestep of the schedule (or a uniform percent when continuous)."""
-    sigmas = getattr(model_sampling, "sigmas", None)
-    if sigmas is not None and sigmas.ndim == 1 and len(sigmas) > 1:
-        idx = torch.randint(0, len(sigmas), (batch,), generator=generator)
-        return sigmas.cpu()[idx].float()
-    u = torch.rand(batch, generator=generator)
-    return torch.tensor([float(model_sampling.percent_to_sigma(float(v))) for v in u])
-
-
-def dropout_flags(batch: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[list[bool], list[bool]]:
-    """(drop_image, drop_text) per sample: both with p_both, image only with p_image, text only with p_text."""
-    u = torch.rand(batch, generator=generator).tolist()
-    both = [v < cfg.drop_both for v in u]
-    image = [b or cfg.drop_both <= v < cfg.drop_both + cfg.drop_image for v, b in zip(u, both, strict=True)]
-    lo = cfg.drop_both + cfg.drop_image
-    text = [b or lo <= v < lo + cfg.drop_text for v, b in zip(u, both, strict=True)]
-    return image, text
-
-
-def diffusion_loss(pred, target, mask_latent, lambda_face: float, norm: str) -> tuple[torch.Tensor, dict]:
-    """MSE over the latent + lambda * MSE inside the face box (area-normalised per sample, or a plain mean)."""
-    err = (pred.float() - target.float()) ** 2
-    mse = err.mean()
-    masked = err * mask_latent
-    if norm == "area":
-        denom = mask_latent.sum(dim=(1, 2, 3)) * err.shape[1]
-        face = (masked.sum(dim=(1, 2, 3)) / denom.clamp_min(1e-6)).mean()
-    else:
-        face = masked.mean()
-    return mse + lambda_face * face, {"mse": mse.detach(), "face_mse": face.detach()}
-
-
-def set_branch_checkpointing(nets: nn.Module, enabled: bool) -> None:
-    """Gradient checkpointing on the trainable ControlNets only (their ResBlocks honour use_checkpoint)."""
-    for name in ("local", "global"):
-        net = nets._modules.get(name)
-        if net is None:
-            continue
-        for module in net.modules():
-            if hasattr(module, "use_checkpoint"):
-                module.use_checkpoint = enabled
-
-
-@dataclass
-class StepInputs:
-    """Everything one training micro-step needs, already on the device (encoders applied)."""
-
-    x0: torch.Tensor  # (B, 4, h, w) model-space latents
-    noise: torch.Tensor
-    sigma: torch.Tensor  # (B,)
-    identity: torch.Tensor  # identity source for the projector
-    hints: torch.Tensor  # (B, 3, S*8, S*8)
-    boxes: torch.Tensor  # (B, 4) fractions
-    context: torch.Tensor  # (B, T, C) text
-    y: torch.Tensor | None  # (B, adm) for SDXL-style bases
-    drop_identity: list[bool]
-    mask: torch.Tensor  # (B, 1, h, w) face box at latent resolution
-
-
-_CONTROL_KEYS = ("input", "middle", "output")
-
-
-def unet_forward(unet, x, timesteps, context, y, control: dict, checkpointed: bool = False) -> torch.Tensor:
-    """The frozen UNet with the residuals. Checkpointed: torch.utils.checkpoint (non-reentrant) with the control
-    dict rebuilt inside, since the UNet pops it (ComfyUI's own use_checkpoint fails on frozen weights)."""
-    extra = {} if y is None else {"y": y}
-    if not checkpointed:
-        return unet(x, timesteps, context=context, control=control, transformer_options={}, **extra)
-    counts = [len(control.get(k, [])) for k in _CONTROL_KEYS]
-    flat = [t for k in _CONTROL_KEYS for t in control.get(k, [])]
-
-    def run(x, timesteps, context, *residuals):
-        it = iter(residuals)
-        rebuilt = {k: [next(it) for _ in range(n)] for k, n in zip(_CONTROL_KEYS, counts, strict=True)}
-        return unet(x, timesteps, context=context, control=rebuilt, transformer_options={}, **extra)
-
-    return torch.utils.checkpoint.checkpoint(run, x, timesteps, context, *flat, use_reentrant=False)
-
-
-def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainConfig, autocast, compute_dtype):
-    """Noise with the base's model_sampling, run branches + frozen UNet, return (loss, parts)."""
-    x_noisy = model_sampling.noise_scaling(s.sigma, s.noise, s.x0)
-    x_in = model_sampling.calculate_input(s.sigma, x_noisy)
-    timesteps = model_sampling.timestep(s.sigma).float()
-    with autocast():
-        control = forward_module(x_in, timesteps, s.identity, s.hints, s.boxes, s.y, s.drop_identity)
-        y = None if s.y is None else s.y.to(compute_dtype)
-        pred = unet_forward(unet, x_in.to(compute_dtype), timesteps, s.context.to(compute_dtype), y, control,
-                            cfg.checkpoint_unet)
-    target = model_targets(model_sampling, s.sigma, x_noisy, s.x0)
-    return diffusion_loss(pred, target, s.mask, cfg.lambda_face, cfg.face_loss_norm)
 
 
 # ---- trainer -------------------------------------------------------------------------------------------------------
@@ -297,7 +77,7 @@ class Trainer:
         weight_dtype = PRECISIONS[cfg.mixed_precision] if acc.device.type != "cpu" else torch.float32
         self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
                                else None, cfg.text_cache_size, cfg.max_text_chunks)
-        self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE)
+        self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE, kps5_hints=cfg.hint == "kps5")
         self._check_spaces()
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
@@ -357,7 +137,9 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)  # same initial weights on every rank
         model = checkpoint.build_realisid_model(self.host.unet_config, base_state_dict=self.host.unet.state_dict(),
                                                 identity_space=space, projector_config=projector,
-                                                crop_size=self.cfg.crop_size)
+                                                crop_size=self.cfg.crop_size, with_local=self.cfg.branches != "global",
+                                                with_global=self.cfg.branches != "local",
+                                                global_hint=self.cfg.global_hint)
         model.config.update(self._hint_conventions())
         if self.cfg.init and not self.cfg.resume:
             self._warm_start(model)
@@ -388,7 +170,7 @@ class Trainer:
         if len(expands) > 1 or len(hints) > 1:
             raise ValueError(f"the cache mixes box_expand {sorted(expands)} / hint layouts {sorted(hints)}: prepare "
                              "it with one setting")
-        return {"box_expand": float(expands.pop()), "hint": hints.pop()}
+        return {"box_expand": float(expands.pop()), "hint": "kps5" if self.cfg.hint == "kps5" else hints.pop()}
 
     # data -----------------------------------------------------------------------------------------------------------
     def _batch(self, micro_step: int) -> dict:
@@ -663,6 +445,3 @@ def latest_state(out: str | Path) -> str | None:
         return str(Path(out) / "state" / marker.read_text().strip())
     return None
 
-
-__all__ = ["TrainConfig", "Trainer", "fit", "latest_state", "model_targets", "diffusion_loss", "batch_indices",
-           "dropout_flags", "sample_sigmas"]

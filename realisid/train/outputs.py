@@ -11,7 +11,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from realisid import checkpoint
+from realisid import checkpoint_format
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def write_realisid(state: dict[str, torch.Tensor], config: dict, path: Path, dty
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in state.items()}
-    metadata = {checkpoint.METADATA_KEY: json.dumps(config)}
+    metadata = {checkpoint_format.METADATA_KEY: json.dumps(config)}
     if training is not None:
         metadata[TRAINING_KEY] = json.dumps(training)
     tmp = path.with_name(path.name + ".tmp")

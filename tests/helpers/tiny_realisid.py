@@ -1,7 +1,8 @@
 """Tiny SD1.5/SDXL-shaped base models and RealisID models with random weights, for tests (CPU, fast).
 
 API: tiny_unet_config(family), tiny_base_model(family, seed) -> ModelPatcher, tiny_realisid_model(family, ...)
--> RealisIDModel, tiny_conditioning(family, batch) -> (positive, negative), TOKENS_DIM / CONTEXT_DIM constants.
+-> RealisIDModel, tiny_conditioning(family, batch) -> (positive, negative), the CONTEXT_DIM / SOURCE_DIM / LATENT /
+CROP constants.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import comfy.model_patcher
 import comfy.supported_models
 import torch
 
-from realisid import branches, checkpoint
+from realisid import branches, checkpoint, checkpoint_format
 
 CONTEXT_DIM = 32
 POOLED_DIM = 32  # SDXL adm = pooled text + six 256-d size embeddings (model_base.SDXL.encode_adm)
@@ -34,11 +35,20 @@ def tiny_unet_config(family: str = "sdxl") -> dict:
                 use_temporal_attention=False, use_temporal_resblock=False, num_heads=-1, num_head_channels=32)
 
 
-def _fill(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _fill(module: torch.nn.Module, seed: int, std: float = 0.05, unit_norms: bool = False) -> None:
+    """Random weights. unit_norms: norm gains near 1 instead of near 0; gains near 0 scale every attention query
+    and feed-forward input down to its bias, so the net all but ignores its cross-attention context (a RealisID
+    branch would then hardly see its identity tokens: 1e-4 of its output's scale, against 1e-2 with unit gains).
+    The tiny bases keep gains near 0, which keeps their sampled latents small and the tests' tolerances absolute."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for sub in module.modules():
+            for name, p in sub.named_parameters(recurse=False):
+                noise = torch.randn(p.shape, generator=gen) * std
+                p.copy_(1.0 + noise if unit_norms and isinstance(sub, NORMS) and name == "weight" else noise)
 
 
 def tiny_base_model(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
@@ -64,13 +74,26 @@ def tiny_realisid_model(family: str = "sdxl", identity_space: str = "test-space-
                                             with_global=with_global, init=False)
     for i, net in enumerate((model.local_net, model.global_net, model.projector)):
         if net is not None:
-            _fill(net, seed * 10 + i, std)
+            _fill(net, seed * 10 + i, std, unit_norms=True)
+    for i, net in enumerate((model.local_net, model.global_net)):
+        if net is not None:
+            _keep_hint_scale(net.input_hint_block, seed * 10 + 5 + i)
     return model
+
+
+def _keep_hint_scale(hint_block: torch.nn.Module, seed: int) -> None:
+    """Fan-in-scaled weights in the hint block: its 8 convs at std 0.05 shrink the hint about 60-fold, so the
+    boxes' masks and the landmarks would hardly reach the branch's output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hint_block.parameters():
+            if p.dim() == 4:
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / p[0].numel() ** 0.5))
 
 
 def tiny_zero_init_branch(family: str = "sdxl") -> torch.nn.Module:
     """A branch initialised the ControlNet way from a random tiny base (for init tests)."""
-    net = branches.build_branch(tiny_unet_config(family), branches.LOCAL_HINT_CHANNELS)
+    net = branches.build_branch(tiny_unet_config(family), checkpoint_format.LOCAL_HINT_CHANNELS)
     branches.init_branch_from_unet(net, tiny_base_model(family).model.state_dict())
     return net
 

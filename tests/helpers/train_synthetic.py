@@ -110,7 +110,7 @@ def training_env(root: pathlib.Path, people: int = 6) -> tuple[pathlib.Path, pat
 
 def train_config(env, out, **overrides):
     """A TrainConfig for the tiny models: CPU, in-process data loading, no periodic saves."""
-    from realisid.train.loop import TrainConfig
+    from realisid.train.config import TrainConfig
 
     root, base, vision = env
     args = dict(base=str(base), cache=str(root / "cache"), out=str(out), identity_space="clip", clip_vision=str(vision),

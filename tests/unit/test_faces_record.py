@@ -138,3 +138,27 @@ def test_merge_averages_the_raw_embedding_norms():
     merged = merge_records([a, b])
     assert merged.embedding_norm == pytest.approx(22.0)
     np.testing.assert_allclose(merged.embedding, np.array([1, 1, 0, 0]) / np.sqrt(2), atol=1e-6)
+
+
+def test_square_box_takes_the_max_or_the_mean_side_about_the_same_centre():
+    from realisid.faces.record import square_box_xyxy
+
+    box = (10.0, 20.0, 40.0, 30.0)  # 30 wide, 10 high, centre (25, 25)
+    np.testing.assert_allclose(square_box_xyxy(box), [10, 10, 40, 40])
+    np.testing.assert_allclose(square_box_xyxy(box, side="mean", dtype=np.float64), [15, 15, 35, 35])
+    np.testing.assert_allclose(square_box_xyxy(box, expand=2.0, side="mean"), [5, 5, 45, 45])
+    assert square_box_xyxy(box, dtype=np.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="side must be 'max' or 'mean'"):
+        square_box_xyxy(box, side="min")
+
+
+def test_kps5_from_landmarks68_takes_eye_centres_nose_tip_and_mouth_corners():
+    from realisid.faces.record import kps5_from_landmarks68
+
+    lm = np.zeros((68, 2))
+    lm[36:42] = [[10, 20]] * 3 + [[12, 22]] * 3  # left eye ring: centre (11, 21)
+    lm[42:48] = [30, 20]
+    lm[30], lm[48], lm[54] = [20, 30], [14, 40], [26, 40]
+    np.testing.assert_allclose(kps5_from_landmarks68(lm), [[11, 21], [30, 20], [20, 30], [14, 40], [26, 40]])
+    with pytest.raises(ValueError, match="68x2"):
+        kps5_from_landmarks68(np.zeros((5, 2)))

@@ -92,13 +92,13 @@ def test_relocate_feather_ramps_to_zero_at_edge():
     assert out[0, 0, 4, 3].item() == 1.0
 
 
-def test_box_mask_soft_vs_hard_and_rejects_empty_box():
-    soft = g.box_mask([[0.1, 0.0, 0.5, 1.0]], 1, 10, soft=True)
-    hard = g.box_mask([[0.1, 0.0, 0.5, 1.0]], 1, 10, soft=False)
+def test_box_mask_takes_cell_centres_and_coverage_is_the_area_and_rejects_empty_box():
+    hard = g.box_mask([[0.1, 0.0, 0.5, 1.0]], 1, 10)
     assert hard[0, 0, 0].tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    torch.testing.assert_close(soft, hard)
-    soft2 = g.box_mask([[0.15, 0.0, 0.5, 1.0]], 1, 10, soft=True)
-    assert soft2[0, 0, 0, 1].item() == pytest.approx(0.5)
+    torch.testing.assert_close(g.level_box_mask([[1.0, 0.0, 5.0, 1.0]], (1, 10)).float(), hard)  # cell-aligned
+    off_grid = [[1.6, 0.0, 5.0, 1.0]]  # the box starts 0.6 into cell 1, past its centre
+    assert g.box_mask_latent(off_grid, 1, 10)[0, 0, 0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]  # centre 1.5 outside
+    assert g.level_box_mask(off_grid, (1, 10))[0, 0, 0, 1].item() == pytest.approx(0.4)  # the covered area
     with pytest.raises(ValueError, match="empty box"):
         g.box_mask([[0.5, 0.0, 0.5, 1.0]], 4, 4)
     for bad in (float("nan"), float("inf")):  # NaN passes every "x1 <= x0" test, so it needs its own check
@@ -427,7 +427,7 @@ def old_point_paste(res, box, n, level_scale):
     gx, gy = (c - x0) / (x1 - x0) * 2 - 1, (c - y0) / (y1 - y0) * 2 - 1
     grid = torch.stack([gx[None].expand(n, n), gy[:, None].expand(n, n)], dim=-1)[None]
     out = F.grid_sample(res, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * g.box_mask_latent([[x0, y0, x1, y1]], n, n)
+    return out * g.level_box_mask([[x0, y0, x1, y1]], (n, n))
 
 
 def round_trip_errors(size):
@@ -474,3 +474,42 @@ def test_round_trip_is_exact_for_a_box_on_the_cell_grid():
     back = g.relocate(g.crop_and_resize(x, box, 64), box, (32, 32))
     torch.testing.assert_close(back[..., 9:25, 5:21], x[..., 9:25, 5:21], atol=1e-12, rtol=0)
     assert torch.all(back[..., :9, :] == 0) and torch.all(back[..., :, 21:] == 0)
+
+
+def _point_sample(hint, x, y):
+    """Bilinear value of hint (C, S, S) at pixel coordinates (x, y) (pixel i centred at i + 0.5), zero outside."""
+    c, s, _ = hint.shape
+    u, v = x - 0.5, y - 0.5
+    i0, j0 = int(np.floor(u)), int(np.floor(v))
+    out = np.zeros(c)
+    for j, wy in ((j0, 1 - (v - j0)), (j0 + 1, v - j0)):
+        for i, wx in ((i0, 1 - (u - i0)), (i0 + 1, u - i0)):
+            if 0 <= i < s and 0 <= j < s:
+                out += wx * wy * hint[:, j, i]
+    return out
+
+
+def test_hints_in_boxes_places_each_drawing_in_its_box_like_a_pixel_loop():
+    """The InstantID-style global hint: each crop-frame drawing lands in its box of the whole image, zero elsewhere
+    (a box leaving the image keeps its inside part)."""
+    gen = torch.Generator().manual_seed(3)
+    hints = torch.rand(2, 3, 12, 12, generator=gen)
+    boxes = [(0.1, 0.2, 0.45, 0.55), (-0.2, 0.6, 0.3, 1.1)]
+    h, w = 20, 24
+    got = g.hints_in_boxes(hints, boxes, h, w)
+    assert got.shape == (2, 3, h, w)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        for py in range(h):
+            for px in range(w):
+                cx = ((px + 0.5) / w - x0) / (x1 - x0) * 12  # the pixel centre in crop pixels
+                cy = ((py + 0.5) / h - y0) / (y1 - y0) * 12
+                want = _point_sample(hints[k].double().numpy(), cx, cy)
+                np.testing.assert_allclose(got[k, :, py, px].numpy(), want, atol=1e-5)
+    inside = g.box_mask(boxes, h, w).bool().expand(-1, 3, -1, -1)
+    assert got[~inside].abs().max() < 0.2  # only the bilinear fringe of the box edges leaks out
+    assert got[inside].abs().mean() > 0.3
+
+
+def test_hints_in_boxes_wants_one_drawing_per_box():
+    with pytest.raises(ValueError, match="one per box"):
+        g.hints_in_boxes(torch.zeros(1, 3, 8, 8), [(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)], 16, 16)

@@ -1,0 +1,138 @@
+"""A small slice of the paper protocol (issue 14) on the shipped Mini files: the harness's outputs are well formed
+and its figures agree with a direct computation on the same images (the full protocol: `python -m realisid.mini
+paper`, docs/results-mini.md)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from realisid.mini import files, paper
+
+needs_model = pytest.mark.skipif(not (files.REALISID_DIR / files.REALISID_FILE).is_file(),
+                                 reason="the trained RealisID-Mini model is not in models/mini/realisid/")
+
+
+def test_the_plan_gives_every_variant_the_same_cases_and_people_cells_to_full_strength_variants():
+    variants = paper.variants_with(["five keypoints=realisid_mini_kps5.safetensors"])
+    cases = paper.plan(2, seed=3, variants=variants, sides={"1/4": 0.25, "1/8": 0.125}, people=(1, 3))
+    assert cases == paper.plan(2, seed=3, variants=variants, sides={"1/4": 0.25, "1/8": 0.125}, people=(1, 3))
+    by_cell = {}
+    for pc in cases:
+        by_cell.setdefault((pc.case.cell, pc.case.seed), []).append(pc)
+    assert len(by_cell) == 2 * 2 + 2 + 2 * 2  # identity cells, the driven cell, people cells
+    for (cell, _), group in by_cell.items():
+        names = [pc.variant.name for pc in group]
+        expected = [v.name for v in variants if not cell.startswith("people") or v.strengths == "full"]
+        assert names == expected, cell
+        assert len({(pc.case.people, pc.case.caption, pc.truth) for pc in group}) == 1  # one case, every variant
+        assert all(p.identity.index % 10 == 0 for p in group[0].case.people)  # held-out identities
+        sides = {round(p.size * 256) for p in group[0].case.people}
+        assert len(sides) == 1 and all(abs(f.side - p.size * 256) < 1e-9
+                                       for f, p in zip(group[0].truth.people, group[0].case.people, strict=True))
+    assert variants[-1].model == "realisid_mini_kps5.safetensors" and variants[-1].strengths == "full"
+    with pytest.raises(ValueError, match="NAME=FILE"):
+        paper.variants_with(["no-file"])
+
+
+def test_the_bootstrap_interval_matches_the_normal_approximation_and_collapses_on_constants():
+    rng = np.random.default_rng(0)
+    values = rng.random(400) < 0.3
+    f = paper.interval(values.astype(float), seed=1)
+    half = 1.96 * math.sqrt(values.mean() * (1 - values.mean()) / len(values))  # independent reference
+    assert f["n"] == 400 and f["mean"] == pytest.approx(values.mean())
+    assert f["lo"] == pytest.approx(values.mean() - half, abs=0.01)
+    assert f["hi"] == pytest.approx(values.mean() + half, abs=0.01)
+    assert paper.interval([0.5] * 7) == {"n": 7, "mean": 0.5, "lo": 0.5, "hi": 0.5}
+    assert paper.interval([float("nan"), 1.0])["n"] == 1 and paper.interval([])["n"] == 0
+
+
+@pytest.fixture(scope="module")
+def slice_run(pack_node_ids, tmp_path_factory):
+    import folder_paths
+
+    from realisid.mini import backend, family, judge
+
+    family.register()
+    root = tmp_path_factory.mktemp("mini_paper")
+    folder_paths.set_input_directory(str(root / "input"))
+    folder_paths.set_output_directory(str(root / "output"))
+    variants = (paper.BUILTIN[0], paper.BUILTIN[3])  # the full model and the text-only base
+    cases = paper.plan(1, seed=9, variants=variants, sides={"1/4": 0.25}, people=(2,))
+    analyzer, judge_net, examples = backend.MiniFaceAnalyzer(), judge.MiniJudge(), {}
+    rows = paper.run(cases, analyzer, judge_net, steps=4, examples=examples)
+    return cases, rows, examples, analyzer, judge_net
+
+
+def _hungarian(iou: list[list[float]], min_iou: float = 0.1) -> list[int | None]:
+    """Each box's face by scipy's assignment on IoU (an independent matcher), None below min_iou."""
+    from scipy.optimize import linear_sum_assignment
+
+    out: list[int | None] = [None] * len(iou)
+    if iou and iou[0]:
+        rows, cols = linear_sum_assignment(-np.asarray(iou))
+        for r, c in zip(rows, cols, strict=True):
+            out[r] = int(c) if iou[r][c] >= min_iou else None
+    return out
+
+
+@needs_model
+def test_the_slice_rows_agree_with_a_direct_reading_of_the_same_images(slice_run):
+    from realisid.evaluate import metrics
+    from realisid.mini import behaviour
+    from realisid.mini.judge import attribute_match
+
+    cases, rows, examples, analyzer, judge_net = slice_run
+    generated = [r for r in rows if r["variant"] != paper.GROUND_TRUTH]
+    assert len(generated) == sum(len(pc.case.people) for pc in cases)
+    truths = [r for r in rows if r["variant"] == paper.GROUND_TRUTH]
+    assert len(truths) == sum(len(pc.case.people) for pc in cases if pc.variant.name == "RealisID")
+    for pc in cases:
+        case, image = pc.case, examples[(pc.case.cell, pc.variant.name)]["image"]
+        mine = [r for r in generated if r["cell"] == case.cell and r["variant"] == pc.variant.name]
+        references = behaviour.references_for(case)
+        faces = analyzer.analyze(image)
+        boxes = behaviour.requested_boxes(case)
+        assigned = _hungarian([[metrics.box_iou(f.square_box(), box) for f in faces] for box in boxes])
+        for row, person, ref, box, best in zip(mine, case.people, references, boxes, assigned, strict=True):
+            found = best is not None
+            assert row["found"] == found
+            read_box = faces[best].square_box() if found else box
+            reading = judge_net.read([image], [read_box])[0]
+            assert row["identity"] == pytest.approx(attribute_match(reading, person.identity))
+            if found:  # the cosine, computed here with numpy from the two embeddings
+                a, b = analyzer.analyze(ref.image)[0].embedding, faces[best].embedding
+                cos = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                assert row["cosine"] == pytest.approx(cos, abs=1e-5)
+            else:
+                assert math.isnan(row["cosine"])
+        if case.driven and mine[0]["found"]:
+            assert -1.0 <= mine[0]["copy_paste"] <= 1.0
+
+
+@needs_model
+def test_the_slice_summary_and_report_are_well_formed(slice_run, tmp_path):
+    cases, rows, examples, _, _ = slice_run
+    summary = paper.summarise(rows)
+    assert set(summary["identity"]) == {"RealisID", "text only (base)", paper.GROUND_TRUTH}
+    for variant, figures in summary["identity"].items():
+        cell = [r["identity"] for r in rows if r["cell"] == "identity 1/4" and r["variant"] == variant]
+        assert figures["1/4"]["n"] == len(cell) and figures["1/4"]["mean"] == pytest.approx(np.mean(cell))
+        assert figures["1/4"]["lo"] <= figures["1/4"]["mean"] <= figures["1/4"]["hi"]
+    assert summary["identity"][paper.GROUND_TRUTH]["1/4"]["mean"] >= 0.8  # the world's own render reads right
+    assert set(summary["people"]["RealisID"]) == {"2 identity", "2 bound", "2 found"}
+    assert set(summary["pose"]) == {"RealisID", "text only (base)"}
+    paper.plot_identity_vs_size(summary, tmp_path / "identity_vs_size.png")
+    paper.examples_grid(examples, ["identity 1/4"], ["RealisID", "text only (base)"], tmp_path / "examples.png")
+    doc = tmp_path / "results.md"
+    paper.write_doc(summary, doc, ".", "python -m realisid.mini paper --n 1", seed=9, n=1, seconds=12.0)
+    text = doc.read_text()
+    for heading in ("## Reading", "## Identity vs face side", "## Pose and expression", "## One, two and three",
+                    "## Location"):
+        assert heading in text
+    assert "| RealisID | " in text and "(n=1)" in text
+    import cv2
+
+    grid = cv2.imread(str(tmp_path / "examples.png"))
+    assert grid.shape[1] == 4 * grid.shape[0]  # reference, layout and two variants, one row
+    assert (tmp_path / "identity_vs_size.png").stat().st_size > 10_000
