@@ -142,6 +142,10 @@ def test_export_realisid_takes_the_newest_step_in_fp16_with_its_training_record(
     assert files.read_info(continued, "realisid")["training"] == {
         "realisid": {"steps": 10, "seconds": 20.0, "seed": 1, "machine": "m"},
         "realisid stage 2": {"steps": 4, "seconds": 8.0, "seed": 2, "machine": "m"}}
+    write_realisid(model.nets.state_dict(), model.config, work / "realisid-final.safetensors", torch.float32,
+                   {"steps": 12, "seconds": 24.0, "seed": 1, "machine": "m"})  # --steps 12, --save-every 5
+    cli._export_realisid(str(work), out)
+    assert files.read_info(out, "realisid")["training"]["realisid"]["steps"] == 12  # the last step, not step 10
     rows = card._training_rows(files.read_info(continued, "realisid"))
     assert [r.split(" | ")[:2] for r in rows] == [["| realisid", "10"], ["| realisid stage 2", "4"]]
     bare = tmp_path / "bare"

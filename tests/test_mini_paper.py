@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from realisid.mini import files, paper
 
@@ -136,3 +137,50 @@ def test_the_slice_summary_and_report_are_well_formed(slice_run, tmp_path):
     grid = cv2.imread(str(tmp_path / "examples.png"))
     assert grid.shape[1] == 4 * grid.shape[0]  # reference, layout and two variants, one row
     assert (tmp_path / "identity_vs_size.png").stat().st_size > 10_000
+
+
+def test_the_baselines_local_twin_is_its_network_run_on_the_face_crop(tmp_path):
+    """The public-weights trick: the InstantID-style baseline's full-latent network becomes the local branch,
+    weights unchanged, with its crop frame declared (and read by the conditioning); other models are refused."""
+    from realisid import checkpoint
+    from realisid.instantid import model as instantid
+    from tests.helpers.tiny_realisid import tiny_realisid_model
+
+    baseline = tiny_realisid_model(with_local=False, global_hint="face_hint")
+    source, twin_path = tmp_path / "baseline.safetensors", tmp_path / "twin.safetensors"
+    checkpoint.save_realisid(baseline, str(source))
+    paper.local_twin(source, twin_path, 2.5)
+    twin = checkpoint.load_realisid(str(twin_path))
+    assert twin.global_net is None and twin.config["global"] is None
+    assert twin.config["local"]["hint_channels"] == 3 and instantid.crop_frame(twin) == 2.5
+    ours, theirs = twin.local_net.state_dict(), baseline.global_net.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(torch.equal(a, b) for a, b in zip(twin.projector.state_dict().values(),
+                                                 baseline.projector.state_dict().values(), strict=True))
+    assert instantid.crop_frame(baseline) == 1.0  # trained models keep their own framing
+    checkpoint.save_realisid(tiny_realisid_model(with_local=False), str(tmp_path / "mask.safetensors"))
+    with pytest.raises(ValueError, match="global-only face-hint"):
+        paper.local_twin(tmp_path / "mask.safetensors", tmp_path / "bad.safetensors", 1.0)
+
+
+def _figure(mean, half=0.02, n=8):
+    return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+@pytest.mark.parametrize("full_at_7, verdict", [(0.45, "above"), (0.20, "below"), (0.31, "overlapping")])
+def test_the_equal_budget_reading_follows_the_figures(full_at_7, verdict):
+    full, baseline, kps5 = paper.TRAINED["full_1765"], paper.TRAINED["instantid_style"], paper.TRAINED["kps5"]
+    pose = {"expression = driver": _figure(0.5), "yaw error (deg)": _figure(8.0, 1.0), "copy-paste CP": _figure(0.0)}
+    summary = {"identity": {full: {"1/4": _figure(0.5), "1/7": _figure(full_at_7)},
+                            baseline: {"1/4": _figure(0.4), "1/7": _figure(0.3)},
+                            kps5: {"1/4": _figure(0.5), "1/7": _figure(0.4)}},
+               "pose": {full: pose, kps5: {**pose, "yaw error (deg)": _figure(15.0, 1.0)}},
+               "people": {}, "location": {}}
+    lines = paper._equal_budget_reading(summary)
+    size_line = next(line for line in lines if line.startswith("At an equal budget"))
+    assert f"at 1/7 RealisID is {verdict} the baseline" in size_line
+    assert f"RealisID 0.500 -> {full_at_7:.3f} (keeps {full_at_7 / 0.5:.0%})" in size_line
+    pose_line = next(line for line in lines if line.startswith("68 landmarks vs 5 keypoints"))
+    assert "yaw error 8.0 vs 15.0 deg (below)" in pose_line
+    no_variants = paper._equal_budget_reading({"identity": {}, "pose": {}, "people": {}, "location": {}})
+    assert len(no_variants) == 1 and "not measured" in no_variants[0]

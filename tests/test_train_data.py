@@ -91,3 +91,29 @@ def test_caption_contexts_are_capped_not_repeated_to_the_lcm(env):
         torch.testing.assert_close(row, capped.repeat(6 * chunk // capped.shape[0], 1), rtol=0, atol=0)
     short, _ = host.encode_captions(captions[:2], (64, 64))
     assert short.shape[1] == 2 * chunk  # a batch of short captions is not padded further
+
+
+def test_a_compact_cache_gives_the_same_items_in_a_fraction_of_the_disk(env, tmp_path):
+    """prepare --compact: PNG-encoded images, mask and hint derived when read; every item equals the full cache's
+    bit for bit (the hint is rendered at the training size either way), and encode-latents reads its images."""
+    from realisid.train import latents, sources
+    from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
+
+    root, _, _ = env
+    full_cache, compact_cache = tmp_path / "full", tmp_path / "compact"
+    for out, compact in ((full_cache, False), (compact_cache, True)):
+        opts = PrepareOptions(size=64, detect_size=256, min_face=8, hint_size=0 if compact else 64, compact=compact)
+        prepare_cache(sources.from_folder(root / "images"), make_analyzer("embedded"), out, opts, progress=False)
+    full, compact = data.CachedFaceDataset(full_cache, 64), data.CachedFaceDataset(compact_cache, 64)
+    assert len(full) == len(compact) > 0
+    for i in range(len(full)):
+        a, b = full[i], compact[i]
+        for key in data.TENSOR_KEYS:
+            assert torch.equal(a[key], b[key]), (i, key)
+    import safetensors
+
+    with safetensors.safe_open(str(compact_cache / compact.rows[0][1]["file"]), framework="np") as f:
+        assert not {"image", "mask", "hint", "face_crop"} & set(f.keys())
+    size = {c: sum(p.stat().st_size for p in (c / "samples").iterdir()) for c in (full_cache, compact_cache)}
+    assert size[compact_cache] < 0.6 * size[full_cache], size
+    assert torch.equal(latents._cached_image(compact_cache, compact.rows[0][1]["file"]), compact[0]["image"])

@@ -4,7 +4,7 @@ trainer's loss, on tiny models."""
 import pytest
 import torch
 
-from realisid.train import identity_use
+from realisid.train import identity_use, validation
 from realisid.train.loop import Trainer
 from tests.helpers import train_synthetic
 
@@ -58,7 +58,51 @@ def test_a_trained_model_responds_to_the_swap(models):
 
 def test_every_face_gets_another_face_identity():
     for b in (2, 3, 8):
-        order = identity_use.other_identity_order(b)
+        order = validation.other_identity_order(b)
         assert sorted(order) == list(range(b)) and all(i != j for i, j in enumerate(order))
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
-        identity_use.other_identity_order(1)
+        validation.other_identity_order(1)
+
+
+@pytest.fixture(scope="module")
+def held_out_cache(models):
+    """A second cache of other synthetic people (not the training cache: its sample indices collide with the
+    training set's, so held-out latents must not come from the training store)."""
+    from realisid.train import sources
+    from realisid.train.prepare import PrepareOptions, make_analyzer, prepare_cache
+
+    (root, _, _), _, _ = models
+    train_synthetic.write_dataset(root / "val_images", people=3, seed=11)
+    prepare_cache(sources.from_folder(root / "val_images"), make_analyzer("embedded"), root / "val_cache",
+                  PrepareOptions(size=64, detect_size=256, min_face=8, hint_size=0), progress=False)
+    return root / "val_cache"
+
+
+def test_fit_validates_on_the_held_out_faces_without_changing_the_training(models, held_out_cache, tmp_path):
+    """--val-cache: identity use on the live weights every --val-every steps, in OUT/validation.jsonl; the run's
+    losses are those of the same run without validation (it draws no training noise, leaves train mode on), and
+    the last figure is what a fresh evaluation of the saved file gives on the same held-out batches."""
+    import json
+
+    env = models[0]
+    plain = Trainer(train_synthetic.train_config(env, tmp_path / "plain", steps=3, identity_space="embedding",
+                                                 batch_size=2, lr=1e-2)).fit()
+    cfg = train_synthetic.train_config(env, tmp_path / "val", steps=3, identity_space="embedding", batch_size=2,
+                                       lr=1e-2, val_cache=[str(held_out_cache)], val_every=3, val_n=3)
+    trainer = Trainer(cfg)
+    assert trainer.fit() == plain
+    lines = [json.loads(x) for x in (tmp_path / "val" / "validation.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3] and lines[0]["n"] == 3
+    assert [len(b["index"]) for b in trainer.held_out.batches()] == [3]  # no batch of one: nobody to swap with
+    fresh = Trainer(train_synthetic.train_config(env, tmp_path / "fresh", steps=1, identity_space="embedding",
+                                                 batch_size=2, init=str(tmp_path / "val" / "realisid-final.safetensors"),
+                                                 val_cache=[str(held_out_cache)], val_n=3))
+    again = fresh.validate(3)
+    for key in ("face_mse_own", "face_mse_other"):
+        assert again[key] == pytest.approx(lines[0][key], rel=1e-5)
+    assert lines[0]["face_mse_own"] != lines[0]["face_mse_other"] or lines[0]["win_rate"] == 0.0
+
+
+def test_validation_settings_are_checked(models, tmp_path):
+    with pytest.raises(ValueError, match="--val-every needs --val-cache"):
+        train_synthetic.train_config(models[0], tmp_path, val_every=5).validate()

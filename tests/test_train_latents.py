@@ -56,3 +56,28 @@ def test_a_store_of_another_base_is_not_read(env, stored, tmp_path):
     trainer = Trainer(train_synthetic.train_config(env, tmp_path / "fit", base=str(other)))
     assert trainer._latent_cache == {}  # keyed by the base file: its VAE and latent format made them
     assert latents.base_key(other) != stored.stem
+
+
+def test_encode_text_stores_each_caption_and_fit_trains_on_it_without_the_text_encoders(tmp_path, monkeypatch):
+    """encode-text: every distinct caption (and the empty one of condition dropout) as the host encodes it; a fit
+    then never runs the text encoders and trains as without the store."""
+    env = train_synthetic.training_env(tmp_path / "env")
+    root, base, _ = env
+    reference = Trainer(train_synthetic.train_config(env, tmp_path / "plain", steps=3)).fit()
+    assert main(["encode-text", "--base", str(base), "--cache", str(root / "cache"), "--cpu", "--no-progress"]) == 0
+    trainer = Trainer(train_synthetic.train_config(env, tmp_path / "stored", steps=3))
+    captions = {row.get("caption", "") for _, row in trainer.dataset.rows} | {""}
+    assert trainer.host.stored_texts is not None and len(trainer.host.stored_texts) == len(captions) > 2
+    fresh = Trainer(train_synthetic.train_config(env, tmp_path / "fresh", steps=1)).host
+    fresh.stored_texts = None
+    for caption in captions:  # the stored outputs are the text encoders' own
+        context, pooled = trainer.host.stored_texts.get(caption)
+        want_context, want_pooled = fresh.encode_caption(caption)
+        assert torch.equal(context, want_context) and torch.equal(pooled, want_pooled)
+    assert trainer.host.stored_texts.get("a caption nobody wrote") is None
+
+    def no_text_encoder(*args, **kwargs):
+        raise AssertionError("the text encoders ran although every caption is stored")
+
+    monkeypatch.setattr(trainer.host.clip, "encode_from_tokens", no_text_encoder)
+    assert trainer.fit() == pytest.approx(reference, rel=1e-5, abs=1e-7)

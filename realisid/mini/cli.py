@@ -179,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--people", nargs="*", type=int, default=None, choices=(1, 2, 3),
                        help="people cells (default: 1, 2 and 3; none with an empty list)")
     paper.add_argument("--steps", type=int, default=None, help="sampling steps (default: the workflows' 20)")
+    paper.add_argument("--no-trained", dest="trained", action="store_false",
+                       help="leave out the committed variants of models/mini/variants/ and the baseline's local twins")
     use = sub.add_parser("identity-use", help="face-box loss of held-out faces with their own identity vs another's "
                          "(see realisid/train/identity_use.py)")
     use.add_argument("--model", required=True, help="RealisID-Mini file (.safetensors)")
@@ -266,16 +268,22 @@ def _paper(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
         folder_paths.set_input_directory(f"{scratch}/input")
         folder_paths.set_output_directory(f"{scratch}/output")
-        if files.VARIANTS_DIR.is_dir():  # the committed variants, for --extra (users' loaders never list them)
+        trained = ()
+        if args.trained:  # the committed variants and the baseline's local twins (users' loaders never list them)
+            twins = Path(scratch) / "twins"
+            twins.mkdir()
             folder_paths.add_model_folder_path("realisid", str(files.VARIANTS_DIR))
-        summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps)
+            folder_paths.add_model_folder_path("realisid", str(twins))
+            trained = paper.committed_variants() + paper.twin_variants(twins)
+        summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps, trained)
     seconds = time.perf_counter() - start
     if args.doc:
         command = "python -m realisid.mini paper " + shlex.join(
             ["--n", str(args.n), "--seed", str(args.seed), "--out", args.out, "--doc", args.doc]
             + (["--sides", *args.sides] if args.sides else []) + (["--people", *map(str, people)] if args.people
                                                                    is not None else [])
-            + (["--extra", *args.extra] if args.extra else []) + (["--steps", str(args.steps)] if args.steps else []))
+            + (["--extra", *args.extra] if args.extra else []) + (["--steps", str(args.steps)] if args.steps else [])
+            + ([] if args.trained else ["--no-trained"]))
         figures = os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.doc)) or ".")
         paper.write_doc(summary, args.doc, figures, command, args.seed, args.n, seconds)
         log.info("report written to %s", args.doc)
@@ -408,6 +416,9 @@ def _export_realisid(work: str, path: Path, continues: str | None = None) -> Non
 
     steps = {int(m.group(1)): p for p in Path(work).glob("realisid-step*.safetensors")
              if (m := re.fullmatch(r"realisid-step(\d+)\.safetensors", p.name))}
+    final = Path(work) / "realisid-final.safetensors"  # a finished run's last step (no step file when --steps is
+    if final.is_file():  # not a multiple of --save-every)
+        steps[_recorded_steps(final)] = final
     if not steps:
         raise SystemExit(f"no realisid-step*.safetensors in {work}: run `python -m realisid.train fit --out {work}`")
     step, source = max(steps.items())
@@ -425,6 +436,16 @@ def _export_realisid(work: str, path: Path, continues: str | None = None) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
     log.info("%s: step %d of %s, %.1f MB", path, step, work, path.stat().st_size / 1e6)
+
+
+def _recorded_steps(path: Path) -> int:
+    import safetensors
+
+    from realisid.train.outputs import TRAINING_KEY
+
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        record = (f.metadata() or {}).get(TRAINING_KEY)
+    return int(json.loads(record)["steps"]) if record else -1
 
 
 def _export_base(work: str, seed: int, path: Path) -> None:

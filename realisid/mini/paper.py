@@ -443,9 +443,8 @@ def reading(summary: dict) -> list[str]:
         if base:
             text += f"; against the text-only base it is {_separated(full['1/4'], base['1/4'])} at 1/4 and " \
                     f"{_separated(full['1/7'], base['1/7'])} at 1/7 (95% intervals)"
-        out.append(text + ". No InstantID-style baseline is trained yet, so the paper's comparison itself is not "
-                   "measured." if not any(v not in [b.name for b in BUILTIN] + [GROUND_TRUTH] for v in ident)
-                   else text + ".")
+        steps = _shipped_steps()
+        out.append(text + (f" (the shipped model, {steps:,} training steps)." if steps else "."))
     local, glob = ident.get("local branch only"), ident.get("global branch only")
     if full and local and glob:
         out.append("Which branch carries identity: at 1/7 the local branch alone scores "
@@ -465,9 +464,65 @@ def reading(summary: dict) -> list[str]:
         out.append(f"Pose and expression from a driving face: the driver's expression in "
                    f"{pose['expression = driver']['mean']:.0%} of faces, yaw error "
                    f"{pose['yaw error (deg)']['mean']:.1f} deg, copy-paste CP {pose['copy-paste CP']['mean']:+.3f} "
-                   f"(> 0: closer to the reference than to the ground truth). The paper's 68-landmark vs 5-keypoint "
-                   f"comparison ({PAPER['pose']}) needs a 5-keypoint variant"
-                   + (" (given: see the pose table)." if len(summary["pose"]) > 4 else ", not trained yet."))
+                   f"(> 0: closer to the reference than to the ground truth).")
+    return out + _equal_budget_reading(summary)
+
+
+def _shipped_steps() -> int | None:
+    """The shipped RealisID-Mini's training steps, all stages (from its file's record)."""
+    from realisid.mini import files
+
+    path = files.REALISID_DIR / files.REALISID_FILE
+    if not path.is_file():
+        return None
+    return sum(int(r.get("steps", 0)) for r in files.read_info(path, "realisid").get("training", {}).values())
+
+
+def _sizes(figures: dict) -> str:
+    a, b = figures["1/4"]["mean"], figures["1/7"]["mean"]
+    return f"{a:.3f} -> {b:.3f} (keeps {b / a:.0%})" if a > 0 else f"{a:.3f} -> {b:.3f}"
+
+
+def _equal_budget_reading(summary: dict) -> list[str]:
+    """The trained variants against RealisID at the same budget (the paper's comparisons proper)."""
+    ident, pose, out = summary["identity"], summary["pose"], []
+    full_name = TRAINED["full_1765"]
+    full = ident.get(full_name)
+    if not (full and "1/4" in full and "1/7" in full):
+        out.append("No trained variant is in this run, so the paper's comparisons at an equal budget (an "
+                   "InstantID-style baseline, 5 keypoints, one branch alone) are not measured.")
+        return out
+    baseline = ident.get(TRAINED["instantid_style"])
+    if baseline:
+        out.append(f"At an equal budget ({EQUAL_BUDGET}, seed 0, the same scenes; paper: {PAPER['identity']}): "
+                   f"attribute match from 1/4 to 1/7, RealisID {_sizes(full)}, InstantID-style baseline "
+                   f"{_sizes(baseline)}; at 1/7 RealisID is {_separated(full['1/7'], baseline['1/7'])} the baseline "
+                   f"(95% intervals).")
+    twins = [(f, ident[twin_name(f)]) for f in TWIN_FRAMES if twin_name(f) in ident]
+    if baseline and twins:
+        parts = [f"frame {f:g}: {_sizes(t)}, {_separated(t['1/7'], baseline['1/7'])} the baseline itself at 1/7"
+                 for f, t in twins]
+        out.append("The public-weights trick (the baseline's network run as the local branch: crop, up-sample, "
+                   f"relocate; no retraining): {'; '.join(parts)}.")
+    kps5_pose, full_pose = pose.get(TRAINED["kps5"]), pose.get(full_name)
+    if kps5_pose and full_pose:
+        e, y = "expression = driver", "yaw error (deg)"
+        out.append(f"68 landmarks vs 5 keypoints (paper: {PAPER['pose']}): yaw error {full_pose[y]['mean']:.1f} vs "
+                   f"{kps5_pose[y]['mean']:.1f} deg ({_separated(full_pose[y], kps5_pose[y])}), the driver's "
+                   f"expression in {full_pose[e]['mean']:.0%} vs {kps5_pose[e]['mean']:.0%} of faces; identity at "
+                   f"1/7 {full['1/7']['mean']:.3f} vs {ident[TRAINED['kps5']]['1/7']['mean']:.3f}.")
+    alone = [(name, ident[TRAINED[key]]) for key, name in (("local_only", "local branch alone"),
+                                                          ("global_only", "global branch alone"))
+             if TRAINED[key] in ident]
+    if alone:
+        parts = [f"{name} {_sizes(f)}" for name, f in alone]
+        location = summary["location"]
+        placed = [f"{name} {location[TRAINED[key]]['IoU >= 0.6']['mean']:.2f}"
+                  for key, name in (("local_only", "local alone"), ("global_only", "global alone"))
+                  if TRAINED[key] in location]
+        out.append(f"Each branch trained alone at the same budget: identity {'; '.join(parts)} (both: "
+                   f"{_sizes(full)}); faces in their box (IoU >= 0.6): {', '.join(placed)}, both "
+                   f"{location[full_name]['IoU >= 0.6']['mean']:.2f}.")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m realisid.train prepare ...`, `... encode-latents ...` and `... fit ...` (see
+"""Command line: `python -m realisid.train prepare ...`, `... encode-latents ...`, `... encode-text ...` and `... fit ...` (see
 docs/training.md)."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--size", type=int, default=512, help="training image side (centre crop + resize)")
     p.add_argument("--detect-size", type=int, default=512, help="analyse faces at max(--size, this) pixels")
     p.add_argument("--hint-size", type=int, default=512, help="stored landmark hint side (0: render when training)")
+    p.add_argument("--compact", action="store_true",
+                   help="PNG-encoded images, no stored mask or hint (derived from box and landmarks when read)")
     p.add_argument("--allow-empty-captions", action="store_true", help="keep images without a caption")
     p.add_argument("--resume", action="store_true", help="continue a cache: skip every key already decided")
     p.add_argument("--num-shards", type=int, default=1,
@@ -91,6 +93,11 @@ def _fit_parser(sub) -> None:
                    help="the global branch's hint: the box mask (RealisID), or the face's hint drawn in its box on "
                         "the whole image (with --branches global --hint kps5: the InstantID-style baseline, one "
                         "identity ControlNet on the full latent with 5 keypoints); saved in the model")
+    p.add_argument("--val-cache", nargs="+", default=None,
+                   help="held-out cache folder(s) prepared like --cache (other people): identity use on the live "
+                        "weights every --val-every steps, logged to TensorBoard and OUT/validation.jsonl")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: none)")
+    p.add_argument("--val-n", type=int, default=64, help="held-out samples per validation (the first N, in order)")
     p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
     p.add_argument("--text-cache-size", type=int, default=4096)
     p.add_argument("--max-text-chunks", type=int, default=3, help="captions are cut to this many 77-token chunks")
@@ -111,6 +118,13 @@ def _encode_parser(sub) -> None:
     p.add_argument("--cpu", action="store_true", help="encode on the CPU")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
+    t = sub.add_parser("encode-text", help="the frozen text encoders' outputs of each cache's captions, computed "
+                       "once and kept beside them (fit then reads them instead of running the text encoders)")
+    t.add_argument("--base", required=True, help="the base checkpoint fit will train on (its text encoders)")
+    t.add_argument("--cache", required=True, nargs="+", help="cache folder(s): each gets text/<base key>.safetensors")
+    t.add_argument("--cpu", action="store_true", help="encode on the CPU")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
 
 
 def run_encode(args) -> dict:
@@ -123,8 +137,10 @@ def run_encode(args) -> dict:
 
     device = torch.device("cpu") if args.cpu else mm.get_torch_device()
     host = FrozenHost(args.base, device)
-    return latents.encode_caches(host, args.cache, latents.base_key(args.base), args.batch_size,
-                                 progress=not args.no_progress)
+    key = latents.base_key(args.base)
+    if args.command == "encode-text":
+        return latents.encode_texts(host, args.cache, key, progress=not args.no_progress)
+    return latents.encode_caches(host, args.cache, key, args.batch_size, progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +164,8 @@ def run_prepare(args) -> dict:
     else:
         samples = sources.from_shards(args.shards)
     opts = PrepareOptions(size=args.size, detect_size=args.detect_size, min_face=args.min_face, min_score=args.min_score,
-                          box_expand=args.box_expand, hint_size=args.hint_size,
+                          box_expand=args.box_expand, hint_size=0 if args.compact else args.hint_size,
+                          compact=args.compact,
                           require_caption=not args.allow_empty_captions, resume=args.resume)
     if args.num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1 (the number of parallel prepare processes), got {args.num_shards}")
@@ -204,7 +221,8 @@ def config_from_args(args):
         resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
         cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init,
-        branches=args.branches, hint=args.hint, global_hint=args.global_hint)
+        branches=args.branches, hint=args.hint, global_hint=args.global_hint, val_cache=args.val_cache,
+        val_every=args.val_every, val_n=args.val_n)
 
 
 def run_fit(args) -> list[float]:
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             run_prepare(args)
-        elif args.command == "encode-latents":
+        elif args.command in ("encode-latents", "encode-text"):
             run_encode(args)
         else:
             run_fit(args)

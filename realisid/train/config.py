@@ -68,6 +68,9 @@ class TrainConfig:
     branches: str = "both"
     hint: str = "cache"
     global_hint: str = "box_mask"
+    val_cache: list[str] | None = None  # held-out caches: identity use on the live weights every val_every steps
+    val_every: int = 0
+    val_n: int = 64
 
     @property
     def caches(self) -> list[str]:
@@ -100,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"--global-hint must be one of {GLOBAL_HINTS}, got {self.global_hint!r}")
         if self.global_hint != "box_mask" and self.branches == "local":
             raise ValueError("--global-hint needs a global branch (--branches both or global)")
+        if self.val_every < 0 or (self.val_every and not self.val_cache) or self.val_n < 2:
+            raise ValueError("--val-every needs --val-cache, and --val-n must be >= 2")
         if self.lr_warmup < 0 or self.keep_last < 0 or self.workers < 0 or self.prefetch < 1:
             raise ValueError("--lr-warmup, --keep-last and --workers must be >= 0, --prefetch >= 1")
 

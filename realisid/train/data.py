@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import safetensors.numpy
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from realisid.faces.record import kps5_from_landmarks68
 from realisid.faces.render import render_face_hint
+from realisid.geometry import box_mask
 
 TENSOR_KEYS = ("image", "mask", "box", "hint", "face_crop", "embedding")
 
@@ -43,6 +45,24 @@ def hint_uint8(unit_points: np.ndarray, size: int) -> np.ndarray:
     """The landmark hint of points in unit crop coordinates as uint8 (size, size, 3): the renderer's canvas is
     uint8 / 255, so this is lossless."""
     return np.round(render_face_hint(np.asarray(unit_points, np.float32) * size, size) * 255.0).astype(np.uint8)
+
+
+def sample_image(data: dict, key: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: stored as it is, or PNG-encoded under `<key>_png` (a compact cache)."""
+    if key in data:
+        return data[key]
+    png = data.get(f"{key}_png")
+    if png is None:
+        raise KeyError(f"the cached sample has neither '{key}' nor '{key}_png'")
+    bgr = cv2.imdecode(np.asarray(png, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"the cached sample's '{key}_png' is not a readable PNG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def box_mask_uint8(box: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) uint8 mask of a box given as fractions: what prepare stores as `mask` (pixel centres in it)."""
+    return box_mask([np.asarray(box, np.float64)], size, size)[0, 0].numpy().astype(np.uint8)
 
 
 class CachedFaceDataset(torch.utils.data.Dataset):
@@ -71,6 +91,7 @@ class CachedFaceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         cache, row = self.rows[index]
         data = safetensors.numpy.load_file(str(cache / row["file"]))
+        image = sample_image(data, "image")
         hint = data.get("hint")
         if self.kps5_hints:
             points = data["landmarks"]
@@ -79,11 +100,11 @@ class CachedFaceDataset(torch.utils.data.Dataset):
             hint = hint_uint8(data["landmarks"], self.hint_size)
         embedding = data.get("embedding", np.zeros(0, np.float32))
         return {
-            "image": torch.from_numpy(data["image"]).permute(2, 0, 1).contiguous(),
-            "mask": torch.from_numpy(data["mask"])[None],
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "mask": torch.from_numpy(data["mask"] if "mask" in data else box_mask_uint8(data["box"], len(image)))[None],
             "box": torch.from_numpy(data["box"]).float(),
             "hint": torch.from_numpy(hint).permute(2, 0, 1).contiguous(),
-            "face_crop": torch.from_numpy(data["face_crop"]),
+            "face_crop": torch.from_numpy(sample_image(data, "face_crop")),
             "embedding": torch.from_numpy(np.asarray(embedding, np.float32)),
             "caption": row.get("caption", ""),
             "index": index,

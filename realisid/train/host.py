@@ -55,6 +55,7 @@ class FrozenHost:
         self._text_cache_size = max(1, int(text_cache_size))
         self.max_text_chunks = max(1, int(max_text_chunks))
         self._warned_long_caption = False
+        self.stored_texts = None  # set by the trainer when the caches have an encode-text store for this base
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -89,7 +90,11 @@ class FrozenHost:
         if hit is not None:
             self._text_cache.move_to_end(caption)
             return hit
-        cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(caption), return_pooled=True)
+        stored = self.stored_texts.get(caption) if self.stored_texts is not None else None
+        if stored is not None:  # encode-text's store (latents.StoredTexts): read, not encoded
+            cond, pooled = stored
+        else:
+            cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(caption), return_pooled=True)
         value = (_normal(cond).cpu(), None if pooled is None else _normal(pooled).cpu())
         self._text_cache[caption] = value
         while len(self._text_cache) > self._text_cache_size:

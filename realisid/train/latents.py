@@ -5,19 +5,26 @@
 under the sample's file name. `<key>` is the first 16 hex digits of the base file's SHA-256, so latents are only
 ever read by a run on the same base (VAE and latent format come from it). `fit` reads the store of its base when
 there is one and encodes only samples it lacks; a step then runs the branches and the frozen UNet, not the VAE.
+
+`... encode-text --base B --cache C [C ...]` does the same for the text encoders: `C/text/<key>.safetensors` holds
+each distinct caption's context and pooled output (`ctx.<sha>`, `pooled.<sha>`, the caption's SHA-256, uncapped:
+fit caps to its --max-text-chunks), plus the empty caption of condition dropout. `fit` reads them lazily (the
+file is memory-mapped, one caption at a time), so a step runs no text encoder for a stored caption.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from realisid.train.data import CachedFaceDataset, read_manifest
+from realisid.train.data import CachedFaceDataset, read_manifest, sample_image
 from realisid.train.outputs import file_sha256
 
 log = logging.getLogger(__name__)
@@ -64,8 +71,10 @@ def stored_latents(dataset: CachedFaceDataset, key: str) -> dict[int, torch.Tens
 
 def _cached_image(cache: str | Path, file: str) -> torch.Tensor:
     """(3, S, S) uint8: a sample's image alone (its hint, crop and mask are not read)."""
-    with safetensors.safe_open(str(Path(cache) / file), framework="pt") as f:
-        return f.get_tensor("image").permute(2, 0, 1)
+    with safetensors.safe_open(str(Path(cache) / file), framework="np") as f:
+        key = "image" if "image" in f.keys() else "image_png"  # a compact cache stores it PNG-encoded
+        image = sample_image({key: f.get_tensor(key)}, "image")
+    return torch.from_numpy(image).permute(2, 0, 1)
 
 
 def encode_caches(host, caches: list[str], key: str, batch_size: int = 16, progress: bool = True) -> dict:
@@ -83,4 +92,56 @@ def encode_caches(host, caches: list[str], key: str, batch_size: int = 16, progr
         write_store(cache, key, latents)
         counts[str(cache)] = len(latents)
         log.info("%s: %d latents (%d new) in %s", cache, len(latents), len(missing), store_path(cache, key))
+    return counts
+
+
+# text ---------------------------------------------------------------------------------------------------------------
+def text_store_path(cache: str | Path, key: str) -> Path:
+    return Path(cache) / "text" / f"{key}.safetensors"
+
+
+def caption_key(caption: str) -> str:
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
+
+
+class StoredTexts:
+    """The text stores of several caches for one base: caption -> (context, pooled) or None, read on demand."""
+
+    def __init__(self, caches: list[str], key: str):
+        self._files = [safetensors.safe_open(str(p), framework="pt") for c in caches
+                       if (p := text_store_path(c, key)).is_file()]
+        self._names = [set(f.keys()) for f in self._files]
+
+    def __len__(self) -> int:
+        return sum(sum(1 for n in names if n.startswith("ctx.")) for names in self._names)
+
+    def get(self, caption: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        k = caption_key(caption)
+        for f, names in zip(self._files, self._names, strict=True):
+            if f"ctx.{k}" in names:
+                pooled = f.get_tensor(f"pooled.{k}") if f"pooled.{k}" in names else None
+                return f.get_tensor(f"ctx.{k}"), pooled
+        return None
+
+
+def encode_texts(host, caches: list[str], key: str, progress: bool = True) -> dict:
+    """Encode each cache's distinct captions (and the empty one) that its store lacks; {cache: captions stored}."""
+    counts = {}
+    for cache in caches:
+        path = text_store_path(cache, key)
+        stored = safetensors.torch.load_file(str(path)) if path.is_file() else {}
+        captions = sorted({row.get("caption", "") for row in read_manifest(cache)} | {""})
+        missing = [c for c in captions if f"ctx.{caption_key(c)}" not in stored]
+        for caption in tqdm(missing, desc=f"text {Path(cache).name}", disable=not progress):
+            context, pooled = host.encode_caption(caption)
+            stored[f"ctx.{caption_key(caption)}"] = context.float()
+            if pooled is not None:
+                stored[f"pooled.{caption_key(caption)}"] = pooled.float()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in stored.items()}, str(partial),
+                                    metadata={"format": "realisid-text", "base_key": key})
+        os.replace(partial, path)
+        counts[str(cache)] = sum(1 for k in stored if k.startswith("ctx."))
+        log.info("%s: %d captions (%d new) in %s", cache, counts[str(cache)], len(missing), path)
     return counts

@@ -44,9 +44,11 @@ from realisid.train.optim import lr_factor, param_groups, set_lrs
 from realisid.train.outputs import EXPORT_DTYPES, file_sha256, rotate, write_realisid
 from realisid.train.rng import step_generator
 from realisid.train.step import BranchForward, StepInputs, dropout_flags, sample_sigmas, step_loss
+from realisid.train.validation import HeldOut, identity_use_of
 
 log = logging.getLogger(__name__)
 CURVE_FILE = "realisid.log.jsonl"
+VALIDATION_FILE = "validation.jsonl"  # one line per validation (fit --val-cache)
 
 
 # ---- trainer -------------------------------------------------------------------------------------------------------
@@ -78,6 +80,8 @@ class Trainer:
         self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
                                else None, cfg.text_cache_size, cfg.max_text_chunks)
         self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE, kps5_hints=cfg.hint == "kps5")
+        self.held_out = None if not cfg.val_cache else HeldOut(
+            cfg.val_cache, cfg.crop_size * LATENT_DOWNSCALE, cfg.hint == "kps5", cfg.val_n, cfg.batch_size)
         self._check_spaces()
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
@@ -92,6 +96,7 @@ class Trainer:
             acc.load_state(cfg.resume)
             log.info("resumed from %s at step %d", cfg.resume, self.progress.step)
         self._latent_cache = self._stored_latents()
+        self._read_stored_texts()
         self._saved_step = self.progress.step if cfg.resume else -1
         self._sigterm = False
 
@@ -195,6 +200,16 @@ class Trainer:
         log.info("%d of %d samples' VAE latents read from the caches' stores", len(stored), len(self.dataset))
         return {i: t.to(self.accelerator.device) for i, t in stored.items()}
 
+    def _read_stored_texts(self) -> None:
+        """The captions `encode-text` stored for this base beside the caches: the text encoders then only run for
+        captions the stores lack (held-out ones, previews)."""
+        if not any((Path(c) / "text").is_dir() for c in self.cfg.caches):
+            return
+        stored = latents.StoredTexts(self.cfg.caches, latents.base_key(self.cfg.base))
+        if len(stored):
+            self.host.stored_texts = stored
+            log.info("%d captions' text-encoder outputs read from the caches' stores", len(stored))
+
     def _latents(self, batch: dict) -> torch.Tensor:
         """Stored (or, with cache_latents, already encoded) latents, the VAE for the rest of the batch."""
         indices = batch["index"]
@@ -210,15 +225,18 @@ class Trainer:
         return batch["embedding"].to(self.accelerator.device)
 
     # one micro-step ---------------------------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """The loss of one micro-batch (collated CPU items); `generator` draws its noise, sigmas and dropout."""
+    def compute_loss(self, batch: dict, generator: torch.Generator, latents: torch.Tensor | None = None,
+                     dropout: bool = True) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch (collated CPU items); `generator` draws its noise, sigmas and dropout.
+        latents: the batch's VAE latents when they come from elsewhere (the held-out set); dropout=False keeps
+        every condition (validation)."""
         dev = self.accelerator.device
         batch = to_device(batch, dev)
         b = batch["image"].shape[0]
-        x0 = self._latents(batch)
+        x0 = self._latents(batch) if latents is None else latents.to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
         sigma = sample_sigmas(self.host.model_sampling, b, generator).to(dev)
-        drop_image, drop_text = dropout_flags(b, self.cfg, generator)
+        drop_image, drop_text = dropout_flags(b, self.cfg, generator) if dropout else ([False] * b, [False] * b)
         captions = ["" if d else c for c, d in zip(batch["caption"], drop_text, strict=True)]
         context, y = self.host.encode_captions(captions, tuple(batch["image"].shape[-2:]))
         inputs = StepInputs(x0=x0, noise=noise, sigma=sigma, identity=self._identity_source(batch),
@@ -326,6 +344,30 @@ class Trainer:
             self.checkpoint(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
             self.log_samples(step)
+        if cfg.val_every and step % cfg.val_every == 0:
+            self.validate(step)
+
+    def validate(self, step: int) -> dict:
+        """Identity use on the held-out set with the live weights (every rank computes it, so DDP's collective
+        calls stay in step; the main process logs): TensorBoard `val/*` and OUT/validation.jsonl."""
+        held = self.held_out
+
+        def loss_fn(batch, generator):
+            latents = held.latents(batch, self.host.encode_latents)
+            return self.compute_loss(batch, generator, latents=latents, dropout=False)
+
+        self.model.nets.eval()
+        try:
+            figures = identity_use_of(loss_fn, held.batches(), self.cfg.seed, held.n).as_dict()
+        finally:
+            self.model.nets.train()
+        self.accelerator.log({f"val/{k}": v for k, v in figures.items() if k != "n"}, step=step)
+        if self.accelerator.is_main_process:
+            log.info("step %d held-out face-box loss %.5f own identity, %.5f another's (gap %.1f %%)", step,
+                     figures["face_mse_own"], figures["face_mse_other"], 100 * figures["gap"])
+            with open(self.out / VALIDATION_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **figures}) + "\n")
+        return figures
 
     # outputs --------------------------------------------------------------------------------------------------------
     def _append_curve(self, entry: dict) -> None:

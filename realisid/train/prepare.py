@@ -14,6 +14,8 @@ Cache layout (CACHE/):
     embedding    (D,) float32      the backend's face embedding (ArcFace for insightface), when it has one
 face_crop and embedding come from the sample's reference photo when the source names one (manifest field
 "reference": "other" in the cache manifest), else from the training image itself (the paper's recipe: "self").
+A compact cache (--compact) stores image and face_crop PNG-encoded (`image_png`, `face_crop_png`: lossless) and
+neither mask nor hint: `CachedFaceDataset` derives them from box and landmarks, so its items are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import safetensors.numpy
 from realisid.faces.identity_input import masked_face_crop
 from realisid.faces.record import FaceRecord
 from realisid.faces.render import render_face_hint, to_crop_coords
-from realisid.geometry import box_mask
+from realisid.train.data import box_mask_uint8
 from realisid.train.sources import RawSample
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class PrepareOptions:
     min_score: float = 0.9  # faces below this detector score are ignored (neither counted nor used)
     box_expand: float = 1.0  # square box side = longer detection side * box_expand
     hint_size: int = 512  # landmark hint side (local branch crop size * 8)
+    compact: bool = False  # PNG-encoded images, no mask or hint (derived when read): a fraction of the disk
     require_caption: bool = True
     resume: bool = False
 
@@ -165,7 +168,7 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions,
     landmarks = landmarks_in_crop(record, square)
     tensors = {
         "image": image,
-        "mask": box_mask([box], opts.size, opts.size)[0, 0].numpy().astype(np.uint8),  # pixel centres in the box
+        "mask": box_mask_uint8(box, opts.size),  # pixel centres in the box
         "box": box,
         "landmarks": landmarks,
     }
@@ -180,11 +183,24 @@ def build_sample(rgb: np.ndarray, analyzer, opts: PrepareOptions,
         tensors["hint"] = np.round(render_face_hint(landmarks * opts.hint_size, opts.hint_size) * 255).astype(np.uint8)
     if identity_record.embedding is not None:
         tensors["embedding"] = np.asarray(identity_record.embedding, np.float32)
+    if opts.compact:
+        tensors = compact_tensors(tensors)
     fields = {"box": [round(float(v), 6) for v in box], "space": record.space, "score": round(record.score, 4),
               "reference": "self" if reference_rgb is None else "other",
               # what inference must reproduce: how the box was squared and which landmark layout the hint draws
               "box_expand": opts.box_expand, "hint": "landmarks68" if len(landmarks) == 68 else "kps5"}
     return tensors, fields
+
+
+def compact_tensors(tensors: dict) -> dict:
+    """A sample's tensors for a compact cache: images as PNG bytes, nothing derivable from box and landmarks."""
+    out = {k: v for k, v in tensors.items() if k not in ("image", "face_crop", "mask", "hint")}
+    for key in ("image", "face_crop"):
+        ok, png = cv2.imencode(".png", cv2.cvtColor(tensors[key], cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"PNG encoding of the sample's {key} failed")
+        out[f"{key}_png"] = png.reshape(-1)
+    return out
 
 
 class CacheWriter:

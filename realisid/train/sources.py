@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,59 +86,20 @@ def _raiser(exc: Exception) -> Callable[[], bytes]:
     return read
 
 
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """'x-{000..009}.tar' -> ['x-000.tar', ..., 'x-009.tar'] (zero padding kept; several ranges allowed)."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    lo, hi = match.group(1), match.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    out = []
-    for i in range(int(lo), int(hi) + 1):
-        out.extend(expand_braces(pattern[: match.start()] + str(i).zfill(width) + pattern[match.end():]))
-    return out
-
-
-def _split_member(name: str) -> tuple[str, str]:
-    """WebDataset convention: the key is the path up to the first dot of the basename, the rest is the field."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def from_shards(pattern: str) -> Iterator[RawSample]:
-    """WebDataset-style tars: consecutive members sharing a key form one sample (`jpg|png|...` + `txt`/`json`)."""
-    for shard in expand_braces(pattern):
-        try:
-            tar = tarfile.open(shard)
-        except (OSError, tarfile.TarError) as e:
-            log.warning("skipping shard %s: %s", shard, e)
-            continue
-        with tar:
-            yield from _shard_samples(tar, Path(shard).name)
+    """WebDataset shards (`x-{000..099}.tar`, local paths or URLs the `webdataset` library opens), streamed: the
+    members sharing a key form one sample (`jpg|png|...` + `txt`/`json`). A shard that cannot be read is skipped
+    with a warning (the samples read before its damage are kept), as a 2 M-image run must not stop for one."""
+    import webdataset as wds
 
+    def warn(exc: Exception) -> bool:
+        log.warning("WebDataset shard problem, skipping the rest of that shard: %s", exc)
+        return True
 
-def _shard_samples(tar: tarfile.TarFile, shard_name: str) -> Iterator[RawSample]:
-    group: dict[str, bytes] = {}
-    current = None
-    try:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = _split_member(member.name)
-            if key != current and current is not None:
-                yield _group_sample(shard_name, current, group)
-                group = {}
-            current = key
-            data = tar.extractfile(member)
-            group[ext] = data.read() if data is not None else b""
-    except (OSError, tarfile.TarError, EOFError) as e:
-        log.warning("shard %s is truncated or corrupt after key %s: %s", shard_name, current, e)
-    if current is not None:
-        yield _group_sample(shard_name, current, group)
+    dataset = wds.WebDataset(pattern, shardshuffle=False, handler=warn, empty_check=False)
+    for sample in dataset:
+        group = {k.lower(): v for k, v in sample.items() if not k.startswith("__") and isinstance(v, bytes)}
+        yield _group_sample(Path(str(sample["__url__"])).name, sample["__key__"], group)
 
 
 def _group_sample(shard_name: str, key: str, group: dict[str, bytes]) -> RawSample:

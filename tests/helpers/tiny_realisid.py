@@ -65,13 +65,14 @@ def tiny_base_model(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.
 
 def tiny_realisid_model(family: str = "sdxl", identity_space: str = "test-space-16", tokens: int = 4,
                         with_local: bool = True, with_global: bool = True, seed: int = 1,
-                        crop_size: int = CROP, std: float = 0.05) -> checkpoint.RealisIDModel:
+                        crop_size: int = CROP, std: float = 0.05, global_hint: str = "box_mask"
+                        ) -> checkpoint.RealisIDModel:
     """A tiny RealisID model with ALL weights random (zero-convs too, so the residuals are non-zero)."""
     proj = {"dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": tokens, "embedding_dim": SOURCE_DIM,
             "ff_mult": 2, "source_tokens": 1}
     model = checkpoint.build_realisid_model(tiny_unet_config(family), identity_space=identity_space,
                                             projector_config=proj, crop_size=crop_size, with_local=with_local,
-                                            with_global=with_global, init=False)
+                                            with_global=with_global, init=False, global_hint=global_hint)
     for i, net in enumerate((model.local_net, model.global_net, model.projector)):
         if net is not None:
             _fill(net, seed * 10 + i, std, unit_norms=True)

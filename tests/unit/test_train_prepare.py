@@ -111,10 +111,19 @@ def test_manifest_and_tar_shards_give_the_same_samples(images, tmp_path):
     assert s["skipped"]["no_caption"] == 1  # uncaptioned.png has no .txt member
 
 
-def test_brace_expansion_and_member_keys():
-    assert sources.expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
-    assert sources.expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
-    assert sources._split_member("dir/0001.seg.jpg") == ("dir/0001", "seg.jpg")
+def test_shards_stream_through_webdataset_grouped_by_key_across_brace_ranges(tmp_path):
+    """Members sharing a key (the path up to the basename's first dot) form one sample, captions from .txt or
+    .json; `{000..001}` names both shards; a shard cut short keeps the samples before the damage."""
+    _tar(tmp_path / "part-000.tar", [("dir/0001.jpg", b"img1"), ("dir/0001.txt", b" a caption \n"),
+                                     ("dir/0002.png", b"img2"), ("dir/0002.json", b'{"caption": "json one"}')])
+    _tar(tmp_path / "part-001.tar", [("0003.webp", b"img3"), ("0003.txt", b"third"), ("0004.png", b"img4")])
+    whole = (tmp_path / "part-001.tar").read_bytes()
+    (tmp_path / "part-002.tar").write_bytes(whole[:2560])  # sample 0003 whole, then 0004's header and no data
+    samples = list(sources.from_shards(str(tmp_path / "part-{000..002}.tar")))
+    got = [(s.key, s.caption, s.read()) for s in samples]
+    assert got[:4] == [("part-000.tar/dir/0001", "a caption", b"img1"), ("part-000.tar/dir/0002", "json one", b"img2"),
+                       ("part-001.tar/0003", "third", b"img3"), ("part-001.tar/0004", None, b"img4")]
+    assert got[4:] == [("part-002.tar/0003", "third", b"img3")]  # the damaged shard's samples before the cut
 
 
 class _OneFace:
