@@ -37,6 +37,21 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+def _variant_rows() -> list[str]:
+    """Issue 14's trained variants (models/mini/variants/, read by `python -m realisid.mini paper` only)."""
+    from realisid.mini import paper
+
+    rows = []
+    for key, name in paper.TRAINED.items():
+        path = files.VARIANTS_DIR / files.variant_file(key)
+        if path.is_file():
+            record = next(iter(files.read_info(path, "realisid").get("training", {}).values()), {})
+            took = f", {record['seconds'] / 60:.0f} min, seed {record['seed']}" if "seconds" in record else ""
+            rows.append(f"| `{path.relative_to(files.MODELS_DIR)}` | issue-14 variant: {name}{took} (read by "
+                        f"`python -m realisid.mini paper` only) | {path.stat().st_size / 1e6:.1f} MB fp16 |")
+    return rows
+
+
 def _training_rows(info: dict) -> list[str]:
     rows = []
     for stage, rec in info.get("training", {}).items():
@@ -117,6 +132,7 @@ def write_card(commands: str) -> Path:
             infos[label] = files.read_info(path, kind)
             rel = path.relative_to(files.MODELS_DIR)
             lines.append(f"| `{rel}` | {what} | {path.stat().st_size / 1e6:.1f} MB fp16 |")
+    lines += _variant_rows()
     lines += ["", "## Training (each stage resumable and seeded)", "",
               "| stage | steps | time | seed | machine |", "|---|---|---|---|---|"]
     rows = []

@@ -68,7 +68,7 @@ TRAINED = {  # file key in models/mini/variants/ -> row name (`python -m realisi
     "local_only": f"local branch trained alone, {EQUAL_BUDGET}",
     "global_only": f"global branch trained alone, {EQUAL_BUDGET}",
 }
-TWIN_FRAMES = (1.0, 2.5)  # crop side / face side when the baseline runs as the local branch (1: the face fills it)
+TWIN_FRAMES = (1.0, 2.0, 3.0)  # crop side / face side when the baseline runs as the local branch (1: the face fills it)
 
 
 def twin_name(frame: float) -> str:
