@@ -75,16 +75,17 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
     local_hint = placement = None
     s = crop_size or model.crop_size
     face_hint = model.global_net is not None and model.global_hint == "face_hint"
-    if (need_local or face_hint) and any(f.landmark_hint is None for f in faces):
-        raise ValueError("the local branch and a face-hint global branch need a landmark_hint for every face")
+    drawings = None  # the faces' hints at the crop size: the local branch's hint, and a face-hint global's drawing
+    if need_local or face_hint:
+        if any(f.landmark_hint is None for f in faces):
+            raise ValueError("the local branch and a face-hint global branch need a landmark_hint for every face")
+        drawings = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE) for f in faces])
     if need_local:
-        local_hint = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE)
-                                  for f in faces]).to(device, dtype)
+        local_hint = drawings.to(device, dtype)
         placement = geometry.place_boxes(boxes_latent, latent_hw, s, geometry.unet_levels(model.local_net), feather,
                                          dtype, device)
     hh, ww = h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE
     if face_hint:  # the InstantID-style baseline: the face drawing on the whole image instead of the box mask
-        drawings = torch.stack([_resize_hint(f.landmark_hint, s * geometry.LATENT_DOWNSCALE) for f in faces])
         global_hint = geometry.hints_in_boxes(drawings, boxes_frac, hh, ww)
     else:
         global_hint = geometry.box_mask(boxes_frac, hh, ww)

@@ -100,7 +100,6 @@ def test_fit_validates_on_the_held_out_faces_without_changing_the_training(model
     again = fresh.validate(3)
     for key in ("face_mse_own", "face_mse_other"):
         assert again[key] == pytest.approx(lines[0][key], rel=1e-5)
-    assert lines[0]["face_mse_own"] != lines[0]["face_mse_other"] or lines[0]["win_rate"] == 0.0
 
 
 def test_validation_settings_are_checked(models, tmp_path):

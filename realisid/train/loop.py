@@ -10,6 +10,7 @@ Settings: config.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -196,16 +197,21 @@ class Trainer:
         into memory; the base file is hashed only when some cache has a store at all."""
         if not any((Path(c) / "latents").is_dir() for c in self.cfg.caches):
             return {}
-        stored = latents.stored_latents(self.dataset, latents.base_key(self.cfg.base))
+        stored = latents.stored_latents(self.dataset, self._base_key)
         log.info("%d of %d samples' VAE latents read from the caches' stores", len(stored), len(self.dataset))
         return {i: t.to(self.accelerator.device) for i, t in stored.items()}
+
+    @functools.cached_property
+    def _base_key(self) -> str:
+        """The base file's store key (its SHA-256 prefix): hashed once, an SDXL file takes seconds."""
+        return latents.base_key(self.cfg.base)
 
     def _read_stored_texts(self) -> None:
         """The captions `encode-text` stored for this base beside the caches: the text encoders then only run for
         captions the stores lack (held-out ones, previews)."""
         if not any((Path(c) / "text").is_dir() for c in self.cfg.caches):
             return
-        stored = latents.StoredTexts(self.cfg.caches, latents.base_key(self.cfg.base))
+        stored = latents.StoredTexts(self.cfg.caches, self._base_key)
         if len(stored):
             self.host.stored_texts = stored
             log.info("%d captions' text-encoder outputs read from the caches' stores", len(stored))
