@@ -43,6 +43,10 @@ class InstantIDLoader(io.ComfyNode):
                                        "head-and-shoulders portraits, so its crop is the face box widened by this "
                                        "(the keypoints are drawn on the face inside it). 1 = the crop is the face "
                                        "box; wider gives the face fewer pixels and reaches into neighbours."),
+                io.Boolean.Input("restore_noise", default=instantid.DEFAULT_RESTORE_NOISE, optional=True,
+                                 tooltip="Up-sampling a small face's crop lowers the noise level in parts of it "
+                                         "below the one IdentityNet learnt for that step; on adds fresh noise there "
+                                         "to bring it back (measured in docs/instantid.md)."),
             ],
             outputs=[RealisIDModel.Output(display_name="instantid")],
         )
@@ -54,10 +58,12 @@ class InstantIDLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, control_net_name, ip_adapter_name, crop_size,
-                crop_frame=instantid.DEFAULT_CROP_FRAME) -> io.NodeOutput:
+                crop_frame=instantid.DEFAULT_CROP_FRAME,
+                restore_noise=instantid.DEFAULT_RESTORE_NOISE) -> io.NodeOutput:
         cn_path = model_path("controlnet", control_net_name)
         ip_path = model_path("instantid", ip_adapter_name)
-        return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size, crop_frame=crop_frame))
+        return io.NodeOutput(instantid.load_instantid(cn_path, ip_path, crop_size=crop_size, crop_frame=crop_frame,
+                                                      restore_noise=restore_noise))
 
 
 class InstantIDAttention(io.ComfyNode):

@@ -48,6 +48,7 @@ class PreparedFaces:
     local_hint: torch.Tensor | None  # (K, 3, S*8, S*8)
     global_hint: torch.Tensor  # (K, 1, H*8, W*8) box masks, or (K, 3, H*8, W*8) face drawings (face_hint)
     placement: geometry.BoxPlacement | None = None  # crop and paste grids of the local branch
+    noise_deficit: torch.Tensor | None = None  # (K, 1, S, S) with restore_noise (`geometry.crop_noise_deficit`)
 
 
 def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
@@ -56,6 +57,12 @@ def _resize_hint(hint: torch.Tensor, size: int) -> torch.Tensor:
     if hint.shape[-2:] == (size, size):
         return hint
     return F.interpolate(hint[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def restores_noise(model) -> bool:
+    """Whether the local branch tops its crops' noise back up to the latent's level (a model config option, off
+    for trained RealisID models, which learnt on the up-sampled crops; see `geometry.crop_noise_deficit`)."""
+    return bool(model.config.get("restore_noise", False))
 
 
 def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int], device, dtype,
@@ -72,7 +79,7 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
     else:
         p_id = torch.stack([f.p_id.reshape(-1, f.p_id.shape[-1]) for f in faces])
     boxes_latent = geometry.frac_to_latent(boxes_frac, latent_hw)
-    local_hint = placement = None
+    local_hint = placement = noise_deficit = None
     s = crop_size or model.crop_size
     face_hint = model.global_net is not None and model.global_hint == "face_hint"
     drawings = None  # the faces' hints at the crop size: the local branch's hint, and a face-hint global's drawing
@@ -84,13 +91,14 @@ def prepare_faces(model, faces: list[FaceCondition], latent_hw: tuple[int, int],
         local_hint = drawings.to(device, dtype)
         placement = geometry.place_boxes(boxes_latent, latent_hw, s, geometry.unet_levels(model.local_net), feather,
                                          dtype, device)
+        noise_deficit = geometry.crop_noise_deficit(placement) if restores_noise(model) else None
     hh, ww = h * geometry.LATENT_DOWNSCALE, w * geometry.LATENT_DOWNSCALE
     if face_hint:  # the InstantID-style baseline: the face drawing on the whole image instead of the box mask
         global_hint = geometry.hints_in_boxes(drawings, boxes_frac, hh, ww)
     else:
         global_hint = geometry.box_mask(boxes_frac, hh, ww)
     return PreparedFaces(boxes_latent=boxes_latent, p_id=p_id.to(device, dtype), local_hint=local_hint,
-                         global_hint=global_hint.to(device, dtype), placement=placement)
+                         global_hint=global_hint.to(device, dtype), placement=placement, noise_deficit=noise_deficit)
 
 
 def face_boxes(faces: list[FaceCondition], latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -108,14 +116,38 @@ def _run_branch(net, x, hint, timesteps, context, y):
     return net(x=x, hint=hint, timesteps=timesteps, context=context, **extra)
 
 
-def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, paired: bool = False) -> dict:
+def _restored(crops: torch.Tensor, prep: PreparedFaces, noise_std: torch.Tensor | None, paired: bool) -> torch.Tensor:
+    """The crops with fresh noise added where up-sampling lowered their noise level (`restores_noise`).
+
+    The fresh noise is seeded by the noise level, so every row of a step (the positive, the negative, the identity
+    twin) sees the same noise and their difference stays the identity's alone; it is one draw per face, shared by
+    the batch entries.
+    """
+    if prep.noise_deficit is None:
+        return crops
+    if noise_std is None:
+        raise ValueError("this model restores the crops' noise level (restore_noise) and needs noise_std, the std "
+                         "of the noise in x_in; the trainer does not support restore_noise")
+    k, b = prep.noise_deficit.shape[0], crops.shape[0] // prep.noise_deficit.shape[0]
+    generator = torch.Generator().manual_seed(int(float(noise_std.max()) * 2**20) & 0x7FFFFFFF)
+    fresh = torch.randn((k, *crops.shape[1:]), generator=generator, dtype=torch.float32)
+    fresh = (fresh.to(crops.device, prep.noise_deficit.dtype) * prep.noise_deficit)
+    std = noise_std.to(fresh.dtype).reshape(-1, 1, 1, 1)
+    if paired:
+        return (crops + fresh * std).to(crops.dtype)
+    return (crops + fresh.repeat_interleave(b, dim=0) * _repeat_faces(std, k)).to(crops.dtype)
+
+
+def local_residuals(model, x_in, timesteps, prep: PreparedFaces, y=None, paired: bool = False,
+                    noise_std: torch.Tensor | None = None) -> dict:
     """Sum over faces of the relocated local-branch residuals at full-image scale (grids from prep.placement).
 
     paired: face k belongs to batch entry k only (the trainer's batches: one person per image), one pass of batch B.
+    noise_std: (B,) std of the noise in x_in (what restore_noise tops the crops up to).
     """
     b, k = x_in.shape[0], prep.boxes_latent.shape[0]
     placement = prep.placement
-    crops = geometry.crop_placed(x_in, placement, paired)
+    crops = _restored(geometry.crop_placed(x_in, placement, paired), prep, noise_std, paired)
     if paired:
         out = _run_branch(model.local_net, crops, prep.local_hint, timesteps, prep.p_id, y)
     else:
@@ -157,7 +189,7 @@ def _combine(local: dict | None, global_: dict | None, local_strength: float, gl
 
 def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None, local_strength=1.0,
                             global_strength=1.0, global_mode="per_person", use_local=True, use_global=True,
-                            paired: bool = False) -> dict:
+                            paired: bool = False, noise_std: torch.Tensor | None = None) -> dict:
     """branch_residuals on already prepared faces (the cached path of RealisIDControl; crop size and feather
     are baked into prep.placement)."""
     use_local = use_local and model.local_net is not None
@@ -166,7 +198,7 @@ def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None,
         raise ValueError("no RealisID branch to run (both disabled or absent from the model)")
     if model.has_adm and y is None:
         raise ValueError("this RealisID model is for an SDXL-style base and needs y (pooled text + sizes)")
-    local = local_residuals(model, x_in, timesteps, prep, y, paired) if use_local else None
+    local = local_residuals(model, x_in, timesteps, prep, y, paired, noise_std) if use_local else None
     global_ = global_residuals(model, x_in, timesteps, prep, y, global_mode, paired) if use_global else None
     return _combine(local, global_, local_strength, global_strength)
 
@@ -174,12 +206,14 @@ def residuals_from_prepared(model, x_in, timesteps, prep: PreparedFaces, y=None,
 def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: list[FaceCondition], y=None,
                      null_identity: bool = False, local_strength: float = 1.0, global_strength: float = 1.0,
                      global_mode: str = "per_person", feather: float = 0.0, use_local: bool = True,
-                     use_global: bool = True, crop_size: int | None = None, paired: bool = False) -> dict:
+                     use_global: bool = True, crop_size: int | None = None, paired: bool = False,
+                     noise_std: torch.Tensor | None = None) -> dict:
     """THE RealisID forward: {"input": [], "middle": [...], "output": [...]} residuals for the base UNet.
 
     x_in: (B, 4, H, W) model input (already scaled by model_sampling.calculate_input); timesteps: (B,) model
     timesteps; y: (B, adm) for SDXL-style bases. Every face acts on every batch entry (sampling: K people in
     each image); paired=True binds face k to batch entry k alone (training: one person per image, K == B).
+    noise_std: (B,) std of the noise in x_in, needed by a model with restore_noise (`restores_noise`).
     """
     dtype = next(model.local_net.parameters() if model.local_net is not None else model.global_net.parameters()).dtype
     dtype = model.manual_cast_dtype or dtype
@@ -188,7 +222,7 @@ def branch_residuals(model, x_in: torch.Tensor, timesteps: torch.Tensor, faces: 
                          crop_size, feather)
     return residuals_from_prepared(model, x_in.to(dtype), timesteps.to(dtype), prep,
                                    None if y is None else y.to(x_in.device, dtype), local_strength, global_strength,
-                                   global_mode, use_local, use_global, paired)
+                                   global_mode, use_local, use_global, paired, noise_std)
 
 
 class RealisIDControl(comfy.controlnet.ControlBase):
@@ -249,24 +283,30 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         y = cond.get("y") if self.model.has_adm else None
         y = None if y is None else comfy.model_base.convert_tensor(y, dtype, x_noisy.device)
         timesteps = ms.timestep(t).to(dtype)
+        # x_in is linear in x_noisy, so the noise of std t in x_noisy has std calculate_input(t, t) in x_in
+        noise_std = ms.calculate_input(t, t.reshape(-1, 1, 1, 1).float()).flatten()
         chunk_flags = [self.identity_enabled and f for f in identity_flags(transformer_options, batched_number)]
         rows = [f for f in chunk_flags for _ in range(x_noisy.shape[0] // len(chunk_flags))]
         parts = []
         for identity in (True, False):
             index = [i for i, f in enumerate(rows) if f == identity]
             if index:
-                parts.append((index, self._residuals(x_noisy, x_in, timesteps, y, dtype, identity, index, len(rows))))
+                parts.append((index, self._residuals(x_noisy, (x_in, timesteps, y, noise_std), dtype, identity, index,
+                                                     len(rows))))
         control = parts[0][1] if len(parts) == 1 else _merge_rows(parts, len(rows))
         return self.control_merge(control, prev, output_dtype=None)
 
-    def _residuals(self, x_noisy, x_in, timesteps, y, dtype, identity: bool, index: list[int], rows: int) -> dict:
-        """Residuals of the batch rows in `index`, all with or all without the identity."""
+    def _residuals(self, x_noisy, inputs: tuple, dtype, identity: bool, index: list[int], rows: int) -> dict:
+        """Residuals of the batch rows in `index`, all with or all without the identity; inputs: (x_in,
+        timesteps, y, noise_std), each per row (y may be None)."""
         options = {k: v for k, v in self.options.items() if k not in PREPARED_OPTIONS}
+        x_in, timesteps, y, noise_std = inputs
         if len(index) < rows:
             sel = torch.tensor(index, device=x_in.device)
             x_in, timesteps, y = x_in[sel], timesteps[sel], None if y is None else y[sel]
+            noise_std = noise_std[sel.to(noise_std.device)] if noise_std.shape[0] == rows else noise_std
         return residuals_from_prepared(self.model, x_in, timesteps, self._prepare(x_noisy, dtype, identity), y,
-                                       **options)
+                                       noise_std=noise_std, **options)
 
     def copy(self) -> RealisIDControl:
         c = RealisIDControl(self.model, self.faces, identity_enabled=self.identity_enabled, **self.options)

@@ -380,6 +380,20 @@ def crop_placed(latent: torch.Tensor, placement: BoxPlacement, paired: bool = Fa
     return out.reshape(placement.k * b, c, *out.shape[-2:]).to(latent.dtype)
 
 
+def crop_noise_deficit(placement: BoxPlacement) -> torch.Tensor:
+    """(K, 1, S, S): the std of fresh unit noise that brings each crop cell's noise back to the latent's.
+
+    A crop cell is a linear combination sum_ij R_pi C_qj x_ij of latent cells, so i.i.d. noise of std s in the
+    latent comes out with std s * sqrt(sum_i R_pi^2 * sum_j C_qj^2): up-sampling (a small face) averages
+    neighbours and lowers the noise level the branch sees. Adding independent noise of std s * deficit restores
+    it (deficit = sqrt(1 - that variance factor), 0 where the crop is no smoother than the latent); off the image
+    the crop reads nothing, so there the noise is all fresh.
+    """
+    rows, cols = placement.crop
+    factor = rows.double().pow(2).sum(-1)[:, :, None] * cols.double().pow(2).sum(-1)[:, None, :]
+    return (1.0 - factor).clamp_min(0.0).sqrt()[:, None].to(rows.dtype)
+
+
 def paste_placed(residual: torch.Tensor, placement: BoxPlacement, sum_faces: bool = False,
                  paired: bool = False) -> torch.Tensor:
     """(K*B, C, s, s) crop residuals pasted into zeros of their level's full size; (K*B, ...) or, with sum_faces,

@@ -101,3 +101,24 @@ def test_train_throughput_smoke(tmp_path):
     assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
     assert result["peak_memory_mb"] > 0 and result["batch_size"] == 2
     assert result["machine"]["cpu"] and result["machine"]["gpu"] is None  # realisid.machine.description
+
+
+def test_train_throughput_mini_smoke(tmp_path):
+    """benchmarks/train_throughput_mini.py prepares a few Mini scenes, stores their latents and texts, and times the
+    real trainer with and without the encoders (its figures are well-formed; no timing asserted)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "mini.json"
+    env = {**os.environ, "COMFYUI_DIR": str(host.comfyui_dir()), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(host.REPO / "benchmarks" / "train_throughput_mini.py"), "--scenes", "4",
+                           "--steps", "1", "--warmup", "1", "--batch-size", "2", "--work", str(tmp_path / "work"),
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"encoders_included", "encoders_excluded"}
+    for figures in result["results"].values():
+        assert figures["images_per_s"] == pytest.approx(2 / figures["seconds_per_step"], rel=1e-2)
+    assert result["encoder_share"] < 1 and result["machine"]["gpu"] is None
+    assert (tmp_path / "work" / "cache_stored" / "latents").is_dir()  # the excluded set-up read real stores

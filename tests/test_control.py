@@ -450,3 +450,42 @@ def test_layout_faces_stay_square_on_any_latent_and_a_photo_layout_of_another_as
     assert "aspect 1.000" in caplog.text and "stays square" in caplog.text
     trainer_box = FaceCondition(torch.zeros(1, 4), None, (0.1, 0.2, 0.3, 0.5))  # fractions are taken as given
     assert face_boxes([trainer_box], (152, 104))[0].tolist() == [0.1, 0.2, 0.3, 0.5]
+
+
+def _recorded_crops(net) -> list:
+    seen = []
+    net.register_forward_pre_hook(lambda _m, _a, kwargs: seen.append(kwargs["x"].clone()), with_kwargs=True)
+    return seen
+
+
+@torch.no_grad()
+def test_restore_noise_tops_the_crops_up_with_the_latents_noise_level(sdxl):
+    """restore_noise adds fresh noise of std deficit x (the noise std in the model input, sigma / sqrt(sigma^2 + 1)
+    for an EPS base) to the local branch's crops; the same draw for the positive and the negative rows (seeded by
+    the noise level), and a model that restores refuses to run without the noise level."""
+    from realisid.null_identity import IDENTITY_ROUTING_KEY
+
+    base, _, faces = sdxl
+    plain, restoring = T.tiny_realisid_model("sdxl"), T.tiny_realisid_model("sdxl")
+    restoring.config = {**restoring.config, "restore_noise": True}
+    seen = {m: _recorded_crops(m.local_net) for m in (plain, restoring)}
+    sigma = 3.0
+    x, cond = torch.randn(1, 4, 8, 8).repeat(2, 1, 1, 1), _cond(2, seed=4)
+    for m in (plain, restoring):
+        control = RealisIDControl(m, faces)
+        _pre_run(control, base)
+        routing = {"cond_or_uncond": [0, 1], IDENTITY_ROUTING_KEY: {0: True, 1: False}}
+        control.get_control(x, torch.full((2,), sigma), cond, 2, routing)
+    assert len(seen[plain]) == len(seen[restoring]) == 2  # the identity rows and the null rows, one pass each
+    torch.testing.assert_close(seen[plain][0], seen[plain][1])
+    torch.testing.assert_close(seen[restoring][0], seen[restoring][1])  # one fresh draw for both rows
+    placement = geometry.place_boxes(geometry.frac_to_latent(BOXES, (8, 8)), (8, 8), T.CROP, ())
+    deficit = geometry.crop_noise_deficit(placement)  # (K, 1, S, S), face-major like the crops
+    added = seen[restoring][0] - seen[plain][0]
+    assert float(added[(deficit == 0).expand_as(added)].abs().max()) == 0.0
+    lost = (deficit > 0.2).expand_as(added)
+    unit = added[lost] / (deficit.expand_as(added)[lost] * sigma / (sigma**2 + 1) ** 0.5)
+    assert unit.numel() > 100 and abs(float(unit.mean())) < 0.2 and 0.85 < float(unit.std()) < 1.15
+    prepared_faces = [FaceCondition(f.p_id, f.landmark_hint, f.box) for f in faces]
+    with pytest.raises(ValueError, match="restore_noise"):
+        branch_residuals(restoring, x, torch.full((2,), 500.0), prepared_faces, y=cond["y"])

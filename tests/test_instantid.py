@@ -376,3 +376,10 @@ def test_loader_node_passes_the_crop_frame_and_old_workflows_get_the_default(fil
     wide = loader.execute(control_net_name="cn", ip_adapter_name="ip", crop_size=CROP, crop_frame=3.0).result[0]
     old = loader.execute(control_net_name="cn", ip_adapter_name="ip", crop_size=CROP).result[0]
     assert instantid.crop_frame(wide) == 3.0 and instantid.crop_frame(old) == instantid.DEFAULT_CROP_FRAME
+    restore_input = next(i for i in schema.inputs if i.id == "restore_noise")
+    assert restore_input.optional and restore_input.default == instantid.DEFAULT_RESTORE_NOISE
+    flipped = not instantid.DEFAULT_RESTORE_NOISE
+    toggled = loader.execute(control_net_name="cn", ip_adapter_name="ip", crop_size=CROP,
+                             restore_noise=flipped).result[0]
+    assert control.restores_noise(toggled) is flipped
+    assert control.restores_noise(old) is instantid.DEFAULT_RESTORE_NOISE

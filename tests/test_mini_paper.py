@@ -142,7 +142,7 @@ def test_the_slice_summary_and_report_are_well_formed(slice_run, tmp_path):
 def test_the_baselines_local_twin_is_its_network_run_on_the_face_crop(tmp_path):
     """The public-weights trick: the InstantID-style baseline's full-latent network becomes the local branch,
     weights unchanged, with its crop frame declared (and read by the conditioning); other models are refused."""
-    from realisid import checkpoint
+    from realisid import checkpoint, control
     from realisid.instantid import model as instantid
     from tests.helpers.tiny_realisid import tiny_realisid_model
 
@@ -158,6 +158,9 @@ def test_the_baselines_local_twin_is_its_network_run_on_the_face_crop(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(twin.projector.state_dict().values(),
                                                  baseline.projector.state_dict().values(), strict=True))
     assert instantid.crop_frame(baseline) == 1.0  # trained models keep their own framing
+    assert not control.restores_noise(twin) and not control.restores_noise(baseline)
+    paper.local_twin(source, tmp_path / "restored.safetensors", 2.0, restore_noise=True)
+    assert control.restores_noise(checkpoint.load_realisid(str(tmp_path / "restored.safetensors")))
     checkpoint.save_realisid(tiny_realisid_model(with_local=False), str(tmp_path / "mask.safetensors"))
     with pytest.raises(ValueError, match="global-only face-hint"):
         paper.local_twin(tmp_path / "mask.safetensors", tmp_path / "bad.safetensors", 1.0)

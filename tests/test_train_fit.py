@@ -236,7 +236,7 @@ def test_logged_throughput_counts_only_the_steps_this_run_made():
     logged = {}
     trainer = object.__new__(Trainer)
     trainer.cfg = SimpleNamespace(log_every=1, batch_size=2, grad_accum=1, save_every=0, sample_every=0, val_every=0,
-                                  lr=1e-5)
+                                  val_sample_every=0, lr=1e-5)
     trainer.accelerator = SimpleNamespace(num_processes=1, is_main_process=False,
                                           log=lambda values, step: logged.update(values, step=step))
     trainer.progress = SimpleNamespace(step=1001)

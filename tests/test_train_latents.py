@@ -81,3 +81,29 @@ def test_encode_text_stores_each_caption_and_fit_trains_on_it_without_the_text_e
 
     monkeypatch.setattr(trainer.host.clip, "encode_from_tokens", no_text_encoder)
     assert trainer.fit() == pytest.approx(reference, rel=1e-5, abs=1e-7)
+
+
+def test_encode_identity_stores_the_clip_tokens_and_fit_trains_on_them_without_clip_vision(tmp_path, monkeypatch):
+    """encode-identity (identity space clip): each sample's CLIP-vision tokens as the host encodes its face crop,
+    read by the dataset by file name; a fit then never runs CLIP vision for a training batch and trains as
+    without the store, and a cache without a store (a held-out one) still encodes."""
+    env = train_synthetic.training_env(tmp_path / "env")
+    root, base, vision = env
+    reference = Trainer(train_synthetic.train_config(env, tmp_path / "plain", steps=3)).fit()
+    assert main(["encode-identity", "--base", str(base), "--clip-vision", str(vision), "--cache",
+                 str(root / "cache"), "--cpu", "--no-progress", "--batch-size", "4"]) == 0
+    trainer = Trainer(train_synthetic.train_config(env, tmp_path / "stored", steps=3))
+    assert trainer.dataset.identity_key == latents.base_key(vision)
+    for index in (0, len(trainer.dataset) - 1):  # encoded in batches of 4 by the command, alone here
+        item = trainer.dataset[index]
+        expected = trainer.host.encode_identity_clip(item["face_crop"][None])[0]
+        torch.testing.assert_close(item["identity"], expected, atol=5e-5, rtol=1e-3)
+    plain_dataset = Trainer(train_synthetic.train_config(env, tmp_path / "plain2", steps=1,
+                                                         identity_space="embedding")).dataset
+    assert "identity" not in plain_dataset[0]  # another identity space never reads the store
+
+    def no_clip_vision(face_crops):
+        raise AssertionError("CLIP vision ran although every identity source is stored")
+
+    monkeypatch.setattr(trainer.host, "encode_identity_clip", no_clip_vision)
+    assert trainer.fit() == pytest.approx(reference, rel=1e-4, abs=1e-6)

@@ -46,6 +46,10 @@ NUM_HEAD_CHANNELS = 64
 # To be set by "The paper's claims, measured on RealisID-Mini" (issue 16).
 DEFAULT_CROP_FRAME = 2.0
 MAX_CROP_FRAME = 4.0
+# Whether IdentityNet's crops get fresh noise where up-sampling lowered their noise level below the latent's
+# (`realisid.geometry.crop_noise_deficit`): measured on the Mini twins of the InstantID-style baseline
+# (docs/results-mini.md, "The public-weights trick"); see docs/instantid.md.
+DEFAULT_RESTORE_NOISE = False
 # Resampler heads of InstantID are 64 wide (heads=20 x 64 = 1280); weights record only heads * dim_head
 RESAMPLER_DIM_HEAD = 64
 # Used only when a face record lacks its raw ArcFace norm (records from before `embedding_norm` existed).
@@ -381,22 +385,23 @@ class InstantIDModel(checkpoint.RealisIDModel):
 
 
 def instantid_config(cn_config: dict, proj_config: dict, crop_size: int, files: dict,
-                     crop_frame: float = DEFAULT_CROP_FRAME) -> dict:
+                     crop_frame: float = DEFAULT_CROP_FRAME, restore_noise: bool = DEFAULT_RESTORE_NOISE) -> dict:
     unet_config = {k: v for k, v in cn_config.items() if k != "hint_channels"}
     return {"format": checkpoint_format.FORMAT, "version": checkpoint_format.VERSION, "kind": "instantid",
             "identity_space": IDENTITY_SPACE, "identity_input": "raw_arcface", "crop_size": int(crop_size),
-            "crop_frame": float(crop_frame), "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
+            "crop_frame": float(crop_frame), "restore_noise": bool(restore_noise), "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
             "local": {"hint_channels": 3, "unet_config": branches.controlnet_config_from_unet(unet_config)},
             "global": None, "files": files}
 
 
 def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int = DEFAULT_CROP_SIZE,
-                   dtype: torch.dtype | None = None, crop_frame: float = DEFAULT_CROP_FRAME) -> InstantIDModel:
+                   dtype: torch.dtype | None = None, crop_frame: float = DEFAULT_CROP_FRAME,
+                   restore_noise: bool = DEFAULT_RESTORE_NOISE) -> InstantIDModel:
     """IdentityNet + InstantID's Resampler as a RealisID model (local branch only), with the IP-Adapter K/V.
 
     crop_size: latent cells each face crop is re-rendered at (default 128 = InstantID's 1024 px training scale).
     crop_frame: side of IdentityNet's crop over the face box's side (DEFAULT_CROP_FRAME, provisional), see
-    `framed_box`.
+    `framed_box`. restore_noise: top the crops' noise back up to the latent's level (`control.restores_noise`).
     """
     crop_size = validation.positive_int("crop_size", crop_size, multiple_of=8, maximum=checkpoint_format.MAX_CROP)
     crop_frame = checked_crop_frame(crop_frame)
@@ -412,7 +417,7 @@ def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int =
             f"{proj_config['output_dim']}-wide identity tokens (IP-Adapter K/V take {ip_adapter.context_dim()}): "
             f"these two files are not InstantID's pair. Expected {EXPECTED_CONTROLNET} and {EXPECTED_IP_ADAPTER}")
     files = {"control_net": cn_name, "ip_adapter": ip_name}
-    config = instantid_config(cn_config, proj_config, crop_size, files, crop_frame)
+    config = instantid_config(cn_config, proj_config, crop_size, files, crop_frame, bool(restore_noise))
     nets = checkpoint.RealisIDNets(net, None, projector.to(next(net.parameters()).dtype))
     log.info("InstantID loaded: IdentityNet %s (context %d), Resampler %s, %d IP-Adapter layers, crop %d",
              cn_name, cn_config["context_dim"], ip_name, len(ip_adapter.indices), crop_size)

@@ -109,10 +109,11 @@ python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --imag
 # issue 14's variants: stage 1's command (1,765 steps, seed 0, the same cache) with one change each, into
 # models/mini/variants/ (read by `paper` only); RealisID itself at that budget is stage 1's file
 git show 1a806a3:models/mini/realisid/realisid_mini.safetensors > models/mini/variants/realisid_mini_full_1765.safetensors
-for v in "instantid_style:--branches global --global-hint face_hint --hint kps5" "kps5:--hint kps5"; do
-  OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \
-    --cache $W/cache_other_0 $W/cache_other_1 --out $W/fitv_${v%%:*} --identity-space embedding --crop-size 16 \
-    --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \
+for v in "instantid_style:--branches global --global-hint face_hint --hint kps5" "kps5:--hint kps5" \\
+         "local_only:--branches local" "global_only:--branches global"; do
+  OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \\
+    --cache $W/cache_other_0 $W/cache_other_1 --out $W/fitv_${v%%:*} --identity-space embedding --crop-size 16 \\
+    --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \\
     --cache-latents --seed 0 ${v#*:}
   python -m realisid.mini export realisid --work $W/fitv_${v%%:*} --variant ${v%%:*}; done
 python -m realisid.mini paper --n 8  # docs/results-mini.md: the paper's claims per variant (issue 14)

@@ -18,7 +18,8 @@ Variants: the shipped model and its inference ablations (`behaviour.VARIANTS`: a
 sampling, the text-only base); the committed trained variants of `models/mini/variants/` (`TRAINED`: stage 1's
 command, 1,765 steps, seed 0, the same cache, with one change each: RealisID itself, an InstantID-style baseline,
 5 keypoints instead of 68 landmarks, one branch alone); the InstantID-style baseline run as RealisID's local
-branch (crop, up-sample, relocate) at each of `TWIN_FRAMES` (the public-weights trick, `local_twin`); and any
+branch (crop, up-sample, relocate) at each of `TWINS` (crop frame, noise restored or not: the public-weights trick,
+`local_twin`; identity cells only); and any
 file named on the command line (`--extra NAME=FILE`). Every variant sees the same identities, boxes, captions,
 references, drivers and seeds, case by case. Scoring reuses `behaviour` (the same nodes, detector, matching and
 judge as the issue-13 tests).
@@ -56,6 +57,10 @@ class Variant:
     name: str
     strengths: str  # a key of behaviour.VARIANTS (the Multi-Face Composite's two strengths)
     model: str | None = None  # a RealisID file name the loader lists; None = the shipped RealisID-Mini
+    cells: tuple[str, ...] | None = None  # the cell-name prefixes it runs in (None: every cell it qualifies for)
+
+    def runs_in(self, cell: str) -> bool:
+        return self.cells is None or cell.startswith(self.cells)
 
 
 BUILTIN = (Variant("RealisID", "full"), Variant("local branch only", "local_only"),
@@ -68,11 +73,14 @@ TRAINED = {  # file key in models/mini/variants/ -> row name (`python -m realisi
     "local_only": f"local branch trained alone, {EQUAL_BUDGET}",
     "global_only": f"global branch trained alone, {EQUAL_BUDGET}",
 }
-TWIN_FRAMES = (1.0, 2.0, 3.0)  # crop side / face side when the baseline runs as the local branch (1: the face fills it)
+# the baseline run as the local branch: (crop side / face side, restore the crop's noise level); frame 1: the face
+# fills the crop, the most up-sampling, so the most noise lost (`geometry.crop_noise_deficit`)
+TWINS = ((1.0, False), (2.0, False), (3.0, False), (1.0, True), (2.0, True))
+TWIN_CELLS = ("identity",)  # the trick is about identity on small faces; its other cells would cost 3 min a twin
 
 
-def twin_name(frame: float) -> str:
-    return f"InstantID-style as the local branch, frame {frame:g}"
+def twin_name(frame: float, restore_noise: bool = False) -> str:
+    return f"InstantID-style as the local branch, frame {frame:g}" + (", noise restored" if restore_noise else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +109,11 @@ def committed_variants() -> tuple[Variant, ...]:
                  if (files.VARIANTS_DIR / files.variant_file(key)).is_file())
 
 
-def local_twin(source: str | Path, out: str | Path, frame: float) -> None:
+def local_twin(source: str | Path, out: str | Path, frame: float, restore_noise: bool = False) -> None:
     """The public-weights trick on the InstantID-style baseline: its full-latent network (trained on whole images
     with the face drawing in its box) run as RealisID's local branch, on the face crop up-sampled to the crop size
-    and relocated, the crop `frame` times the face box (as the InstantID path runs IdentityNet)."""
+    and relocated, the crop `frame` times the face box (as the InstantID path runs IdentityNet); restore_noise:
+    the crop's noise topped back up to the latent's level (`control.restores_noise`)."""
     import safetensors
     import safetensors.torch
 
@@ -117,7 +126,7 @@ def local_twin(source: str | Path, out: str | Path, frame: float) -> None:
     if config.get("local") is not None or section.get("hint") != "face_hint":
         raise ValueError(f"{source}: a local twin needs a global-only face-hint model (the InstantID-style variant)")
     config.update(local={"hint_channels": section["hint_channels"], "unet_config": section["unet_config"]},
-                  crop_frame=float(frame), **{"global": None})
+                  crop_frame=float(frame), restore_noise=bool(restore_noise), **{"global": None})
     tensors = {("local." + k[len("global."):] if k.startswith("global.") else k): v
                for k, v in safetensors.torch.load_file(str(source)).items()}
     safetensors.torch.save_file(tensors, str(out), metadata={**metadata, METADATA_KEY: json.dumps(config)})
@@ -132,10 +141,11 @@ def twin_variants(folder: str | Path) -> tuple[Variant, ...]:
     if not source.is_file():
         return ()
     out = []
-    for frame in TWIN_FRAMES:
-        name = f"realisid_mini_instantid_style_local_{str(float(frame)).replace('.', 'p')}.safetensors"
-        local_twin(source, Path(folder) / name, frame)
-        out.append(Variant(twin_name(frame), "full", name))
+    for frame, restore in TWINS:
+        name = (f"realisid_mini_instantid_style_local_{str(float(frame)).replace('.', 'p')}"
+                f"{'_restored' if restore else ''}.safetensors")
+        local_twin(source, Path(folder) / name, frame, restore)
+        out.append(Variant(twin_name(frame, restore), "full", name, TWIN_CELLS))
     return tuple(out)
 
 
@@ -171,7 +181,7 @@ def plan(n: int, seed: int = 72, variants: Sequence[Variant] = BUILTIN, sides: d
     cases = []
     for cell, group, driven, cell_variants in cells:
         scene, case_seed = behaviour.scene_of(group, rng), int(rng.integers(2**31))
-        for v in cell_variants:
+        for v in (v for v in cell_variants if v.runs_in(cell)):
             case = behaviour.Case(cell, v.strengths, group, world.caption(scene), case_seed, driven)
             cases.append(PaperCase(case, v, scene))
     return cases
@@ -498,10 +508,10 @@ def _equal_budget_reading(summary: dict) -> list[str]:
                    f"attribute match from 1/4 to 1/7, RealisID {_sizes(full)}, InstantID-style baseline "
                    f"{_sizes(baseline)}; at 1/7 RealisID is {_separated(full['1/7'], baseline['1/7'])} the baseline "
                    f"(95% intervals).")
-    twins = [(f, ident[twin_name(f)]) for f in TWIN_FRAMES if twin_name(f) in ident]
+    twins = [(f, r, ident[twin_name(f, r)]) for f, r in TWINS if twin_name(f, r) in ident]
     if baseline and twins:
-        parts = [f"frame {f:g}: {_sizes(t)}, {_separated(t['1/7'], baseline['1/7'])} the baseline itself at 1/7"
-                 for f, t in twins]
+        parts = [f"frame {f:g}{', noise restored' if r else ''}: {_sizes(t)}, "
+                 f"{_separated(t['1/7'], baseline['1/7'])} the baseline itself at 1/7" for f, r, t in twins]
         out.append("The public-weights trick (the baseline's network run as the local branch: crop, up-sample, "
                    f"relocate; no retraining): {'; '.join(parts)}.")
     kps5_pose, full_pose = pose.get(TRAINED["kps5"]), pose.get(full_name)

@@ -1,5 +1,5 @@
-"""Command line: `python -m realisid.train prepare ...`, `... encode-latents ...`, `... encode-text ...` and `... fit ...` (see
-docs/training.md)."""
+"""Command line: `python -m realisid.train prepare ...`, `... encode-latents ...`, `... encode-text ...`, `... encode-identity ...`
+and `... fit ...` (see docs/training.md)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
                    help="after the warm-up: constant, or decay to --lr-min-ratio x LR at the last step")
     p.add_argument("--lr-min-ratio", type=float, default=0.0)
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
+                   help="adamw8bit: bitsandbytes' 8-bit AdamW, a quarter of AdamW's optimizer-state memory")
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--lambda-face", type=float, default=1.0)
     p.add_argument("--face-loss-norm", choices=("area", "none"), default="area")
@@ -98,6 +100,13 @@ def _fit_parser(sub) -> None:
                         "weights every --val-every steps, logged to TensorBoard and OUT/validation.jsonl")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0: none)")
     p.add_argument("--val-n", type=int, default=64, help="held-out samples per validation (the first N, in order)")
+    p.add_argument("--val-sample-every", type=int, default=0,
+                   help="steps between sampled validations: the first --val-sample-n held-out faces sampled with the "
+                        "live weights as inference does, read back by --val-backend (found, IoU, identity cosine)")
+    p.add_argument("--val-sample-n", type=int, default=4)
+    p.add_argument("--val-backend", choices=("embedded", "insightface", "mini"), default=None,
+                   help="the face backend that prepared the held-out cache (its embeddings are the references)")
+    p.add_argument("--val-insightface-root", default=None, help="models folder of --val-backend insightface")
     p.add_argument("--projector", default="{}", help='JSON overrides of the projector config, e.g. \'{"depth": 2}\'')
     p.add_argument("--text-cache-size", type=int, default=4096)
     p.add_argument("--max-text-chunks", type=int, default=3, help="captions are cut to this many 77-token chunks")
@@ -125,6 +134,16 @@ def _encode_parser(sub) -> None:
     t.add_argument("--cpu", action="store_true", help="encode on the CPU")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
+    i = sub.add_parser("encode-identity", help="the frozen CLIP vision's identity tokens of each sample's face crop "
+                       "(identity space clip), computed once and kept beside the caches (fit then reads them)")
+    i.add_argument("--base", required=True, help="the base checkpoint fit will train on")
+    i.add_argument("--clip-vision", required=True, help="the CLIP-vision file fit will use (--clip-vision)")
+    i.add_argument("--cache", required=True, nargs="+",
+                   help="cache folder(s): each gets identity/<CLIP-vision key>.safetensors")
+    i.add_argument("--batch-size", type=int, default=16)
+    i.add_argument("--cpu", action="store_true", help="encode on the CPU")
+    i.add_argument("--no-progress", action="store_true")
+    i.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI folder (default $COMFYUI_DIR)")
 
 
 def run_encode(args) -> dict:
@@ -136,6 +155,10 @@ def run_encode(args) -> dict:
     from realisid.train.host import FrozenHost
 
     device = torch.device("cpu") if args.cpu else mm.get_torch_device()
+    if args.command == "encode-identity":
+        host = FrozenHost(args.base, device, clip_vision_path=args.clip_vision)
+        return latents.encode_identities(host, args.cache, latents.base_key(args.clip_vision), args.batch_size,
+                                         progress=not args.no_progress)
     host = FrozenHost(args.base, device)
     key = latents.base_key(args.base)
     if args.command == "encode-text":
@@ -210,7 +233,7 @@ def config_from_args(args):
         base=args.base, cache=args.cache, out=args.out, identity_space=args.identity_space,
         clip_vision=args.clip_vision, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         projector_lr=args.projector_lr, lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule,
-        lr_min_ratio=args.lr_min_ratio, keep_last=args.keep_last, export_dtype=args.export_dtype,
+        lr_min_ratio=args.lr_min_ratio, optimizer=args.optimizer, keep_last=args.keep_last, export_dtype=args.export_dtype,
         sample_count=args.sample_count, max_text_chunks=args.max_text_chunks, workers=args.workers,
         prefetch=args.prefetch,
         weight_decay=args.weight_decay, lambda_face=args.lambda_face, face_loss_norm=args.face_loss_norm,
@@ -222,7 +245,8 @@ def config_from_args(args):
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
         cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init,
         branches=args.branches, hint=args.hint, global_hint=args.global_hint, val_cache=args.val_cache,
-        val_every=args.val_every, val_n=args.val_n)
+        val_every=args.val_every, val_n=args.val_n, val_sample_every=args.val_sample_every,
+        val_sample_n=args.val_sample_n, val_backend=args.val_backend, val_insightface_root=args.val_insightface_root)
 
 
 def run_fit(args) -> list[float]:
@@ -246,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             run_prepare(args)
-        elif args.command in ("encode-latents", "encode-text"):
+        elif args.command in ("encode-latents", "encode-text", "encode-identity"):
             run_encode(args)
         else:
             run_fit(args)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from realisid import checkpoint, checkpoint_format
-from realisid.train.optim import SCHEDULES
+from realisid.train.optim import OPTIMIZERS, SCHEDULES
 from realisid.train.outputs import EXPORT_DTYPES
 
 IDENTITY_SPACES = ("clip", "arcface", "embedding")
@@ -34,6 +34,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: constant, cosine or linear decay to lr_min_ratio * lr
     lr_min_ratio: float = 0.0
     weight_decay: float = 1e-2
+    optimizer: str = "adamw"  # or adamw8bit (bitsandbytes), see optim.OPTIMIZERS
     lambda_face: float = 1.0
     face_loss_norm: str = "area"
     drop_image: float = 0.05
@@ -71,6 +72,10 @@ class TrainConfig:
     val_cache: list[str] | None = None  # held-out caches: identity use on the live weights every val_every steps
     val_every: int = 0
     val_n: int = 64
+    val_sample_every: int = 0  # steps between sampled validations (held-out faces sampled and read back)
+    val_sample_n: int = 4  # held-out faces sampled each time (one sampling run each)
+    val_backend: str | None = None  # the face backend that reads them back: embedded, insightface or mini
+    val_insightface_root: str | None = None
 
     @property
     def caches(self) -> list[str]:
@@ -105,6 +110,13 @@ class TrainConfig:
             raise ValueError("--global-hint needs a global branch (--branches both or global)")
         if self.val_every < 0 or (self.val_every and not self.val_cache) or self.val_n < 2:
             raise ValueError("--val-every needs --val-cache, and --val-n must be >= 2")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.val_sample_every < 0 or self.val_sample_n < 1:
+            raise ValueError("--val-sample-every must be >= 0 and --val-sample-n >= 1")
+        if self.val_sample_every and not (self.val_cache and self.val_backend):
+            raise ValueError("--val-sample-every needs --val-cache (the held-out faces) and --val-backend (the face "
+                             "backend that reads the samples back: the one that prepared the held-out cache)")
         if self.lr_warmup < 0 or self.keep_last < 0 or self.workers < 0 or self.prefetch < 1:
             raise ValueError("--lr-warmup, --keep-last and --workers must be >= 0, --prefetch >= 1")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import safetensors
 import safetensors.numpy
 import torch
 import torch.nn.functional as F
@@ -72,15 +73,34 @@ class CachedFaceDataset(torch.utils.data.Dataset):
     uint8, embedding (D,) (zeros of length 0 when the cache has none), caption str, index int.
 
     `cache` is one cache folder or several (e.g. the shards `prepare --num-shards` wrote in parallel): their
-    samples in the order given, one index space."""
+    samples in the order given, one index space. With `identity_key` (a CLIP-vision file's store key), an item
+    also carries `identity`, its stored CLIP-vision tokens, when its cache's store has them
+    (`realisid.train.latents.encode_identities`): read by file name, so any dataset (training or held-out) reads
+    its own samples' tokens."""
 
-    def __init__(self, cache: str | Path | Sequence[str | Path], hint_size: int, kps5_hints: bool = False):
+    def __init__(self, cache: str | Path | Sequence[str | Path], hint_size: int, kps5_hints: bool = False,
+                 identity_key: str | None = None):
         caches = [cache] if isinstance(cache, str | Path) else list(cache)
         if not caches:
             raise ValueError("no training cache given (--cache)")
         self.rows = [(Path(c), row) for c in caches for row in read_manifest(c)]
         self.hint_size = int(hint_size)
         self.kps5_hints = kps5_hints  # draw the 5 keypoints of the cached 68 landmarks instead (fit --hint kps5)
+        self.identity_key = identity_key
+        self._identity_stores: dict = {}  # cache -> (open store, its names) or None; opened in the reading process
+
+    def __getstate__(self) -> dict:  # DataLoader workers under spawn get the dataset pickled: open files are not
+        return {**self.__dict__, "_identity_stores": {}}
+
+    def _stored_identity(self, cache: Path, file: str) -> torch.Tensor | None:
+        if cache not in self._identity_stores:
+            from realisid.train.latents import identity_store_path
+
+            path = identity_store_path(cache, self.identity_key)
+            store = safetensors.safe_open(str(path), framework="pt") if path.is_file() else None
+            self._identity_stores[cache] = None if store is None else (store, set(store.keys()))
+        entry = self._identity_stores[cache]
+        return entry[0].get_tensor(file) if entry is not None and file in entry[1] else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,7 +119,7 @@ class CachedFaceDataset(torch.utils.data.Dataset):
         elif hint is None or hint.shape[0] != self.hint_size:
             hint = hint_uint8(data["landmarks"], self.hint_size)
         embedding = data.get("embedding", np.zeros(0, np.float32))
-        return {
+        item = {
             "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
             "mask": torch.from_numpy(data["mask"] if "mask" in data else box_mask_uint8(data["box"], len(image)))[None],
             "box": torch.from_numpy(data["box"]).float(),
@@ -109,12 +129,18 @@ class CachedFaceDataset(torch.utils.data.Dataset):
             "caption": row.get("caption", ""),
             "index": index,
         }
+        identity = self._stored_identity(cache, row["file"]) if self.identity_key else None
+        if identity is not None:
+            item["identity"] = identity
+        return item
 
 
 def collate(items: list[dict]) -> dict:
     batch = {k: torch.stack([it[k] for it in items]) for k in TENSOR_KEYS}
     batch["caption"] = [it["caption"] for it in items]
     batch["index"] = [int(it["index"]) for it in items]
+    if all("identity" in it for it in items):  # else the trainer encodes the whole batch's face crops
+        batch["identity"] = torch.stack([it["identity"] for it in items])
     return batch
 
 

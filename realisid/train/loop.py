@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -41,11 +42,11 @@ from realisid.train.data import (
 )
 from realisid.train.ema import EMA
 from realisid.train.host import FrozenHost
-from realisid.train.optim import lr_factor, param_groups, set_lrs
+from realisid.train.optim import lr_factor, make_optimizer, param_groups, set_lrs
 from realisid.train.outputs import EXPORT_DTYPES, file_sha256, rotate, write_realisid
 from realisid.train.rng import step_generator
 from realisid.train.step import BranchForward, StepInputs, dropout_flags, sample_sigmas, step_loss
-from realisid.train.validation import HeldOut, identity_use_of
+from realisid.train.validation import HeldOut, identity_use_of, sampled_faces_of
 
 log = logging.getLogger(__name__)
 CURVE_FILE = "realisid.log.jsonl"
@@ -80,13 +81,14 @@ class Trainer:
         weight_dtype = PRECISIONS[cfg.mixed_precision] if acc.device.type != "cpu" else torch.float32
         self.host = FrozenHost(cfg.base, acc.device, weight_dtype, cfg.clip_vision if cfg.identity_space == "clip"
                                else None, cfg.text_cache_size, cfg.max_text_chunks)
-        self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE, kps5_hints=cfg.hint == "kps5")
+        self.dataset = CachedFaceDataset(cfg.caches, cfg.crop_size * LATENT_DOWNSCALE, kps5_hints=cfg.hint == "kps5",
+                                         identity_key=self._identity_store_key())
         self.held_out = None if not cfg.val_cache else HeldOut(
             cfg.val_cache, cfg.crop_size * LATENT_DOWNSCALE, cfg.hint == "kps5", cfg.val_n, cfg.batch_size)
         self._check_spaces()
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
-        optimizer = torch.optim.AdamW(param_groups(self.model.nets, cfg.lrs(), cfg.weight_decay))
+        optimizer = make_optimizer(cfg.optimizer, param_groups(self.model.nets, cfg.lrs(), cfg.weight_decay))
         self.forward_module, self.optimizer = acc.prepare(self.forward_module, optimizer)
         self.ema = EMA(self.model.nets, cfg.ema) if cfg.ema > 0 else None
         self.progress = Progress()
@@ -225,8 +227,17 @@ class Trainer:
             self._latent_cache.update({indices[j]: lat for j, lat in fresh.items()})
         return torch.stack([fresh[j] if j in fresh else self._latent_cache[i] for j, i in enumerate(indices)])
 
+    def _identity_store_key(self) -> str | None:
+        """The CLIP-vision file's store key when some cache holds `encode-identity` tokens (hashed only then)."""
+        cfg = self.cfg
+        if cfg.identity_space != "clip" or not any((Path(c) / "identity").is_dir() for c in cfg.caches):
+            return None
+        return latents.base_key(cfg.clip_vision)
+
     def _identity_source(self, batch: dict) -> torch.Tensor:
         if self.cfg.identity_space == "clip":
+            if "identity" in batch:  # stored by encode-identity: no CLIP-vision pass
+                return batch["identity"].to(self.accelerator.device)
             return self.host.encode_identity_clip(batch["face_crop"])
         return batch["embedding"].to(self.accelerator.device)
 
@@ -352,6 +363,8 @@ class Trainer:
             self.log_samples(step)
         if cfg.val_every and step % cfg.val_every == 0:
             self.validate(step)
+        if cfg.val_sample_every and step % cfg.val_sample_every == 0 and acc.is_main_process:
+            self.validate_sampled(step)
 
     def validate(self, step: int) -> dict:
         """Identity use on the held-out set with the live weights (every rank computes it, so DDP's collective
@@ -373,6 +386,39 @@ class Trainer:
                      figures["face_mse_own"], figures["face_mse_other"], 100 * figures["gap"])
             with open(self.out / VALIDATION_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **figures}) + "\n")
+        return figures
+
+    @functools.cached_property
+    def _val_analyzer(self):
+        from realisid.train.prepare import make_analyzer
+
+        return make_analyzer(self.cfg.val_backend, self.cfg.val_insightface_root, min_score=0.4)
+
+    def validate_sampled(self, step: int) -> dict:
+        """The first held-out faces sampled with the live (EMA) weights as inference samples them, read back by
+        the validation backend (`sampled_faces_of`): TensorBoard `val/sample_*` and OUT/validation.jsonl. Main
+        process only (sampling is not a collective)."""
+        held = self.held_out
+        count = min(self.cfg.val_sample_n, len(held.dataset))
+        items = [held.dataset[i] for i in range(count)]
+        spaces = {held.dataset.rows[i][1].get("space", "") for i in range(count)}
+        if len(spaces) != 1 or not all(len(it["embedding"]) for it in items):
+            raise ValueError(f"--val-cache {self.cfg.val_cache}: the sampled validation needs one embedding space "
+                             f"in its first {count} samples, found {sorted(spaces)}")
+        try:
+            images = self.sample_images(items=items)
+        except Exception:  # as previews: a validation must never end a training run
+            log.exception("sampled validation at step %d failed", step)
+            return {}
+        rgb = (images.clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+        figures = sampled_faces_of(rgb, np.stack([it["box"].numpy() for it in items]),
+                                   np.stack([it["embedding"].numpy() for it in items]), spaces.pop(),
+                                   self._val_analyzer).as_dict()
+        self.accelerator.log({f"val/{k}": v for k, v in figures.items() if k != "sample_n"}, step=step)
+        log.info("step %d sampled held-out faces: found %.2f, IoU %.2f, identity cosine %.3f", step,
+                 figures["sample_found"], figures["sample_iou"], figures["sample_identity"])
+        with open(self.out / VALIDATION_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **figures}) + "\n")
         return figures
 
     # outputs --------------------------------------------------------------------------------------------------------
@@ -438,9 +484,11 @@ class Trainer:
             tracker.add_images("samples", images.permute(0, 3, 1, 2).clamp(0, 1).cpu(), step)
 
     @torch.no_grad()
-    def sample_images(self, count: int | None = None, seed: int = 0) -> torch.Tensor:
-        """(count, H, W, 3) images sampled as inference samples, from a snapshot of the current (EMA) weights."""
-        items = [self.dataset[i % len(self.dataset)] for i in range(count or self.cfg.sample_count)]
+    def sample_images(self, count: int | None = None, seed: int = 0, items: list[dict] | None = None) -> torch.Tensor:
+        """(count, H, W, 3) images sampled as inference samples, from a snapshot of the current (EMA) weights: the
+        first `count` training samples' faces and captions, or those of `items`."""
+        if items is None:
+            items = [self.dataset[i % len(self.dataset)] for i in range(count or self.cfg.sample_count)]
         batch = to_device(collate(items), "cpu")
         snap = previews.snapshot(self.model, self.host.unet_config, self.host.compute_dtype,
                                  None if self.ema is None else self.ema.shadow)

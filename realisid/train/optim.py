@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 SCHEDULES = ("constant", "cosine", "linear")
+# adamw8bit: bitsandbytes' blockwise 8-bit AdamW (its two moments in uint8, 2 bytes per parameter instead of 8;
+# CPU and CUDA); parameters under bitsandbytes' min_8bit_size (4096 elements) keep 32-bit moments
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 def param_groups(nets: nn.Module, lrs: dict[str, float], weight_decay: float) -> list[dict]:
@@ -19,6 +22,20 @@ def param_groups(nets: nn.Module, lrs: dict[str, float], weight_decay: float) ->
         if p.requires_grad:
             groups["projector" if name.startswith("projector.") else "branches"].append(p)
     return [{"name": k, "params": v, "lr": lrs[k], "weight_decay": weight_decay} for k, v in groups.items() if v]
+
+
+def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimizer over `groups` (each group keeps its name, LR and weight decay)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    if name != "adamw8bit":
+        raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise SystemExit("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (>= 0.48 for CPU "
+                         "support), or train with --optimizer adamw") from e
+    return bitsandbytes.optim.AdamW8bit(groups)
 
 
 def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "constant", min_ratio: float = 0.0) -> float:

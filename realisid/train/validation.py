@@ -5,6 +5,11 @@ A branch that ignores the identity scores the same with either (gap 0); one that
 face better. The figure is continuous and cheap (forward passes only). `fit --val-cache` measures it on the live
 weights every --val-every steps (`HeldOut`); `python -m realisid.mini identity-use` on a saved file
 (identity_use.py). Both run `identity_use_of`, so the two agree on the same weights.
+
+Sampled faces: `fit --val-sample-every` also samples the first held-out faces with the live weights as inference
+does and reads them back with a face backend through `realisid.evaluate`'s matching and cosine
+(`sampled_faces_of`): found in the box, IoU, identity cosine to the reference. The behavioural figures, at the
+cost of a sampling run per face.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from realisid.train.data import CachedFaceDataset, collate
@@ -98,3 +104,35 @@ class HeldOut:
             fresh = encode(batch["image"][missing])
             self._latents.update({batch["index"][j]: lat for j, lat in zip(missing, fresh, strict=True)})
         return torch.stack([self._latents[i] for i in batch["index"]])
+
+
+@dataclass(frozen=True)
+class SampledFaces:
+    n: int  # held-out faces sampled
+    found: float  # fraction the backend finds in their box (realisid.evaluate.metrics.match_faces)
+    iou: float  # mean IoU of the matched face with the box (0 when missing)
+    identity: float  # mean cosine of the found faces to their reference embedding (nan when none is found)
+
+    def as_dict(self) -> dict:
+        return {"sample_n": self.n, "sample_found": self.found, "sample_iou": self.iou,
+                "sample_identity": self.identity}
+
+
+def sampled_faces_of(images: np.ndarray, boxes_frac: np.ndarray, references: np.ndarray, space: str,
+                     analyzer) -> SampledFaces:
+    """images (N, H, W, 3) uint8 RGB, each with one requested face: boxes_frac (N, 4) image fractions, references
+    (N, D) the reference embeddings (the cache's, of `space`); the backend must embed in that space."""
+    from realisid.evaluate import metrics
+    from realisid.faces.analyzer import check_space, cosine
+
+    found, ious, cosines = [], [], []
+    for image, box, reference in zip(images, boxes_frac, references, strict=True):
+        h, w = image.shape[:2]
+        (match,) = metrics.match_faces(analyzer.analyze(image), [np.asarray(box) * [w, h, w, h]])
+        found.append(match.found)
+        ious.append(match.iou)
+        if match.found and match.face.embedding is not None:
+            check_space(match.face.space, space)
+            cosines.append(cosine(reference, match.face.embedding))
+    return SampledFaces(n=len(found), found=float(np.mean(found)), iou=float(np.mean(ious)),
+                        identity=float(np.mean(cosines)) if cosines else float("nan"))
