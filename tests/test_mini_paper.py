@@ -187,3 +187,29 @@ def test_the_equal_budget_reading_follows_the_figures(full_at_7, verdict):
     assert "yaw error 8.0 vs 15.0 deg (below)" in pose_line
     no_variants = paper._equal_budget_reading({"identity": {}, "pose": {}, "people": {}, "location": {}})
     assert len(no_variants) == 1 and "not measured" in no_variants[0]
+
+
+def test_the_plot_groups_each_variant_into_one_panel():
+    twin = paper.twin_name(2.0, True)
+    names = ["RealisID", "text only (base)", paper.GROUND_TRUTH, paper.TRAINED["full_1765"],
+             paper.TRAINED["instantid_style"], paper.TRAINED["local_only"], twin]
+    groups = dict(paper.plot_groups(names))
+    assert list(groups.values()) == [["RealisID", "text only (base)"],
+                                     [paper.TRAINED["full_1765"], paper.TRAINED["instantid_style"],
+                                      paper.TRAINED["local_only"]],
+                                     [paper.TRAINED["instantid_style"], twin]]
+    assert twin == "InstantID-style as the local branch, frame 2, noise restored"
+    assert len(paper.plot_groups(["RealisID", paper.GROUND_TRUTH])) == 1  # empty panels are left out
+
+
+def test_the_reading_compares_each_frame_with_and_without_the_restored_noise():
+    full, baseline = paper.TRAINED["full_1765"], paper.TRAINED["instantid_style"]
+    ident = {full: {"1/4": _figure(0.5), "1/7": _figure(0.4)}, baseline: {"1/4": _figure(0.4), "1/7": _figure(0.3)},
+             paper.twin_name(2.0): {"1/4": _figure(0.4), "1/7": _figure(0.2)},
+             paper.twin_name(2.0, True): {"1/4": _figure(0.4), "1/7": _figure(0.35)},
+             paper.twin_name(1.0): {"1/4": _figure(0.4), "1/7": _figure(0.25)}}  # frame 1 has no restored twin here
+    lines = paper._equal_budget_reading({"identity": ident, "pose": {}, "people": {}, "location": {}})
+    (restore,) = [line for line in lines if line.startswith("Restoring")]
+    assert restore.endswith("frame 2 0.200 without, 0.350 with (above).")
+    trick = next(line for line in lines if line.startswith("The public-weights trick"))
+    assert "frame 2, noise restored: 0.400 -> 0.350 (keeps 87%), above the baseline itself" in trick
