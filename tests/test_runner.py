@@ -61,19 +61,23 @@ def test_ui_round_trip_is_the_same_prompt(pack_node_ids):
 
 
 def test_a_ui_graph_saved_before_an_optional_widget_existed_still_loads(pack_node_ids):
-    """The bundled InstantID UI workflow without its last (optional) widget value, as saved before crop_frame
-    existed: no problem reported, and the prompt omits the input (so the node's default applies); a missing
-    required widget is still a problem."""
+    """The bundled InstantID UI workflow without its last (optional) widget values, as saved before restore_noise
+    and crop_frame existed: no problem reported, and the prompt omits those inputs (so the node's defaults apply);
+    a missing required widget is still a problem."""
     info = workflow_format.object_info()
     ui = json.loads((REPO / "workflows" / "ui" / "instantid_two_people.json").read_text())
     loader = next(n for n in ui["nodes"] if n["type"] == "RealisIDInstantIDLoader")
-    assert len(loader["widgets_values"]) == 4 and workflow_format.check_ui_workflow(ui, info) == []
+    assert len(loader["widgets_values"]) == 5 and workflow_format.check_ui_workflow(ui, info) == []
+    loader["widgets_values"].pop()  # restore_noise
+    assert workflow_format.check_ui_workflow(ui, info) == []
+    inputs = workflow_format.ui_to_api(ui, info)[str(loader["id"])]["inputs"]
+    assert inputs["crop_frame"] == 2.0 and "restore_noise" not in inputs
     loader["widgets_values"].pop()  # crop_frame
     assert workflow_format.check_ui_workflow(ui, info) == []
     inputs = workflow_format.ui_to_api(ui, info)[str(loader["id"])]["inputs"]
     assert inputs["crop_size"] == 128 and "crop_frame" not in inputs
     loader["widgets_values"].pop()  # crop_size: required
-    assert any("2 widget values, the node has 4" in p for p in workflow_format.check_ui_workflow(ui, info))
+    assert any("2 widget values, the node has 5" in p for p in workflow_format.check_ui_workflow(ui, info))
 
 
 def saved_with_the_old_layout_size(ui: dict) -> tuple[dict, int]:
