@@ -131,7 +131,7 @@ def _restored(crops: torch.Tensor, prep: PreparedFaces, noise_std: torch.Tensor 
     k, b = prep.noise_deficit.shape[0], crops.shape[0] // prep.noise_deficit.shape[0]
     generator = torch.Generator().manual_seed(int(float(noise_std.max()) * 2**20) & 0x7FFFFFFF)
     fresh = torch.randn((k, *crops.shape[1:]), generator=generator, dtype=torch.float32)
-    fresh = (fresh.to(crops.device, prep.noise_deficit.dtype) * prep.noise_deficit)
+    fresh = fresh.to(crops.device, prep.noise_deficit.dtype) * prep.noise_deficit
     std = noise_std.to(fresh.dtype).reshape(-1, 1, 1, 1)
     if paired:
         return (crops + fresh * std).to(crops.dtype)
@@ -284,7 +284,8 @@ class RealisIDControl(comfy.controlnet.ControlBase):
         y = None if y is None else comfy.model_base.convert_tensor(y, dtype, x_noisy.device)
         timesteps = ms.timestep(t).to(dtype)
         # x_in is linear in x_noisy, so the noise of std t in x_noisy has std calculate_input(t, t) in x_in
-        noise_std = ms.calculate_input(t, t.reshape(-1, 1, 1, 1).float()).flatten()
+        noise_std = ms.calculate_input(t, t.reshape(-1, 1, 1, 1).float()).flatten() if restores_noise(self.model) \
+            else None
         chunk_flags = [self.identity_enabled and f for f in identity_flags(transformer_options, batched_number)]
         rows = [f for f in chunk_flags for _ in range(x_noisy.shape[0] // len(chunk_flags))]
         parts = []
@@ -298,13 +299,13 @@ class RealisIDControl(comfy.controlnet.ControlBase):
 
     def _residuals(self, x_noisy, inputs: tuple, dtype, identity: bool, index: list[int], rows: int) -> dict:
         """Residuals of the batch rows in `index`, all with or all without the identity; inputs: (x_in,
-        timesteps, y, noise_std), each per row (y may be None)."""
+        timesteps, y, noise_std), each per row (y and noise_std may be None)."""
         options = {k: v for k, v in self.options.items() if k not in PREPARED_OPTIONS}
         x_in, timesteps, y, noise_std = inputs
         if len(index) < rows:
             sel = torch.tensor(index, device=x_in.device)
             x_in, timesteps, y = x_in[sel], timesteps[sel], None if y is None else y[sel]
-            noise_std = noise_std[sel.to(noise_std.device)] if noise_std.shape[0] == rows else noise_std
+            noise_std = None if noise_std is None else noise_std[sel]
         return residuals_from_prepared(self.model, x_in, timesteps, self._prepare(x_noisy, dtype, identity), y,
                                        noise_std=noise_std, **options)
 

@@ -385,9 +385,10 @@ def crop_noise_deficit(placement: BoxPlacement) -> torch.Tensor:
 
     A crop cell is a linear combination sum_ij R_pi C_qj x_ij of latent cells, so i.i.d. noise of std s in the
     latent comes out with std s * sqrt(sum_i R_pi^2 * sum_j C_qj^2): up-sampling (a small face) averages
-    neighbours and lowers the noise level the branch sees. Adding independent noise of std s * deficit restores
-    it (deficit = sqrt(1 - that variance factor), 0 where the crop is no smoother than the latent); off the image
-    the crop reads nothing, so there the noise is all fresh.
+    neighbours, which lowers it, and the mean-preserving prefilter amplifies the grid's highest frequencies, which
+    raises it, so the level is uneven across the crop. Adding independent noise of std s * deficit restores it
+    where it dropped (deficit = sqrt(1 - that variance factor)); where it rose the deficit is 0 (fresh noise
+    cannot lower it); off the image the crop reads nothing, so there the noise is all fresh.
     """
     rows, cols = placement.crop
     factor = rows.double().pow(2).sum(-1)[:, :, None] * cols.double().pow(2).sum(-1)[:, None, :]

@@ -169,7 +169,8 @@ def test_fit_samples_the_held_out_faces_and_reads_them_back(models, held_out_cac
 
     import numpy as np
 
-    trainer.__dict__["_val_analyzer"] = Oracle()
+    items, space, _ = trainer._val_faces
+    trainer._val_faces = (items, space, Oracle())
     figures = trainer.validate_sampled(2)
     assert figures["sample_found"] == 1.0 and figures["sample_iou"] == pytest.approx(1.0, abs=1e-5)
     assert figures["sample_identity"] == pytest.approx(1.0, abs=1e-5) and Oracle.calls == 2

@@ -389,7 +389,8 @@ def instantid_config(cn_config: dict, proj_config: dict, crop_size: int, files: 
     unet_config = {k: v for k, v in cn_config.items() if k != "hint_channels"}
     return {"format": checkpoint_format.FORMAT, "version": checkpoint_format.VERSION, "kind": "instantid",
             "identity_space": IDENTITY_SPACE, "identity_input": "raw_arcface", "crop_size": int(crop_size),
-            "crop_frame": float(crop_frame), "restore_noise": bool(restore_noise), "hint": "kps5", "base_family": "sdxl", "projector": proj_config,
+            "crop_frame": float(crop_frame), "restore_noise": bool(restore_noise), "hint": "kps5",
+            "base_family": "sdxl", "projector": proj_config,
             "local": {"hint_channels": 3, "unet_config": branches.controlnet_config_from_unet(unet_config)},
             "global": None, "files": files}
 

@@ -39,7 +39,12 @@ KEY_LENGTH = 16
 
 
 def base_key(base_file: str | Path) -> str:
-    return file_sha256(base_file)[:KEY_LENGTH]
+    return key_of(file_sha256(base_file))
+
+
+def key_of(sha256: str) -> str:
+    """A store key from a file's SHA-256 (hex): its first KEY_LENGTH digits."""
+    return sha256[:KEY_LENGTH]
 
 
 def store_path(cache: str | Path, key: str) -> Path:

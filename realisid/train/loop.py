@@ -86,6 +86,7 @@ class Trainer:
         self.held_out = None if not cfg.val_cache else HeldOut(
             cfg.val_cache, cfg.crop_size * LATENT_DOWNSCALE, cfg.hint == "kps5", cfg.val_n, cfg.batch_size)
         self._check_spaces()
+        self._val_faces = self._sampled_validation_set() if cfg.val_sample_every else None
         self.model = self._build_model()
         self.forward_module = BranchForward(self.model, checkpointed=cfg.grad_checkpointing)
         optimizer = make_optimizer(cfg.optimizer, param_groups(self.model.nets, cfg.lrs(), cfg.weight_decay))
@@ -154,7 +155,7 @@ class Trainer:
         if self.cfg.identity_space == "clip" and self.accelerator.is_main_process:  # only the main process saves
             # the identity space depends on the exact encoder: users must load the same file at inference
             model.config["clip_vision"] = {"file": Path(self.cfg.clip_vision).name,
-                                           "sha256": file_sha256(self.cfg.clip_vision)}
+                                           "sha256": self._clip_vision_sha256}
         model.nets.to(self.accelerator.device).train()
         return model
 
@@ -232,7 +233,12 @@ class Trainer:
         cfg = self.cfg
         if cfg.identity_space != "clip" or not any((Path(c) / "identity").is_dir() for c in cfg.caches):
             return None
-        return latents.base_key(cfg.clip_vision)
+        return latents.key_of(self._clip_vision_sha256)
+
+    @functools.cached_property
+    def _clip_vision_sha256(self) -> str:
+        """Hashed once: recorded in the model's config and keying the identity store (ViT-H/14 is 2.5 GB)."""
+        return file_sha256(self.cfg.clip_vision)
 
     def _identity_source(self, batch: dict) -> torch.Tensor:
         if self.cfg.identity_space == "clip":
@@ -388,32 +394,35 @@ class Trainer:
                 f.write(json.dumps({"step": step, **figures}) + "\n")
         return figures
 
-    @functools.cached_property
-    def _val_analyzer(self):
+    def _sampled_validation_set(self) -> tuple[list[dict], str, object]:
+        """(held-out items, their embedding space, the backend that reads the samples back), checked at start-up
+        so a wrong --val-cache or --val-backend fails before training, not at its first validation."""
         from realisid.train.prepare import make_analyzer
 
-        return make_analyzer(self.cfg.val_backend, self.cfg.val_insightface_root, min_score=0.4)
+        held = self.held_out.dataset
+        count = min(self.cfg.val_sample_n, len(held))
+        items = [held[i] for i in range(count)]
+        spaces = {held.rows[i][1].get("space", "") for i in range(count)}
+        if len(spaces) != 1 or not all(len(it["embedding"]) for it in items):
+            raise ValueError(f"--val-cache {self.cfg.val_cache}: the sampled validation needs one embedding space "
+                             f"in its first {count} samples, found {sorted(spaces)}")
+        # lenient detection: a generated face counts when the backend sees it at all; the box match decides
+        analyzer = make_analyzer(self.cfg.val_backend, self.cfg.val_insightface_root, min_score=0.4)
+        return items, spaces.pop(), analyzer
 
     def validate_sampled(self, step: int) -> dict:
         """The first held-out faces sampled with the live (EMA) weights as inference samples them, read back by
         the validation backend (`sampled_faces_of`): TensorBoard `val/sample_*` and OUT/validation.jsonl. Main
         process only (sampling is not a collective)."""
-        held = self.held_out
-        count = min(self.cfg.val_sample_n, len(held.dataset))
-        items = [held.dataset[i] for i in range(count)]
-        spaces = {held.dataset.rows[i][1].get("space", "") for i in range(count)}
-        if len(spaces) != 1 or not all(len(it["embedding"]) for it in items):
-            raise ValueError(f"--val-cache {self.cfg.val_cache}: the sampled validation needs one embedding space "
-                             f"in its first {count} samples, found {sorted(spaces)}")
+        items, space, analyzer = self._val_faces
         try:
             images = self.sample_images(items=items)
+            rgb = (images.clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+            figures = sampled_faces_of(rgb, np.stack([it["box"].numpy() for it in items]),
+                                       np.stack([it["embedding"].numpy() for it in items]), space, analyzer).as_dict()
         except Exception:  # as previews: a validation must never end a training run
             log.exception("sampled validation at step %d failed", step)
             return {}
-        rgb = (images.clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
-        figures = sampled_faces_of(rgb, np.stack([it["box"].numpy() for it in items]),
-                                   np.stack([it["embedding"].numpy() for it in items]), spaces.pop(),
-                                   self._val_analyzer).as_dict()
         self.accelerator.log({f"val/{k}": v for k, v in figures.items() if k != "sample_n"}, step=step)
         log.info("step %d sampled held-out faces: found %.2f, IoU %.2f, identity cosine %.3f", step,
                  figures["sample_found"], figures["sample_iou"], figures["sample_identity"])
