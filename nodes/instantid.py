@@ -4,7 +4,7 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from realisid import conditioning, validation
+from realisid import checkpoint, conditioning, validation
 from realisid.checkpoint import RealisIDModel as RealisIDModelClass
 from realisid.faces import check_space
 from realisid.instantid import attention as instantid_attention
@@ -73,13 +73,15 @@ class InstantIDAttention(io.ComfyNode):
             node_id="RealisIDInstantIDAttention",
             display_name="RealisID InstantID Regional Attention",
             category=CATEGORY,
-            description="Adds InstantID's IP-Adapter identity to the MODEL's cross-attention, face i's identity "
-                        "acting only inside layout box i. Returns a patched copy; the input MODEL is unchanged.",
+            description="Adds IP-Adapter identity to the MODEL's cross-attention (InstantID's, or a RealisID model's "
+                        "trained with --ip-adapter), face i's identity acting only inside layout box i. Returns a "
+                        "patched copy; the input MODEL is unchanged.",
             inputs=[
-                io.Model.Input("model", tooltip="An SDXL MODEL (InstantID exists only for SDXL)."),
-                RealisIDModel.Input("instantid", tooltip="From RealisID InstantID Loader."),
-                Faces.Input("faces", tooltip="From RealisID Face Encoder with the insightface antelopev2 "
-                                             "analysis (ArcFace); face i goes to layout box i."),
+                io.Model.Input("model", tooltip="The base MODEL the IP-Adapter was trained on (InstantID: SDXL)."),
+                RealisIDModel.Input("instantid", tooltip="From RealisID InstantID Loader, or a RealisID model "
+                                                         "trained with an IP-Adapter (RealisID Model Loader)."),
+                Faces.Input("faces", tooltip="From RealisID Face Encoder with the analysis the model was trained "
+                                             "on (InstantID: insightface antelopev2); face i goes to layout box i."),
                 Layout.Input("layout", tooltip="Where each face goes (the same layout as the composite node)."),
                 io.Float.Input("weight", default=0.8, min=0.0, max=3.0, step=0.05,
                                tooltip="Strength of the identity tokens in the UNet's cross-attention "
@@ -104,11 +106,15 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
                                           (("weight", weight), ("start_percent", start_percent),
                                            ("end_percent", end_percent)))
     validation.percent_range("start_percent", start_percent, "end_percent", end_percent, allow_equal=True)
-    if not instantid.is_instantid(instantid_model):
-        raise validation.InputError(f"instantid must come from RealisID InstantID Loader, got "
-                                    f"{_what(instantid_model)} (it has no IP-Adapter weights)")
-    validation.of_type("model", model, comfy.model_patcher.ModelPatcher, "a checkpoint loader (an SDXL MODEL)")
-    instantid.check_base(instantid_model, model)
+    if getattr(instantid_model, "ip_adapter", None) is None:
+        raise validation.InputError(f"instantid must come from RealisID InstantID Loader or be a RealisID model "
+                                    f"trained with --ip-adapter, got {_what(instantid_model)} (it has no IP-Adapter "
+                                    f"weights)")
+    validation.of_type("model", model, comfy.model_patcher.ModelPatcher, "a checkpoint loader (a MODEL)")
+    if instantid.is_instantid(instantid_model):
+        instantid.check_base(instantid_model, model)
+    else:
+        checkpoint.check_base_compat(instantid_model, model)
     faces = validation.faces("faces", faces)
     checked_layout("layout", layout)
     if not faces or weight == 0.0:
@@ -116,7 +122,7 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
     if len(faces) != len(layout):
         raise LayoutError(f"{len(faces)} encoded face(s) but the layout places {len(layout)}: give one box per person")
     for face in faces:
-        check_space(face.space, instantid.IDENTITY_SPACE)
+        check_space(face.space, instantid_model.identity_space)
     tokens = conditioning.identity_tokens(instantid_model, faces)
     pairs = [(t, slot.square) for t, slot in zip(tokens, layout.slots, strict=True)]
     return instantid_attention.apply_regional_ip_adapter(model, instantid_model, pairs, weight, start_percent,
@@ -124,7 +130,8 @@ def apply_attention(model, instantid_model, faces, layout, weight, start_percent
 
 
 def _what(value) -> str:
-    return "a RealisID checkpoint" if isinstance(value, RealisIDModelClass) else f"a {type(value).__name__}"
+    return ("a RealisID checkpoint without an IP-Adapter" if isinstance(value, RealisIDModelClass)
+            else f"a {type(value).__name__}")
 
 
 NODES = [InstantIDLoader, InstantIDAttention]

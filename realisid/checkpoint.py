@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -24,6 +25,7 @@ from realisid.checkpoint_format import (
     parse_config,
     read_header,
 )
+from realisid.ip_adapter import IPAdapterKV
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,15 @@ COMPAT_KEYS = ("in_channels", "model_channels", "channel_mult", "num_res_blocks"
 
 
 class RealisIDNets(nn.Module):
-    """Container of the three networks; its state_dict keys are the file's keys (local., global., projector.)."""
+    """Container of the networks; its state_dict keys are the file's keys (local., global., projector., and
+    ip_adapter. for a model trained with identity tokens in the base's cross-attention)."""
 
-    def __init__(self, local_net, global_net, projector):
+    def __init__(self, local_net, global_net, projector, ip_adapter: IPAdapterKV | None = None):
         super().__init__()
         self.add_module("local", local_net)
         self.add_module("global", global_net)  # a keyword in Python, fine as a module name
         self.add_module("projector", projector)
+        self.add_module("ip_adapter", ip_adapter)
 
 
 def family_of(unet_config: dict) -> str:
@@ -66,6 +70,7 @@ class RealisIDModel:
     crop_size = property(lambda self: int(self.config["crop_size"]))
     base_family = property(lambda self: self.config["base_family"])
     global_hint = property(lambda self: checkpoint_format.global_hint_kind(self.config))
+    ip_adapter = property(lambda self: self.nets._modules["ip_adapter"])  # None unless trained with one
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -116,10 +121,13 @@ def build_realisid_model(unet_config: dict, base_state_dict: dict | None = None,
                          projector_config: dict | None = None, crop_size: int = DEFAULT_CROP_SIZE,
                          with_local: bool = True, with_global: bool = True, dtype: torch.dtype = torch.float32,
                          base_family: str | None = None, manual_cast_dtype: torch.dtype | None = None,
-                         init: bool = True, global_hint: str = "box_mask") -> RealisIDModel:
+                         init: bool = True, global_hint: str = "box_mask",
+                         ip_adapter_widths: list[int] | None = None) -> RealisIDModel:
     """A new RealisID model for a base UNet. With base_state_dict the branches start from the UNet encoder
     (ControlNet init); without it, random N(0, 0.02) with zero outputs. init=False leaves weights unset (loading).
-    global_hint: "box_mask" (RealisID) or "face_hint" (the face drawing on the whole image: InstantID-style)."""
+    global_hint: "box_mask" (RealisID) or "face_hint" (the face drawing on the whole image: InstantID-style).
+    ip_adapter_widths: the base's cross-attention widths (`ip_adapter.attn2_widths`) to add an IP-Adapter (zero;
+    `ip_adapter.init_from_unet` starts it from the base)."""
     if not (with_local or with_global):
         raise ValueError("a RealisID model needs at least one branch (with_local or with_global)")
     if global_hint not in GLOBAL_HINTS:
@@ -132,6 +140,8 @@ def build_realisid_model(unet_config: dict, base_state_dict: dict | None = None,
               "identity_space": identity_space, "crop_size": int(crop_size), "projector": proj_config,
               "local": {"hint_channels": LOCAL_HINT_CHANNELS, "unet_config": cn_config} if with_local else None,
               "global": _global_section(cn_config, global_hint) if with_global else None}
+    if ip_adapter_widths:
+        config["ip_adapter"] = {"widths": [int(w) for w in ip_adapter_widths]}
     return _model_from_config(config, dtype, manual_cast_dtype, base_state_dict, init)
 
 
@@ -161,7 +171,10 @@ def _init_branch(net, base_state_dict) -> None:
 def _build_nets(config, dtype, manual_cast_dtype) -> RealisIDNets:
     local_net = _build_branch(config["local"], dtype, manual_cast_dtype)
     global_net = _build_branch(config["global"], dtype, manual_cast_dtype)
-    return RealisIDNets(local_net, global_net, identity.build_projector(config["projector"]).to(dtype))
+    section = config.get("ip_adapter")
+    ip_adapter = None if not section else IPAdapterKV.for_widths(section["widths"], config["projector"]["output_dim"])
+    return RealisIDNets(local_net, global_net, identity.build_projector(config["projector"]).to(dtype),
+                        None if ip_adapter is None else ip_adapter.to(dtype))
 
 
 def _model_from_config(config, dtype, manual_cast_dtype, base_state_dict=None, init=True):
@@ -217,6 +230,9 @@ def load_realisid(path: str, dtype: torch.dtype | None = None, device=None) -> R
     model.nets.load_state_dict(state, strict=True)
     if device is not None:
         model.nets.to(device)
+    if model.ip_adapter is not None:  # the branches' conditioning does not apply it: the MODEL must be patched
+        log.info("%s was trained with an IP-Adapter (identity tokens in the base's cross-attention): apply it to "
+                 "the MODEL with RealisID InstantID Regional Attention, weight 1.0 as trained", os.path.basename(path))
     return model
 
 

@@ -4,8 +4,10 @@ File: ONE .safetensors. Tensors are prefixed `local.`, `global.`, `projector.`; 
 the JSON config: {"format": "realisid", "version": 1, "base_family", "identity_space", "crop_size", "projector",
 "local": {"hint_channels": 3, "unet_config": {...}} | null, "global": {"hint_channels": 1, "hint": "box_mask",
 "unet_config": {...}} | null} (the global hint: the box mask, RealisID's, or "face_hint": the face's landmark hint
-placed in its box on the whole image, 3 channels, the InstantID-style baseline's). Every check here runs on the
-header alone, before any tensor is read or any network built (`realisid.checkpoint` builds and loads).
+placed in its box on the whole image, 3 channels, the InstantID-style baseline's), and optionally "ip_adapter":
+{"widths": [...]} with tensors `ip_adapter.` (identity tokens in the base's cross-attention, `realisid.ip_adapter`).
+Every check here runs on the header alone, before any tensor is read or any network built (`realisid.checkpoint`
+builds and loads).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ EXPECTED_FILE = (f"a RealisID .safetensors written by `python -m realisid.train`
 # declaring more is corrupt or hostile, and the shape check must not build a network of that size first.
 UNET_BOUNDS = {"in_channels": 64, "model_channels": 4096, "context_dim": 16384, "adm_in_channels": 16384}
 MAX_LEVELS, MAX_MULT, MAX_RES_BLOCKS, MAX_DEPTH, MAX_CROP = 8, 16, 16, 64, 512
+MAX_ATTENTION_LAYERS = 1024  # an IP-Adapter's cross-attention layers (SDXL has 70)
 PROJECTOR_BOUNDS = {"dim": 8192, "depth": 64, "dim_head": 1024, "heads": 256, "num_queries": 1024,
                     "embedding_dim": 8192, "output_dim": 16384, "ff_mult": 16, "source_tokens": 4096}
 FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
@@ -117,6 +120,19 @@ def _check_config(path: str, config) -> None:
     unet_config = unet_configs.get("local") or unet_configs["global"]  # the crop is the local branch's input
     _check_projector(path, config["projector"], unet_config)
     _check_crop_size(path, config["crop_size"], unet_config)
+    _check_ip_adapter(path, config.get("ip_adapter"))
+
+
+def _check_ip_adapter(path: str, section) -> None:
+    """Optional: {"widths": [...]}, the base's cross-attention widths in processor order (`realisid.ip_adapter`)."""
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        fail(path, f"config 'ip_adapter' is a {type(section).__name__}, expected {{'widths': [...]}} or null")
+    widths = section.get("widths")
+    if isinstance(widths, list) and len(widths) > MAX_ATTENTION_LAYERS:
+        fail(path, f"config ip_adapter.widths lists {len(widths)} layers, more than {MAX_ATTENTION_LAYERS}")
+    _check_int_list(path, "ip_adapter.widths", widths, 1, UNET_BOUNDS["model_channels"] * MAX_MULT)
 
 
 def _check_int(path: str, where: str, value, low: int, high: int) -> int:

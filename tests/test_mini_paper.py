@@ -2,7 +2,9 @@
 and its figures agree with a direct computation on the same images (the full protocol: `python -m realisid.mini
 paper`, docs/results-mini.md)."""
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -213,3 +215,79 @@ def test_the_reading_compares_each_frame_with_and_without_the_restored_noise():
     assert restore.endswith("frame 2 0.200 without, 0.350 with (above).")
     trick = next(line for line in lines if line.startswith("The public-weights trick"))
     assert "frame 2, noise restored: 0.400 -> 0.350 (keeps 87%), above the baseline itself" in trick
+
+
+def test_workers_give_the_rows_and_examples_of_one_process(slice_run, tmp_path):
+    """`--workers`: the same cases split between spawned processes come back as one process gives them, in plan
+    order (same torch threads as this process, so the same arithmetic)."""
+    import folder_paths
+
+    cases, rows, examples, _, _ = slice_run
+    setup = paper.WorkerSetup(os.path.dirname(folder_paths.__file__), (), str(tmp_path), torch.get_num_threads())
+    shares = paper.split_cases(cases, 2)
+    assert [len(s) for s in shares] == [3, 2] and sorted(sum(shares, [])) == list(range(len(cases)))
+    found: dict = {}
+    parallel = paper.run_in_workers(cases, setup, 2, steps=4, examples=found)
+    as_text = [json.dumps(r, sort_keys=True, default=str) for r in rows]  # NaN equals NaN in text only
+    assert [json.dumps(r, sort_keys=True, default=str) for r in parallel] == as_text
+    assert found.keys() == examples.keys()
+    for key, example in examples.items():
+        assert np.array_equal(found[key]["image"], example["image"]), key
+
+
+def test_an_ip_adapter_variant_routes_the_guiders_model_through_the_regional_attention():
+    from realisid.mini import behaviour
+    from realisid.mini.identity import random_identity
+
+    rng = np.random.default_rng(0)
+    people = (behaviour._single(random_identity(rng, "held_out"), 0.25, rng),)
+    case = behaviour.Case("identity 1/4", "full", people, "a person", 3, False)
+    plain = behaviour.case_prompt(case, ["ref.png"], model_name="variant.safetensors")
+    with_ip = behaviour.case_prompt(case, ["ref.png"], model_name="variant.safetensors", ip_weight=0.75)
+    added = set(with_ip) - set(plain)
+    assert len(added) == 1
+    node = with_ip[added.pop()]
+    composite = next(n for n in plain.values() if n["class_type"] == "RealisIDMultiFaceComposite")["inputs"]
+    guider = next(n for n in with_ip.values() if n["class_type"] == "RealisIDGuider")["inputs"]
+    plain_guider = next(n for n in plain.values() if n["class_type"] == "RealisIDGuider")["inputs"]
+    assert node["class_type"] == "RealisIDInstantIDAttention"
+    assert node["inputs"]["model"] == plain_guider["model"] and node["inputs"]["weight"] == 0.75
+    assert [node["inputs"][k] for k in ("instantid", "faces", "layout")] == [
+        composite["realisid_model"], composite["faces"], composite["layout"]]
+    assert guider["model"] == [next(k for k in with_ip if k not in plain), 0]
+    assert {k: v for k, v in with_ip.items() if k in plain and v["class_type"] != "RealisIDGuider"} == {
+        k: v for k, v in plain.items() if v["class_type"] != "RealisIDGuider"}
+
+
+@pytest.fixture
+def variants_listed():
+    """The committed variants folder listed by the RealisID loader for one test (as `paper` lists it)."""
+    import folder_paths
+
+    paths = folder_paths.folder_names_and_paths["realisid"][0]
+    before = list(paths)
+    folder_paths.add_model_folder_path("realisid", str(files.VARIANTS_DIR))
+    try:
+        yield
+    finally:
+        paths[:] = before
+
+
+def test_the_committed_ip_adapter_variant_acts_through_the_nodes_and_leaves_the_base_alone(slice_run,
+                                                                                           variants_listed):
+    """The InstantID-style + IP-Adapter variant: its IP-Adapter changes the image (a MODEL clone carries it), and a
+    run without it afterwards gives the image of a run without it before (the base MODEL was not patched)."""
+    from realisid.mini import behaviour
+
+    name = files.variant_file("instantid_style_ip")
+    assert (files.VARIANTS_DIR / name).is_file()
+    case = slice_run[0][0].case
+    references = behaviour.references_for(case)
+    staged = [behaviour.stage_image(r.image) for r in references]
+
+    def image(ip_weight):
+        return behaviour.generate(behaviour.case_prompt(case, staged, model_name=name, steps=4, ip_weight=ip_weight))
+
+    before, with_ip, after = image(None), image(1.0), image(None)
+    assert np.array_equal(before, after)
+    assert np.abs(with_ip.astype(int) - before.astype(int)).max() > 8

@@ -179,3 +179,56 @@ def test_fit_samples_the_held_out_faces_and_reads_them_back(models, held_out_cac
 def test_sampled_validation_settings_are_checked(models, tmp_path):
     with pytest.raises(ValueError, match="--val-sample-every needs --val-cache"):
         train_synthetic.train_config(models[0], tmp_path, val_sample_every=5).validate()
+
+
+def test_a_held_out_set_mixing_embedding_spaces_is_refused_at_start_up(models, held_out_cache, tmp_path):
+    """The sampled validation compares embeddings of one space: a held-out cache whose first samples mix two
+    spaces stops the run before its first step, naming --val-cache."""
+    import json
+    import shutil
+
+    mixed = tmp_path / "mixed_cache"
+    shutil.copytree(held_out_cache, mixed)
+    rows = [json.loads(x) for x in (mixed / "manifest.jsonl").read_text().splitlines()]
+    rows[1]["space"] = "another-space-64"
+    (mixed / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = train_synthetic.train_config(models[0], tmp_path / "out", val_cache=[str(mixed)], val_sample_every=2,
+                                       val_sample_n=2, val_backend="embedded", steps=2, identity_space="embedding")
+    with pytest.raises(ValueError, match=r"--val-cache .*mixed_cache.*needs one embedding space in its first 2 "
+                                         r"samples, found \['another-space-64', "):
+        Trainer(cfg)
+
+
+def test_a_failing_sampled_validation_is_logged_and_the_run_goes_on(models, held_out_cache, tmp_path, caplog):
+    env = models[0]
+    kw = dict(steps=2, identity_space="embedding", batch_size=2, lr=1e-2)
+    plain = Trainer(train_synthetic.train_config(env, tmp_path / "plain", **kw)).fit()
+    cfg = train_synthetic.train_config(env, tmp_path / "val", val_cache=[str(held_out_cache)], val_sample_every=1,
+                                       val_sample_n=2, val_backend="embedded", sample_steps=2, **kw)
+    trainer = Trainer(cfg)
+
+    class Broken:
+        def analyze(self, image):
+            raise RuntimeError("backend crashed")
+
+    items, space, _ = trainer._val_faces
+    trainer._val_faces = (items, space, Broken())
+    with caplog.at_level("ERROR", logger="realisid.train.loop"):
+        assert trainer.fit() == plain  # both steps ran, with the same losses
+    failures = [r for r in caplog.records if "sampled validation at step" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == ["sampled validation at step 1 failed",
+                                                  "sampled validation at step 2 failed"]
+    assert not (tmp_path / "val" / "validation.jsonl").exists()
+
+
+def test_a_validation_backend_that_cannot_load_stops_the_run_at_start_up(models, held_out_cache, tmp_path):
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    cfg = train_synthetic.train_config(models[0], tmp_path / "out", val_cache=[str(held_out_cache)],
+                                       val_sample_every=2, val_sample_n=2, val_backend="insightface",
+                                       val_insightface_root=str(empty), steps=2, identity_space="embedding")
+    from realisid.faces import FaceModelsMissingError
+
+    with pytest.raises(FaceModelsMissingError, match=rf"'antelopev2' not found: folder {empty}/models/antelopev2/"):
+        Trainer(cfg)
+    assert not (tmp_path / "out" / "state").exists()  # nothing trained

@@ -1,4 +1,5 @@
-"""InstantID's IP-Adapter identity in the base UNet's cross-attention, restricted per face to its box.
+"""IP-Adapter identity in the base UNet's cross-attention, restricted per face to its box: InstantID's weights, or
+a RealisID model's own (`realisid.ip_adapter`; trained through `PairedIPAttention`, the same masked attention).
 
 For every cross-attention (attn2) of the base UNet, the output before `to_out` becomes
 
@@ -30,21 +31,13 @@ import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from realisid import geometry
+from realisid.ip_adapter import attn2_modules
 from realisid.null_identity import identity_flags
 
 
 def attn2_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
     """[((block_name, id, index), width)] of every cross-attention, in diffusers' processor order."""
-    found = []
-    groups = [("input", diffusion_model.input_blocks), ("output", diffusion_model.output_blocks),
-              ("middle", [diffusion_model.middle_block])]
-    for name, blocks in groups:
-        for block_id, block in enumerate(blocks):
-            for module in block:
-                for index, tb in enumerate(getattr(module, "transformer_blocks", [])):
-                    if getattr(tb, "attn2", None) is not None:
-                        found.append(((name, block_id, index), tb.attn2.to_k.out_features))
-    return found
+    return [(key, attn2.to_k.out_features) for key, attn2 in attn2_modules(diffusion_model)]
 
 
 def pair_blocks(diffusion_model, ip_adapter) -> list[tuple[tuple[str, int, int], int]]:
@@ -52,14 +45,14 @@ def pair_blocks(diffusion_model, ip_adapter) -> list[tuple[tuple[str, int, int],
     blocks = attn2_blocks(diffusion_model)
     indices = ip_adapter.indices
     if len(blocks) != len(indices):
-        raise ValueError(f"the MODEL's UNet has {len(blocks)} cross-attention layers but InstantID's IP-Adapter has "
-                         f"{len(indices)}: InstantID needs the SDXL base it was trained for (SDXL 1.0 family).")
+        raise ValueError(f"the MODEL's UNet has {len(blocks)} cross-attention layers but the IP-Adapter has "
+                         f"{len(indices)}: an IP-Adapter needs the base it was trained for (InstantID's: SDXL 1.0).")
     pairs = []
     for (key, width), index in zip(blocks, indices, strict=True):
         layer = ip_adapter.to_k[str(index)]
         if layer.out_features != width:
             raise ValueError(f"IP-Adapter layer {index} is {layer.out_features} wide but the MODEL's cross-attention "
-                             f"{key} is {width} wide: this base UNet is not the one InstantID was trained on.")
+                             f"{key} is {width} wide: this base UNet is not the one the IP-Adapter was trained on.")
         pairs.append((key, index))
     return pairs
 
@@ -71,6 +64,37 @@ def feature_level(tokens: int, original_shape, levels) -> geometry.Level:
         if level.size(h) * level.size(w) == tokens:
             return level
     raise ValueError(f"cannot place {tokens} attention tokens on a {h}x{w} latent")
+
+
+def box_token_masks(boxes: torch.Tensor, tokens: int, latent_hw, levels) -> torch.Tensor:
+    """(K, T, 1) float64: each box's (latent units) coverage of the cells of the block whose feature map has T
+    tokens (where the UNet's own down-sampling puts them), exactly 0 outside the box."""
+    level = feature_level(tokens, latent_hw, levels)
+    mask = geometry.level_box_mask(boxes, latent_hw, level)  # (K, 1, h, w)
+    return mask.reshape(mask.shape[0], -1, 1)
+
+
+def block_attention(q, k, v, extra_options) -> torch.Tensor:
+    """attn(q, k, v) with the block's heads and attention precision (the text's and the identity's alike)."""
+    return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                               attn_precision=extra_options.get("attn_precision"))
+
+
+class PairedIPAttention:
+    """Training's attn2 replacement (`realisid.train.step`): one face per batch row, row b's identity tokens acting
+    inside row b's box, the same masked attention as `RegionalIPAttention` with K = 1 face per row (the trainer
+    draws one person per sample, so there is no overlap to average). k, v: (B, N, inner), already the null
+    tokens' on rows whose identity was dropped; boxes: (B, 4) latent units."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, boxes: torch.Tensor, levels, weight: float = 1.0):
+        self.k, self.v, self.boxes, self.levels, self.weight = k, v, boxes, levels, float(weight)
+
+    def __call__(self, q, k, v, extra_options):
+        out = block_attention(q, k, v, extra_options)
+        hw = tuple(int(s) for s in extra_options["original_shape"][-2:])
+        mask = box_token_masks(self.boxes, q.shape[1], hw, self.levels).to(q.device, q.dtype)  # (B, T, 1)
+        ip = block_attention(q, self.k.to(q.dtype), self.v.to(q.dtype), extra_options)
+        return out + ip * mask * self.weight
 
 
 class RegionalIPAttention:
@@ -116,13 +140,11 @@ class RegionalIPAttention:
         hw = tuple(int(v) for v in extra_options["original_shape"][-2:])
         key = (tokens, hw, device, dtype)
         if key not in self._masks:
-            level = feature_level(tokens, hw, self.levels)
-            boxes = self._latent_boxes(hw)
-            mask = geometry.level_box_mask(boxes, hw, level)  # (K, 1, h, w), 0 outside each box
-            norm = geometry.overlap_norm(mask)
+            mask = box_token_masks(self._latent_boxes(hw), tokens, hw, self.levels)  # (K, T, 1), 0 outside
+            norm = geometry.overlap_norm(mask[..., 0][:, None])  # over (K, 1, T): where boxes overlap
             if norm is not None:
-                mask = mask * norm
-            self._masks[key] = mask.reshape(mask.shape[0], -1, 1).to(device, dtype)
+                mask = mask * norm.reshape(1, -1, 1)
+            self._masks[key] = mask.to(device, dtype)
         return self._masks[key]
 
     def _latent_boxes(self, hw) -> torch.Tensor:
@@ -159,11 +181,10 @@ class RegionalIPAttention:
         return self._rows[key]
 
     def __call__(self, q, k, v, extra_options):
-        heads = extra_options["n_heads"]
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+            out = block_attention(q, k, v, extra_options)
         if self.weight == 0.0 or not self._active(extra_options):
             return out
         return out + self.ip_term(q, extra_options)
@@ -172,7 +193,6 @@ class RegionalIPAttention:
         """weight * sum_i m_i * attn(q, k_i, v_i) for the faces (or the null tokens, per row)."""
         b, t, _ = q.shape
         n_faces = self.k_faces.shape[0]
-        heads = extra_options["n_heads"]
         use_id = self._identity_rows(b, extra_options, q.device)
         k_faces, v_faces, k_null, v_null = self._device_kv(q.device, q.dtype)
         k_null, v_null = k_null.expand_as(k_faces), v_null.expand_as(v_faces)
@@ -180,16 +200,15 @@ class RegionalIPAttention:
         k_rows = torch.where(sel, k_faces[:, None], k_null[:, None]).flatten(0, 1)  # (K*B, N, inner)
         v_rows = torch.where(sel, v_faces[:, None], v_null[:, None]).flatten(0, 1)
         q_rows = q.repeat(n_faces, 1, 1)  # face-major, like k_rows
-        ip = comfy_attention.optimized_attention(q_rows, k_rows, v_rows, heads,
-                                                 attn_precision=extra_options.get("attn_precision"))
+        ip = block_attention(q_rows, k_rows, v_rows, extra_options)
         mask = self._mask(t, extra_options, q.device, q.dtype)  # (K, T, 1)
         return (ip.reshape(n_faces, b, t, -1) * mask[:, None]).sum(dim=0) * self.weight
 
 
 def _project_kv(ip_adapter, index: int, tokens: torch.Tensor):
+    """CPU float32 K/V masters (the layers may rest in fp16 wherever the memory manager left them)."""
     with torch.no_grad():
-        tokens = tokens.float().cpu()
-        return ip_adapter.to_k[str(index)](tokens), ip_adapter.to_v[str(index)](tokens)
+        return tuple(t.float().cpu() for t in ip_adapter.project(index, tokens))
 
 
 def apply_regional_ip_adapter(model_patcher, instantid_model, faces, weight: float = 0.8,

@@ -25,9 +25,9 @@ import comfy.model_management as mm
 import comfy.utils
 import safetensors.torch
 import torch
-from torch import nn
 
 from realisid import branches, checkpoint, checkpoint_format, geometry, identity, validation
+from realisid.ip_adapter import IPAdapterKV
 
 log = logging.getLogger(__name__)
 
@@ -251,36 +251,30 @@ def load_identitynet(path: str, dtype: torch.dtype | None = None):
 
 
 # --------------------------------------------------------------------------------------------- IP-Adapter --------
-class IPAdapterKV(nn.Module):
-    """InstantID's per-cross-attention key/value projections of the identity tokens (no bias).
-
-    `to_k[str(i)]` / `to_v[str(i)]` for diffusers attention-processor index i (odd: the attn2 processors).
-    """
-
-    def __init__(self, weights: dict[str, torch.Tensor], name: str = "ip_adapter"):
-        super().__init__()
-        self.to_k = nn.ModuleDict()
-        self.to_v = nn.ModuleDict()
+def ip_adapter_from_weights(weights: dict[str, torch.Tensor], name: str = "ip_adapter") -> IPAdapterKV:
+    """InstantID's `<i>.to_k_ip.weight` / `<i>.to_v_ip.weight` tensors (diffusers processor index i, odd: the attn2
+    processors) as the pack's IPAdapterKV, every key and shape checked first."""
+    shapes: dict[str, dict[str, tuple[int, int]]] = {"k": {}, "v": {}}
+    for key, value in weights.items():
+        index, kind = _ip_key(key, name)
+        if value.ndim != 2:
+            raise InstantIDFileError(f"{name}: ip_adapter weight {key!r} has shape {list(value.shape)}, expected a "
+                                     f"2-d (width, context) matrix. Expected {EXPECTED_IP_ADAPTER}")
+        shapes[kind][index] = tuple(value.shape)
+    if set(shapes["k"]) != set(shapes["v"]):
+        raise InstantIDFileError(f"{name}: ip_adapter to_k_ip and to_v_ip indices differ "
+                                 f"({sorted(set(shapes['k']) ^ set(shapes['v']), key=int)[:5]})")
+    contexts = {shape[1] for table in shapes.values() for shape in table.values()}
+    if len(contexts) != 1 or any(shapes["k"][i] != shapes["v"][i] for i in shapes["k"]):
+        raise InstantIDFileError(f"{name}: ip_adapter projections differ in shape (context widths {sorted(contexts)}); "
+                                 f"every to_k_ip / to_v_ip pair must map one context width. Expected "
+                                 f"{EXPECTED_IP_ADAPTER}")
+    ip_adapter = IPAdapterKV({int(i): shape[0] for i, shape in shapes["k"].items()}, contexts.pop())
+    with torch.no_grad():
         for key, value in weights.items():
             index, kind = _ip_key(key, name)
-            if value.ndim != 2:
-                raise InstantIDFileError(f"{name}: ip_adapter weight {key!r} has shape {list(value.shape)}, expected a "
-                                         f"2-d (width, context) matrix. Expected {EXPECTED_IP_ADAPTER}")
-            linear = nn.Linear(value.shape[1], value.shape[0], bias=False)
-            with torch.no_grad():
-                linear.weight.copy_(value.float())
-            (self.to_k if kind == "k" else self.to_v)[index] = linear
-        if set(self.to_k) != set(self.to_v):
-            raise InstantIDFileError(f"{name}: ip_adapter to_k_ip and to_v_ip indices differ "
-                                     f"({sorted(set(self.to_k) ^ set(self.to_v), key=int)[:5]})")
-
-    @property
-    def indices(self) -> list[int]:
-        """Processor indices in diffusers order (1, 3, 5, ...)."""
-        return sorted(int(i) for i in self.to_k)
-
-    def context_dim(self) -> int:
-        return next(iter(self.to_k.values())).in_features
+            (ip_adapter.to_k if kind == "k" else ip_adapter.to_v)[index].weight.copy_(value.float())
+    return ip_adapter
 
 
 _IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
@@ -371,7 +365,12 @@ class InstantIDModel(checkpoint.RealisIDModel):
 
     def __init__(self, config, nets, ip_adapter: IPAdapterKV, **kwargs):
         super().__init__(config, nets, **kwargs)
-        self.ip_adapter = ip_adapter
+        self._ip_adapter = ip_adapter
+
+    @property
+    def ip_adapter(self) -> IPAdapterKV:
+        """InstantID's, kept out of `nets` (its file is separate from IdentityNet's)."""
+        return self._ip_adapter
 
     def project(self, identity_source: torch.Tensor) -> torch.Tensor:
         norms = identity_source.float().norm(dim=-1, keepdim=True)
@@ -409,7 +408,7 @@ def load_instantid(control_net_path: str, ip_adapter_path: str, crop_size: int =
     image_proj, ip_weights = read_ip_adapter_file(ip_adapter_path)
     ip_name = os.path.basename(ip_adapter_path)
     projector, proj_config = load_projector(image_proj, ip_name)
-    ip_adapter = IPAdapterKV(ip_weights, ip_name)
+    ip_adapter = ip_adapter_from_weights(ip_weights, ip_name)
     net, _, manual_cast, cn_config = load_identitynet(control_net_path, dtype)
     cn_name = os.path.basename(control_net_path)
     if cn_config["context_dim"] != proj_config["output_dim"] or ip_adapter.context_dim() != proj_config["output_dim"]:

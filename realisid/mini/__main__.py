@@ -4,4 +4,5 @@ import sys
 
 from realisid.mini.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned worker processes (`paper --workers`) import this module again
+    sys.exit(main())

@@ -185,10 +185,11 @@ def stage_image(image: np.ndarray, prefix: str = "realisid_mini_eval") -> str:
 
 def case_prompt(case: Case, reference_names: Sequence[str], driver_name: str | None = None,
                 model_name: str | None = None, ckpt_name: str | None = None, steps: int | None = None,
-                guidance: dict | None = None) -> dict:
+                guidance: dict | None = None, ip_weight: float | None = None) -> dict:
     """The case's API prompt: the bundled Mini graph with its references, boxes, caption, seed and variant, and
     without the preview nodes (only the generated image is saved). guidance: RealisID Guider inputs to override
-    (text_scale, id_scale, id_delay), for sweeps of the sampling settings."""
+    (text_scale, id_scale, id_delay), for sweeps of the sampling settings. ip_weight: the RealisID model's own
+    IP-Adapter applied to the base at that weight (RealisID InstantID Regional Attention before the Guider)."""
     build = _workflow_builder()
     prompt = build.mini_workflow(case.caption, [(p.x, p.y, p.size) for p in case.people], list(reference_names),
                                  drive_first=case.driven)
@@ -213,7 +214,22 @@ def case_prompt(case: Case, reference_names: Sequence[str], driver_name: str | N
             if unknown:
                 raise ValueError(f"guidance: {sorted(unknown)} are not RealisID Guider inputs ({sorted(inputs)})")
             inputs.update(guidance)
+    if ip_weight is not None:
+        _add_ip_attention(prompt, ip_weight)
     return prompt
+
+
+def _add_ip_attention(prompt: dict, weight: float) -> None:
+    """Route the Guider's MODEL through RealisID InstantID Regional Attention fed by the composite's RealisID
+    model, faces and layout (a model trained with --ip-adapter)."""
+    composite = next(n for n in prompt.values() if n["class_type"] == "RealisIDMultiFaceComposite")["inputs"]
+    guider = next(n for n in prompt.values() if n["class_type"] == "RealisIDGuider")["inputs"]
+    node_id = str(max(int(k) for k in prompt) + 1)
+    prompt[node_id] = {"class_type": "RealisIDInstantIDAttention", "_meta": {"title": "IP-Adapter attention"},
+                       "inputs": {"model": guider["model"], "instantid": composite["realisid_model"],
+                                  "faces": composite["faces"], "layout": composite["layout"], "weight": float(weight),
+                                  "start_percent": 0.0, "end_percent": 1.0}}
+    guider["model"] = [node_id, 0]
 
 
 def generate(prompt: dict) -> np.ndarray:

@@ -110,13 +110,14 @@ python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --imag
 # models/mini/variants/ (read by `paper` only); RealisID itself at that budget is stage 1's file
 git show 1a806a3:models/mini/realisid/realisid_mini.safetensors > models/mini/variants/realisid_mini_full_1765.safetensors
 for v in "instantid_style:--branches global --global-hint face_hint --hint kps5" "kps5:--hint kps5" \\
-         "local_only:--branches local" "global_only:--branches global"; do
+         "local_only:--branches local" "global_only:--branches global" \\
+         "instantid_style_ip:--branches global --global-hint face_hint --hint kps5 --ip-adapter"; do
   OMP_NUM_THREADS=2 python -m realisid.train fit --base models/mini/checkpoints/realisid_mini_base.safetensors \\
     --cache $W/cache_other_0 $W/cache_other_1 --out $W/fitv_${v%%:*} --identity-space embedding --crop-size 16 \\
     --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \\
     --cache-latents --seed 0 ${v#*:}
   python -m realisid.mini export realisid --work $W/fitv_${v%%:*} --variant ${v%%:*}; done
-python -m realisid.mini paper --n 8  # docs/results-mini.md: the paper's claims per variant (issue 14)
+python -m realisid.mini paper --n 8 --workers 2  # docs/results-mini.md: the paper's claims per variant (issue 14)
 """
 
 
@@ -189,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--people", nargs="*", type=int, default=None, choices=(1, 2, 3),
                        help="people cells (default: 1, 2 and 3; none with an empty list)")
     paper.add_argument("--steps", type=int, default=None, help="sampling steps (default: the workflows' 20)")
+    paper.add_argument("--workers", type=int, default=1,
+                       help="spawned processes sharing the cases, one torch thread each (2 on a 2-core CPU: the "
+                            "Mini networks are too small for threads to help); 1 runs in this process")
     paper.add_argument("--no-trained", dest="trained", action="store_false",
                        help="leave out the committed variants of models/mini/variants/ and the baseline's local twins")
     use = sub.add_parser("identity-use", help="face-box loss of held-out faces with their own identity vs another's "
@@ -278,14 +282,17 @@ def _paper(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
         folder_paths.set_input_directory(f"{scratch}/input")
         folder_paths.set_output_directory(f"{scratch}/output")
-        trained = ()
+        trained, folders = (), ()
         if args.trained:  # the committed variants and the baseline's local twins (users' loaders never list them)
             twins = Path(scratch) / "twins"
             twins.mkdir()
-            folder_paths.add_model_folder_path("realisid", str(files.VARIANTS_DIR))
-            folder_paths.add_model_folder_path("realisid", str(twins))
+            folders = (str(files.VARIANTS_DIR), str(twins))
+            for folder in folders:
+                folder_paths.add_model_folder_path("realisid", folder)
             trained = paper.committed_variants() + paper.twin_variants(twins)
-        summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps, trained)
+        setup = paper.WorkerSetup(args.comfyui, folders, scratch)
+        summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps, trained,
+                                args.workers, setup)
     seconds = time.perf_counter() - start
     if args.doc:
         command = "python -m realisid.mini paper " + shlex.join(
@@ -293,9 +300,10 @@ def _paper(args) -> None:
             + (["--sides", *args.sides] if args.sides else []) + (["--people", *map(str, people)] if args.people
                                                                    is not None else [])
             + (["--extra", *args.extra] if args.extra else []) + (["--steps", str(args.steps)] if args.steps else [])
-            + ([] if args.trained else ["--no-trained"]))
+            + ([] if args.trained else ["--no-trained"]) + (["--workers", str(args.workers)] if args.workers > 1
+                                                              else []))
         figures = os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.doc)) or ".")
-        paper.write_doc(summary, args.doc, figures, command, args.seed, args.n, seconds)
+        paper.write_doc(summary, args.doc, figures, command, args.seed, args.n, seconds, args.workers)
         log.info("report written to %s", args.doc)
     log.info("figures in %s (%.1f min)", args.out, seconds / 60)
 

@@ -16,10 +16,11 @@ interval in every cell:
 
 Variants: the shipped model and its inference ablations (`behaviour.VARIANTS`: a branch switched off at
 sampling, the text-only base); the committed trained variants of `models/mini/variants/` (`TRAINED`: stage 1's
-command, 1,765 steps, seed 0, the same cache, with one change each: RealisID itself, an InstantID-style baseline,
-5 keypoints instead of 68 landmarks, one branch alone); the InstantID-style baseline run as RealisID's local
+command, 1,765 steps, seed 0, the same cache, with one change each: RealisID itself, an InstantID-style baseline
+with and without identity tokens in the base's cross-attention (InstantID's IP-Adapter), 5 keypoints instead of 68
+landmarks, one branch alone); the InstantID-style baseline run as RealisID's local
 branch (crop, up-sample, relocate) at each of `TWINS` (crop frame, noise restored or not: the public-weights trick,
-`local_twin`; identity cells only); and any
+`local_twin`; identity at 1/4 and 1/7 only); and any
 file named on the command line (`--extra NAME=FILE`). Every variant sees the same identities, boxes, captions,
 references, drivers and seeds, case by case. Scoring reuses `behaviour` (the same nodes, detector, matching and
 judge as the issue-13 tests).
@@ -31,6 +32,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class Variant:
     strengths: str  # a key of behaviour.VARIANTS (the Multi-Face Composite's two strengths)
     model: str | None = None  # a RealisID file name the loader lists; None = the shipped RealisID-Mini
     cells: tuple[str, ...] | None = None  # the cell-name prefixes it runs in (None: every cell it qualifies for)
+    ip_weight: float | None = None  # its file's IP-Adapter applied to the base at this weight (None: not applied)
 
     def runs_in(self, cell: str) -> bool:
         return self.cells is None or cell.startswith(self.cells)
@@ -72,11 +75,15 @@ TRAINED = {  # file key in models/mini/variants/ -> row name (`python -m realisi
     "kps5": f"RealisID with 5 keypoints, {EQUAL_BUDGET}",
     "local_only": f"local branch trained alone, {EQUAL_BUDGET}",
     "global_only": f"global branch trained alone, {EQUAL_BUDGET}",
+    "instantid_style_ip": f"InstantID-style + IP-Adapter, {EQUAL_BUDGET}",
 }
+IP_WEIGHTS = {"instantid_style_ip": 1.0}  # trained variants with an IP-Adapter: the weight it was trained at
 # the baseline run as the local branch: (crop side / face side, restore the crop's noise level); frame 1: the face
 # fills the crop, the most up-sampling, so the most noise lost (`geometry.crop_noise_deficit`)
 TWINS = ((1.0, False), (2.0, False), (3.0, False), (1.0, True), (2.0, True))
-TWIN_CELLS = ("identity",)  # the trick is about identity on small faces; its other cells would cost 3 min a twin
+# the trick is about identity on small faces against large ones: a large and a small side (three more sides and the
+# other cells would cost the harness 10 min more for five twins)
+TWIN_CELLS = ("identity 1/4", "identity 1/7")
 
 
 def twin_name(frame: float, restore_noise: bool = False) -> str:
@@ -105,8 +112,8 @@ def committed_variants() -> tuple[Variant, ...]:
     """The trained variants whose files are in models/mini/variants/ (full strengths, their own file)."""
     from realisid.mini import files
 
-    return tuple(Variant(name, "full", files.variant_file(key)) for key, name in TRAINED.items()
-                 if (files.VARIANTS_DIR / files.variant_file(key)).is_file())
+    return tuple(Variant(name, "full", files.variant_file(key), ip_weight=IP_WEIGHTS.get(key))
+                 for key, name in TRAINED.items() if (files.VARIANTS_DIR / files.variant_file(key)).is_file())
 
 
 def local_twin(source: str | Path, out: str | Path, frame: float, restore_noise: bool = False) -> None:
@@ -235,28 +242,112 @@ class _Truths:
 
 def run(cases: Sequence[PaperCase], analyzer, judge, steps: int | None = None,
         examples: dict | None = None) -> list[dict]:
-    """Generate and score every case; one row per requested face (plus one ground-truth row per face and case).
-    examples: filled with {(cell, variant name): image} for the first case of each cell."""
+    """Generate and score every case; one row per requested face (plus one ground-truth row per face and case),
+    each tagged with its case's position in `cases` ("case"). examples: filled with {(cell, variant name): image}
+    for the first case of each cell."""
     truths, rows, done_truth = _Truths(analyzer, judge), [], set()
-    for pc in tqdm(cases, desc="mini paper", unit="image"):
+    for position, pc in enumerate(tqdm(cases, desc="mini paper", unit="image")):
         case = pc.case
         references = behaviour.references_for(case)
         driver = behaviour.driver_for(case, references[0]) if case.driven else None
         truth = truths.get(pc, references, driver)
         prompt = behaviour.case_prompt(case, [behaviour.stage_image(r.image) for r in references],
                                        behaviour.stage_image(driver.image) if driver else None,
-                                       model_name=pc.variant.model, steps=steps)
+                                       model_name=pc.variant.model, steps=steps, ip_weight=pc.variant.ip_weight)
         image = behaviour.generate(prompt)
         scored = behaviour.score_case(case, image, references, driver, analyzer, judge)
         extra = _embedding_rows(image, case, analyzer, truth["references"], truth["faces"])
-        rows += [{**r, **e, "variant": pc.variant.name} for r, e in zip(scored, extra, strict=True)]
+        rows += [{**r, **e, "variant": pc.variant.name, "case": position} for r, e in zip(scored, extra, strict=True)]
         if examples is not None and (case.cell, pc.variant.name) not in examples:
             examples[(case.cell, pc.variant.name)] = {"image": image, "reference": references[0].image,
-                                                      "truth": truth["image"], "boxes": behaviour.requested_boxes(case)}
+                                                      "truth": truth["image"], "boxes": behaviour.requested_boxes(case),
+                                                      "case": position}
         if (case.cell, case.seed) not in done_truth:
             done_truth.add((case.cell, case.seed))
-            rows += _truth_rows(case, truth)
+            rows += [{**r, "case": position} for r in _truth_rows(case, truth)]
     return rows
+
+
+# running in parallel ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What a spawned worker needs to run cases as the parent would: the ComfyUI folder, the folders its RealisID
+    loader lists (the committed variants, the twins' scratch folder), a scratch root (each worker stages its
+    references and outputs in its own sub-folder) and its torch threads."""
+
+    comfyui: str
+    model_folders: tuple[str, ...]
+    scratch: str
+    threads: int = 1
+
+
+def split_cases(cases: Sequence[PaperCase], workers: int) -> list[list[int]]:
+    """Case positions per worker: every variant of a case (one cell and seed) stays in one worker, so its
+    ground-truth render and staged references are made once; cases are dealt in turn, so each worker gets every
+    kind of cell."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for position, pc in enumerate(cases):
+        groups.setdefault((pc.case.cell, pc.case.seed), []).append(position)
+    shares: list[list[int]] = [[] for _ in range(max(1, workers))]
+    for k, positions in enumerate(groups.values()):
+        shares[k % len(shares)] += positions
+    return [share for share in shares if share]
+
+
+def _worker(setup: WorkerSetup, index: int, cases: list[PaperCase], steps: int | None) -> tuple[list[dict], dict]:
+    """One spawned process: boot the host like the command does, then `run` its share."""
+    import sys
+
+    import torch
+
+    from realisid.host import comfy_host
+
+    # spawn hands over the parent's sys.path, where ComfyUI's nodes.py put its comfy/ folder first; a fresh
+    # process must see ComfyUI's own `utils` package first again (comfy_host.boot claims it)
+    comfy_dir = os.path.join(os.path.realpath(setup.comfyui), "comfy")
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p) != comfy_dir]
+    torch.set_num_threads(setup.threads)
+    comfy_host.boot(setup.comfyui, cpu=not torch.cuda.is_available())
+    comfy_host.load_core_extras()
+    comfy_host.load_pack()
+    import folder_paths
+
+    from realisid.mini import backend, family, judge
+
+    family.register()
+    folder_paths.set_input_directory(f"{setup.scratch}/worker{index}/input")
+    folder_paths.set_output_directory(f"{setup.scratch}/worker{index}/output")
+    for folder in setup.model_folders:
+        folder_paths.add_model_folder_path("realisid", folder)
+    examples: dict = {}
+    rows = run(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), steps=steps, examples=examples)
+    return rows, examples
+
+
+def run_in_workers(cases: Sequence[PaperCase], setup: WorkerSetup, workers: int, steps: int | None = None,
+                   examples: dict | None = None) -> list[dict]:
+    """`run` shared between `workers` spawned processes (`split_cases`); the rows come back in plan order with
+    each case's position in `cases`, as one process would give them, and the examples of each cell's first case.
+    On a small CPU several one-thread processes beat one process's threads: the Mini networks' layers are too
+    small to split across cores."""
+    import concurrent.futures
+    import multiprocessing
+
+    shares = split_cases(cases, workers)
+    context = multiprocessing.get_context("spawn")
+    results = []
+    with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        futures = [pool.submit(_worker, setup, k, [cases[p] for p in share], steps) for k, share in enumerate(shares)]
+        for share, future in zip(shares, futures, strict=True):
+            results.append((share, future.result()))
+    rows = []
+    for share, (part, found) in results:
+        rows += [{**r, "case": share[r["case"]]} for r in part]
+        for key, example in found.items():
+            example = {**example, "case": share[example["case"]]}
+            if examples is not None and (key not in examples or example["case"] < examples[key]["case"]):
+                examples[key] = example
+    return sorted(rows, key=lambda r: r["case"])  # stable: a case's rows keep their order
 
 
 def _truth_rows(case: behaviour.Case, truth: dict) -> list[dict]:
@@ -408,17 +499,23 @@ def examples_grid(examples: dict, cells: Sequence[str], variants: Sequence[str],
 
 
 def measure(n: int, out_dir: str | Path, seed: int = 72, extras: Sequence[str] = (), sides: dict = SIDES,
-            people: Sequence[int] = PEOPLE, steps: int | None = None, trained: Sequence[Variant] = ()) -> dict:
+            people: Sequence[int] = PEOPLE, steps: int | None = None, trained: Sequence[Variant] = (),
+            workers: int = 1, setup: WorkerSetup | None = None) -> dict:
     """Run the protocol with the shipped Mini files (plus `trained` variants, e.g. committed_variants() and
     twin_variants()); writes rows.json, summary.json, identity_vs_size.png and examples.png into out_dir and
-    returns the summary."""
+    returns the summary. workers > 1: in that many spawned processes set up by `setup` (`run_in_workers`)."""
     from realisid.mini import backend, family, judge
 
     family.register()
     variants = variants_with(extras) + tuple(trained)
     cases = plan(n, seed, variants, sides, people)
     examples: dict = {}
-    rows = run(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), steps=steps, examples=examples)
+    if workers > 1:
+        if setup is None:
+            raise ValueError("measure(workers > 1) needs the workers' WorkerSetup")
+        rows = run_in_workers(cases, setup, workers, steps, examples)
+    else:
+        rows = run(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), steps=steps, examples=examples)
     summary = summarise(rows, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -528,6 +625,19 @@ def _equal_budget_reading(summary: dict) -> list[str]:
                    f"attribute match from 1/4 to 1/7, RealisID {_sizes(full)}, InstantID-style baseline "
                    f"{_sizes(baseline)}; at 1/7 RealisID is {_separated(full['1/7'], baseline['1/7'])} the baseline "
                    f"(95% intervals).")
+    with_ip = ident.get(TRAINED["instantid_style_ip"])
+    if baseline and with_ip:
+        location = summary["location"]
+        placed = {k: location[TRAINED[k]]["IoU >= 0.6"]["mean"] for k in ("instantid_style", "instantid_style_ip")
+                  if TRAINED[k] in location}
+        text = (f"InstantID's other half, identity tokens in the base's own cross-attention (an IP-Adapter trained "
+                f"with the baseline): {_sizes(with_ip)} against {_sizes(baseline)} without it; at 1/7 "
+                f"{_separated(with_ip['1/7'], baseline['1/7'])} the baseline without it and "
+                f"{_separated(with_ip['1/7'], full['1/7'])} RealisID")
+        if len(placed) == 2:
+            text += (f"; faces in their box (IoU >= 0.6) {placed['instantid_style_ip']:.2f} with it, "
+                     f"{placed['instantid_style']:.2f} without")
+        out.append(text + ".")
     twins = [(f, r, ident[twin_name(f, r)]) for f, r in TWINS if twin_name(f, r) in ident]
     if baseline and twins:
         parts = [f"frame {f:g}{', noise restored' if r else ''}: {_sizes(t)}, "
@@ -563,7 +673,7 @@ def _equal_budget_reading(summary: dict) -> list[str]:
 
 
 def write_doc(summary: dict, path: str | Path, figures_dir: str, command: str, seed: int, n: int,
-              seconds: float) -> None:
+              seconds: float, workers: int = 1) -> None:
     """docs/results-mini.md: the tables, the plots, the command, the seeds and the computed reading."""
     sections = [
         "# The paper's claims, measured on RealisID-Mini",
@@ -571,7 +681,7 @@ def write_doc(summary: dict, path: str | Path, figures_dir: str, command: str, s
         "RealisID-Mini is a cartoon world (`models/mini/README.md`): nothing here says anything about photographs "
         "or SDXL. Every figure is on held-out identities, with n and a percentile-bootstrap 95% interval "
         f"({BOOTSTRAP} resamples); every variant ran the same cases. Seed {seed}, {n} cases per cell, "
-        f"{seconds / 60:.0f} min on {_machine()}.",
+        f"{seconds / 60:.0f} min on {_machine(workers)}.",
         "",
         "```bash",
         command,
@@ -611,8 +721,10 @@ def write_doc(summary: dict, path: str | Path, figures_dir: str, command: str, s
     Path(path).write_text("\n".join(sections))
 
 
-def _machine() -> str:
+def _machine(workers: int = 1) -> str:
     from realisid.machine import description
 
     info = description()
-    return f"{info['cpu']}, {info['affinity']} cores, {info['torch_threads']} torch threads"
+    threads = (f"{workers} worker processes of 1 torch thread each" if workers > 1
+               else f"{info['torch_threads']} torch threads")
+    return f"{info['cpu']}, {info['affinity']} cores, {threads}"

@@ -95,6 +95,11 @@ def _fit_parser(sub) -> None:
                    help="the global branch's hint: the box mask (RealisID), or the face's hint drawn in its box on "
                         "the whole image (with --branches global --hint kps5: the InstantID-style baseline, one "
                         "identity ControlNet on the full latent with 5 keypoints); saved in the model")
+    p.add_argument("--ip-adapter", action="store_true",
+                   help="also train an IP-Adapter: the identity tokens read by every cross-attention of the frozen "
+                        "base inside the face's box (InstantID's decoupled cross-attention; its to_k copies the "
+                        "base's, its to_v starts at zero); saved in the model, applied at sampling by RealisID "
+                        "InstantID Regional Attention")
     p.add_argument("--val-cache", nargs="+", default=None,
                    help="held-out cache folder(s) prepared like --cache (other people): identity use on the live "
                         "weights every --val-every steps, logged to TensorBoard and OUT/validation.jsonl")
@@ -244,7 +249,8 @@ def config_from_args(args):
         resume=resume, seed=args.seed, crop_size=args.crop_size, projector=projector, log_every=args.log_every,
         max_grad_norm=args.max_grad_norm, text_cache_size=args.text_cache_size,
         cache_latents=args.cache_latents, overfit=args.overfit, cpu=args.cpu, init=args.init,
-        branches=args.branches, hint=args.hint, global_hint=args.global_hint, val_cache=args.val_cache,
+        branches=args.branches, hint=args.hint, global_hint=args.global_hint, ip_adapter=args.ip_adapter,
+        val_cache=args.val_cache,
         val_every=args.val_every, val_n=args.val_n, val_sample_every=args.val_sample_every,
         val_sample_n=args.val_sample_n, val_backend=args.val_backend, val_insightface_root=args.val_insightface_root)
 

@@ -69,6 +69,7 @@ class TrainConfig:
     branches: str = "both"
     hint: str = "cache"
     global_hint: str = "box_mask"
+    ip_adapter: bool = False  # identity tokens in the base's cross-attention too (InstantID's IP-Adapter)
     val_cache: list[str] | None = None  # held-out caches: identity use on the live weights every val_every steps
     val_every: int = 0
     val_n: int = 64

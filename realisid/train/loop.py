@@ -28,6 +28,7 @@ from realisid import checkpoint
 from realisid.control import FaceCondition
 from realisid.geometry import LATENT_DOWNSCALE
 from realisid.identity_sources import clip_space
+from realisid.ip_adapter import attn2_widths, init_from_unet
 from realisid.machine import machine
 from realisid.train import latents, previews
 from realisid.train.config import PRECISIONS, TrainConfig
@@ -148,7 +149,11 @@ class Trainer:
                                                 identity_space=space, projector_config=projector,
                                                 crop_size=self.cfg.crop_size, with_local=self.cfg.branches != "global",
                                                 with_global=self.cfg.branches != "local",
-                                                global_hint=self.cfg.global_hint)
+                                                global_hint=self.cfg.global_hint,
+                                                ip_adapter_widths=attn2_widths(self.host.unet) if self.cfg.ip_adapter
+                                                else None)
+        if model.ip_adapter is not None:
+            init_from_unet(model.ip_adapter, self.host.unet)
         model.config.update(self._hint_conventions())
         if self.cfg.init and not self.cfg.resume:
             self._warm_start(model)
@@ -164,7 +169,7 @@ class Trainer:
         of a run whose state is gone) instead of the base UNet; a fresh optimizer. Its config must be the one this
         run would build."""
         previous = checkpoint.load_realisid(self.cfg.init, dtype=torch.float32)
-        for key in ("identity_space", "crop_size", "projector", "local", "global", "box_expand", "hint"):
+        for key in ("identity_space", "crop_size", "projector", "local", "global", "ip_adapter", "box_expand", "hint"):
             if key in model.config and previous.config.get(key) != model.config[key]:
                 raise ValueError(f"--init {self.cfg.init}: its {key} {previous.config.get(key)!r} differs from this "
                                  f"run's {model.config[key]!r}; train with the same base, cache and --crop-size")

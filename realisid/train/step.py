@@ -15,6 +15,8 @@ from realisid import checkpoint
 from realisid.control import FaceCondition, branch_residuals
 from realisid.train.config import TrainConfig
 
+IP_KEY = "ip_adapter"  # BranchForward's output entry of a model with an IP-Adapter: {index: (K, V)}
+
 
 class BranchForward(nn.Module):
     """The trainable networks as ONE module (what accelerate wraps in DDP); forward = branch_residuals, paired.
@@ -49,7 +51,11 @@ class BranchForward(nn.Module):
             middle, output = torch.utils.checkpoint.checkpoint(self._residuals, *args, use_reentrant=False)
         else:
             middle, output = self._residuals(*args)
-        return {"input": [], "middle": list(middle), "output": list(output)}
+        out = {"input": [], "middle": list(middle), "output": list(output)}
+        ip_adapter = self.model.ip_adapter
+        if ip_adapter is not None:  # projected here, inside the wrapped module, so DDP sees every parameter used
+            out[IP_KEY] = {index: ip_adapter.project(index, p_id) for index in ip_adapter.indices}
+        return out
 
 
 def model_targets(model_sampling, sigma, x_noisy, x0) -> torch.Tensor:
@@ -112,21 +118,51 @@ class StepInputs:
 _CONTROL_KEYS = ("input", "middle", "output")
 
 
-def unet_forward(unet, x, timesteps, context, y, control: dict, checkpointed: bool = False) -> torch.Tensor:
-    """The frozen UNet with the residuals. Checkpointed: torch.utils.checkpoint (non-reentrant) with the control
-    dict rebuilt inside, since the UNet pops it (ComfyUI's own use_checkpoint fails on frozen weights)."""
+def ip_transformer_options(unet, ip_adapter, ip_kv: dict | None, boxes: torch.Tensor, latent_hw) -> dict:
+    """The frozen UNet's transformer_options for one training forward: with an IP-Adapter, every cross-attention
+    replaced by `PairedIPAttention` (row b's identity K/V inside row b's box), ComfyUI's patches_replace as at
+    sampling; {} otherwise."""
+    if not ip_kv:
+        return {}
+    from realisid import geometry
+    from realisid.instantid.attention import PairedIPAttention, pair_blocks
+
+    latent_boxes = geometry.frac_to_latent(boxes.detach().double().cpu(), latent_hw)
+    levels = geometry.unet_levels(unet)
+    replace = {key: PairedIPAttention(*ip_kv[index], latent_boxes, levels) for key, index in pair_blocks(unet, ip_adapter)}
+    # With identity in its attention, the frozen UNet's activations need gradients from the first block on, and
+    # ComfyUI adds the output-side residuals in place (`h += ctrl`) to the skip tensors it stored, tensors the
+    # next block saved for its backward. The next block therefore gets a copy; the stored skip stays unsaved.
+    return {"patches_replace": {"attn2": replace}, "patches": {"input_block_patch_after_skip": [_fresh_copy]}}
+
+
+def _fresh_copy(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+    return h.clone()
+
+
+def unet_forward(unet, x, timesteps, context, y, control: dict, checkpointed: bool = False,
+                 transformer_options: dict | None = None) -> torch.Tensor:
+    """The frozen UNet with the residuals (and the IP-Adapter's attention patches, `ip_transformer_options`).
+    Checkpointed: torch.utils.checkpoint (non-reentrant) with the control dict rebuilt inside, since the UNet pops
+    it (ComfyUI's own use_checkpoint fails on frozen weights)."""
     extra = {} if y is None else {"y": y}
+    options = transformer_options or {}
     if not checkpointed:
-        return unet(x, timesteps, context=context, control=control, transformer_options={}, **extra)
+        return unet(x, timesteps, context=context, control=control, transformer_options=dict(options), **extra)
     counts = [len(control.get(k, [])) for k in _CONTROL_KEYS]
     flat = [t for k in _CONTROL_KEYS for t in control.get(k, [])]
 
     def run(x, timesteps, context, *residuals):
         it = iter(residuals)
         rebuilt = {k: [next(it) for _ in range(n)] for k, n in zip(_CONTROL_KEYS, counts, strict=True)}
-        return unet(x, timesteps, context=context, control=rebuilt, transformer_options={}, **extra)
+        return unet(x, timesteps, context=context, control=rebuilt, transformer_options=dict(options), **extra)
 
     return torch.utils.checkpoint.checkpoint(run, x, timesteps, context, *flat, use_reentrant=False)
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The BranchForward inside a DDP wrapper (accelerate's prepare), or the module itself."""
+    return getattr(module, "module", module)
 
 
 def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainConfig, autocast, compute_dtype):
@@ -136,8 +172,10 @@ def step_loss(forward_module, unet, model_sampling, s: StepInputs, cfg: TrainCon
     timesteps = model_sampling.timestep(s.sigma).float()
     with autocast():
         control = forward_module(x_in, timesteps, s.identity, s.hints, s.boxes, s.y, s.drop_identity)
+        options = ip_transformer_options(unet, _unwrapped(forward_module).model.ip_adapter, control.pop(IP_KEY, None),
+                                         s.boxes, tuple(x_in.shape[-2:]))
         y = None if s.y is None else s.y.to(compute_dtype)
         pred = unet_forward(unet, x_in.to(compute_dtype), timesteps, s.context.to(compute_dtype), y, control,
-                            cfg.checkpoint_unet)
+                            cfg.checkpoint_unet, options)
     target = model_targets(model_sampling, s.sigma, x_noisy, s.x0)
     return diffusion_loss(pred, target, s.mask, cfg.lambda_face, cfg.face_loss_norm)
