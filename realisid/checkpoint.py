@@ -25,7 +25,7 @@ from realisid.checkpoint_format import (
     parse_config,
     read_header,
 )
-from realisid.ip_adapter import IPAdapterKV
+from realisid.ip_adapter import TRAINED_WEIGHT, IPAdapterKV
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,8 @@ def load_realisid(path: str, dtype: torch.dtype | None = None, device=None) -> R
         model.nets.to(device)
     if model.ip_adapter is not None:  # the branches' conditioning does not apply it: the MODEL must be patched
         log.info("%s was trained with an IP-Adapter (identity tokens in the base's cross-attention): apply it to "
-                 "the MODEL with RealisID InstantID Regional Attention, weight 1.0 as trained", os.path.basename(path))
+                 "the MODEL with RealisID InstantID Regional Attention, weight %g as trained", os.path.basename(path),
+                 TRAINED_WEIGHT)
     return model
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+TRAINED_WEIGHT = 1.0  # the weight `fit --ip-adapter` trains at (`PairedIPAttention`): a trained model's sampling weight
+
 
 def attn2_modules(diffusion_model) -> Iterator[tuple[tuple[str, int, int], nn.Module]]:
     """((block_name, id, index), attn2 module) of every cross-attention, in diffusers' processor order;

@@ -135,6 +135,16 @@ def test_sampled_faces_are_read_back_as_realisid_evaluate_reads_them(models, hel
     assert blank.found == 0.0 and blank.iou == 0.0 and np.isnan(blank.identity)
 
 
+def _plain_losses_and_sampling_trainer(env, held_out_cache, out, every: int):
+    """(the losses of a 2-step run without validation, a trainer for the same run sampling 2 held-out faces every
+    `every` steps)."""
+    kw = dict(steps=2, identity_space="embedding", batch_size=2, lr=1e-2)
+    plain = Trainer(train_synthetic.train_config(env, out / "plain", **kw)).fit()
+    cfg = train_synthetic.train_config(env, out / "val", val_cache=[str(held_out_cache)], val_sample_every=every,
+                                       val_sample_n=2, val_backend="embedded", sample_steps=2, **kw)
+    return plain, Trainer(cfg)
+
+
 def test_fit_samples_the_held_out_faces_and_reads_them_back(models, held_out_cache, tmp_path, monkeypatch):
     """--val-sample-every: the first held-out faces sampled with the live weights (the tiny model draws no face, so
     the real backend finds none), figures in validation.jsonl; the training losses are unchanged. With a backend
@@ -144,12 +154,7 @@ def test_fit_samples_the_held_out_faces_and_reads_them_back(models, held_out_cac
 
     from realisid.faces.record import FaceRecord
 
-    env = models[0]
-    kw = dict(steps=2, identity_space="embedding", batch_size=2, lr=1e-2)
-    plain = Trainer(train_synthetic.train_config(env, tmp_path / "plain", **kw)).fit()
-    cfg = train_synthetic.train_config(env, tmp_path / "val", val_cache=[str(held_out_cache)], val_sample_every=2,
-                                       val_sample_n=2, val_backend="embedded", sample_steps=2, **kw)
-    trainer = Trainer(cfg)
+    plain, trainer = _plain_losses_and_sampling_trainer(models[0], held_out_cache, tmp_path, every=2)
     assert trainer.fit() == plain
     (line,) = [json.loads(x) for x in (tmp_path / "val" / "validation.jsonl").read_text().splitlines()]
     assert line["step"] == 2 and line["sample_n"] == 2 and 0.0 <= line["sample_found"] <= 1.0
@@ -200,12 +205,7 @@ def test_a_held_out_set_mixing_embedding_spaces_is_refused_at_start_up(models, h
 
 
 def test_a_failing_sampled_validation_is_logged_and_the_run_goes_on(models, held_out_cache, tmp_path, caplog):
-    env = models[0]
-    kw = dict(steps=2, identity_space="embedding", batch_size=2, lr=1e-2)
-    plain = Trainer(train_synthetic.train_config(env, tmp_path / "plain", **kw)).fit()
-    cfg = train_synthetic.train_config(env, tmp_path / "val", val_cache=[str(held_out_cache)], val_sample_every=1,
-                                       val_sample_n=2, val_backend="embedded", sample_steps=2, **kw)
-    trainer = Trainer(cfg)
+    plain, trainer = _plain_losses_and_sampling_trainer(models[0], held_out_cache, tmp_path, every=1)
 
     class Broken:
         def analyze(self, image):

@@ -31,7 +31,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from realisid import geometry
-from realisid.ip_adapter import attn2_modules
+from realisid.ip_adapter import TRAINED_WEIGHT, attn2_modules
 from realisid.null_identity import identity_flags
 
 
@@ -86,7 +86,8 @@ class PairedIPAttention:
     draws one person per sample, so there is no overlap to average). k, v: (B, N, inner), already the null
     tokens' on rows whose identity was dropped; boxes: (B, 4) latent units."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, boxes: torch.Tensor, levels, weight: float = 1.0):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, boxes: torch.Tensor, levels,
+                 weight: float = TRAINED_WEIGHT):
         self.k, self.v, self.boxes, self.levels, self.weight = k, v, boxes, levels, float(weight)
 
     def __call__(self, q, k, v, extra_options):

@@ -269,8 +269,6 @@ def _paper(args) -> None:
     import tempfile
     import time
 
-    import folder_paths
-
     from realisid.host import comfy_host
     from realisid.mini import files, paper
 
@@ -280,15 +278,13 @@ def _paper(args) -> None:
     people = paper.PEOPLE if args.people is None else tuple(args.people)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:  # references and outputs stay out of the user's ComfyUI folders
-        folder_paths.set_input_directory(f"{scratch}/input")
-        folder_paths.set_output_directory(f"{scratch}/output")
         trained, folders = (), ()
         if args.trained:  # the committed variants and the baseline's local twins (users' loaders never list them)
             twins = Path(scratch) / "twins"
             twins.mkdir()
             folders = (str(files.VARIANTS_DIR), str(twins))
-            for folder in folders:
-                folder_paths.add_model_folder_path("realisid", folder)
+        paper.stage_host(scratch, folders)
+        if args.trained:
             trained = paper.committed_variants() + paper.twin_variants(twins)
         setup = paper.WorkerSetup(args.comfyui, folders, scratch)
         summary = paper.measure(args.n, args.out, args.seed, args.extra, sides, people, args.steps, trained,

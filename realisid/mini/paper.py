@@ -77,7 +77,6 @@ TRAINED = {  # file key in models/mini/variants/ -> row name (`python -m realisi
     "global_only": f"global branch trained alone, {EQUAL_BUDGET}",
     "instantid_style_ip": f"InstantID-style + IP-Adapter, {EQUAL_BUDGET}",
 }
-IP_WEIGHTS = {"instantid_style_ip": 1.0}  # trained variants with an IP-Adapter: the weight it was trained at
 # the baseline run as the local branch: (crop side / face side, restore the crop's noise level); frame 1: the face
 # fills the crop, the most up-sampling, so the most noise lost (`geometry.crop_noise_deficit`)
 TWINS = ((1.0, False), (2.0, False), (3.0, False), (1.0, True), (2.0, True))
@@ -109,11 +108,19 @@ def variants_with(extras: Sequence[str] = ()) -> tuple[Variant, ...]:
 
 
 def committed_variants() -> tuple[Variant, ...]:
-    """The trained variants whose files are in models/mini/variants/ (full strengths, their own file)."""
+    """The trained variants whose files are in models/mini/variants/ (full strengths, their own file; a file with
+    an IP-Adapter has it applied at the weight it was trained at)."""
+    from realisid.checkpoint_format import read_config
+    from realisid.ip_adapter import TRAINED_WEIGHT
     from realisid.mini import files
 
-    return tuple(Variant(name, "full", files.variant_file(key), ip_weight=IP_WEIGHTS.get(key))
-                 for key, name in TRAINED.items() if (files.VARIANTS_DIR / files.variant_file(key)).is_file())
+    out = []
+    for key, name in TRAINED.items():
+        path = files.VARIANTS_DIR / files.variant_file(key)
+        if path.is_file():
+            ip_weight = TRAINED_WEIGHT if read_config(str(path)).get("ip_adapter") else None
+            out.append(Variant(name, "full", path.name, ip_weight=ip_weight))
+    return tuple(out)
 
 
 def local_twin(source: str | Path, out: str | Path, frame: float, restore_noise: bool = False) -> None:
@@ -281,6 +288,17 @@ class WorkerSetup:
     threads: int = 1
 
 
+def stage_host(root: str, model_folders: Sequence[str] = ()) -> None:
+    """Point the booted host's input and output folders into `root` (references and outputs stay out of the
+    user's ComfyUI folders) and list `model_folders` in its RealisID loader (the committed variants, the twins)."""
+    import folder_paths
+
+    folder_paths.set_input_directory(f"{root}/input")
+    folder_paths.set_output_directory(f"{root}/output")
+    for folder in model_folders:
+        folder_paths.add_model_folder_path("realisid", str(folder))
+
+
 def split_cases(cases: Sequence[PaperCase], workers: int) -> list[list[int]]:
     """Case positions per worker: every variant of a case (one cell and seed) stays in one worker, so its
     ground-truth render and staged references are made once; cases are dealt in turn, so each worker gets every
@@ -310,15 +328,10 @@ def _worker(setup: WorkerSetup, index: int, cases: list[PaperCase], steps: int |
     comfy_host.boot(setup.comfyui, cpu=not torch.cuda.is_available())
     comfy_host.load_core_extras()
     comfy_host.load_pack()
-    import folder_paths
-
     from realisid.mini import backend, family, judge
 
     family.register()
-    folder_paths.set_input_directory(f"{setup.scratch}/worker{index}/input")
-    folder_paths.set_output_directory(f"{setup.scratch}/worker{index}/output")
-    for folder in setup.model_folders:
-        folder_paths.add_model_folder_path("realisid", folder)
+    stage_host(f"{setup.scratch}/worker{index}", setup.model_folders)
     examples: dict = {}
     rows = run(cases, backend.MiniFaceAnalyzer(), judge.MiniJudge(), steps=steps, examples=examples)
     return rows, examples
