@@ -297,6 +297,84 @@ def test_base_warm_start_continues_a_committed_checkpoint(tmp_path, monkeypatch,
         base.load_checkpoint_weights(base.BaseNets(*base.build(seed=3)), str(tmp_path / "shipped_vae" / "mini_vae.safetensors"))
 
 
+def _checkpoint_tensors(path) -> tuple[dict, dict]:
+    import safetensors.torch
+
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        info = json.loads(f.metadata()["realisid_mini"])
+    return safetensors.torch.load_file(str(path)), info
+
+
+def test_vae_decoder_stage_from_the_committed_file_updates_the_checkpoint_vae_only(tmp_path, monkeypatch,
+                                                                                    pack_node_ids):
+    """A decoder stage started from an exported stage-1 file (scratch states do not outlive their machine): the
+    export writes the new decoder into the VAE file and into the base checkpoint, whose UNet, text encoders,
+    encoder and latent normalisation stay bit for bit, so the base and branches trained on those latents stay
+    valid."""
+    import shutil
+
+    from realisid.mini import cli, files, vae
+
+    _trained_base_work(tmp_path, monkeypatch)
+    monkeypatch.setattr(files, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    checkpoint = tmp_path / "checkpoints" / files.BASE_FILE
+    cli._export_base(str(tmp_path), 0, checkpoint)
+    before, before_info = _checkpoint_tensors(checkpoint)
+    stage_one = tmp_path / "stage1.safetensors"
+    shutil.copy(tmp_path / "shipped_vae" / files.VAE_FILE, stage_one)
+    stage_one_info = files.read_info(stage_one, "vae")
+
+    work = tmp_path / "decoder"
+    vae.train_decoder(str(work), steps=3, batch=2, patch=32, init=str(stage_one))
+    cli._export("vae", str(work), 0)
+
+    after, after_info = _checkpoint_tensors(checkpoint)
+    assert set(after) == set(before)
+    decoder_keys = [k for k in after if k.startswith("first_stage_model.taesd_decoder.")]
+    assert decoder_keys and any(not torch.equal(after[k], before[k]) for k in decoder_keys)
+    kept = [k for k in after if k not in decoder_keys]
+    assert any(k.startswith("model.diffusion_model.") for k in kept)
+    assert "first_stage_model.vae_scale" in kept and "first_stage_model.taesd_encoder.0.weight" in kept
+    for key in kept:
+        assert torch.equal(after[key], before[key]), key
+    training = after_info["training"]
+    assert list(training)[:2] == ["vae", "vae-decoder"] and training["vae-decoder"]["steps"] == 3
+    assert training["base"] == before_info["training"]["base"]
+
+    shipped = vae.build_taesd(0)
+    shipped_info = files.load_networks(files.VAE_DIR / files.VAE_FILE, "vae", {"vae": shipped})
+    for key in decoder_keys:  # the VAE file and the checkpoint hold the same decoder
+        name = key[len("first_stage_model."):]
+        assert torch.equal(shipped.state_dict()[name].half(), after[key]), key
+    assert shipped_info["raw_latent_std"] == stage_one_info["raw_latent_std"]
+    assert shipped_info["training"]["vae"] == stage_one_info["training"]["vae"]
+
+    # the VAE file now holds a decoder stage: it is no stage-1 file to start another from
+    with pytest.raises(ValueError, match="already holds a trained decoder stage"):
+        vae.train_decoder(str(tmp_path / "again"), steps=1, batch=2, patch=32,
+                          init=str(files.VAE_DIR / files.VAE_FILE))
+    # a resumed decoder stage must read the stage-1 file it started from
+    shutil.copy(checkpoint, stage_one)
+    with pytest.raises(ValueError, match="not the stage-1 file this decoder stage started from"):
+        vae.train_decoder(str(work), steps=4, batch=2, patch=32)
+    # a folder with its own stage 1 and another file named: ambiguous, refused
+    with pytest.raises(ValueError, match="holds its own stage 1"):
+        vae.train_decoder(str(tmp_path), steps=1, batch=2, patch=32, init=str(stage_one))
+
+
+def test_checkpoint_vae_swap_refuses_another_encoder(tmp_path, monkeypatch, pack_node_ids):
+    from realisid.mini import base, cli, vae
+
+    _trained_base_work(tmp_path, monkeypatch)
+    checkpoint = tmp_path / "base.safetensors"
+    cli._export_base(str(tmp_path), 0, checkpoint)
+    other = vae.build_taesd(seed=9)  # every encoder weight differs from the checkpoint's
+    before = checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="encoder differs"):
+        base.replace_checkpoint_vae(checkpoint, other.state_dict(), {})
+    assert checkpoint.read_bytes() == before
+
+
 def test_base_loss_is_the_min_snr_v_objective(pack_node_ids):
     """The x0-space loss through ComfyUI's model_sampling equals the textbook v-prediction objective: target
     v = (noise - sigma x0) / sqrt(sigma^2 + 1), weight min(SNR, gamma) / (SNR + 1), SNR = 1 / sigma^2."""

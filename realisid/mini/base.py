@@ -245,3 +245,24 @@ def save_checkpoint(path: str, base, unet_state: dict, clip_state: dict, vae_sta
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     comfy.utils.save_torch_file(state, str(path), metadata={"realisid_mini": json.dumps(metadata)})
+
+
+def replace_checkpoint_vae(path, vae_state: dict, vae_records: dict) -> None:
+    """Swap a Mini base checkpoint's VAE for a retrained decoder of the same encoder (the UNet and text encoders,
+    trained on that encoder's latents, are kept bit for bit); its training record takes the VAE's stages."""
+    import comfy.utils
+
+    state, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    prefix = "first_stage_model."
+    new = {prefix + k: v.half() if v.is_floating_point() else v for k, v in vae_state.items()}
+    if set(new) != {k for k in state if k.startswith(prefix)}:
+        raise ValueError(f"{path}: its VAE tensors are not those of the Mini VAE; re-export the base instead")
+    changed = [k for k in new if "taesd_decoder" not in k and not torch.equal(state[k], new[k])]
+    if changed:
+        raise ValueError(f"{path}: the new VAE's encoder differs from the checkpoint's ({len(changed)} tensors, e.g. "
+                         f"{changed[0]}), so the base's latents would no longer be its own: retrain the base instead")
+    info = json.loads((metadata or {}).get("realisid_mini", "{}"))
+    info["training"] = {**vae_records, **{k: v for k, v in info.get("training", {}).items() if k not in vae_records}}
+    state.update(new)
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in state.items()}, str(path),
+                                metadata={"realisid_mini": json.dumps(info)})

@@ -33,10 +33,9 @@ python -m realisid.mini --threads 1 train judge --work $W --steps 1500
 python -m realisid.mini export faces --work $W && python -m realisid.mini export judge --work $W
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ceiling detection verification
 python -m realisid.mini curves --work $W --stages detector facenet judge && python -m realisid.mini card
-# the VAE (its identity loss reads the shipped face net): stage 1 (encoder + decoder) is final; stage 2 trains the
-# decoder alone with that encoder frozen (not run yet), so the base trains on final latents meanwhile
+# the VAE (its identity loss reads the shipped face net), stage 1: encoder + decoder
 python -m realisid.mini --threads 2 train vae --work $W --steps 5000
-python -m realisid.mini export vae --work $W
+python -m realisid.mini export vae --work $W && cp models/mini/vae/mini_vae.safetensors $W/vae_stage1.safetensors
 python -m realisid.mini --threads 1 gates --out models/mini/gates.json --only ceiling vae --n 50 --n-vae 50
 # the base, on latents of the shipped VAE's encoder (8 shards of 500 training scenes)
 python -m realisid.mini --threads 2 encode --work $W --shards 8
@@ -117,6 +116,15 @@ for v in "instantid_style:--branches global --global-hint face_hint --hint kps5"
     --batch-size 8 --lr 2e-4 --lr-warmup 100 --steps 1765 --save-every 250 --keep-last 2 --workers 0 --cpu \\
     --cache-latents --seed 0 ${v#*:}
   python -m realisid.mini export realisid --work $W/fitv_${v%%:*} --variant ${v%%:*}; done
+# the VAE, stage 2: the decoder alone from stage 1's file, its encoder frozen (no latent changes, so the base and
+# every branch above stay valid); its export also swaps the decoder into the base checkpoint, and every figure read
+# from decoded images is measured again (stage 1's file is also in the history: git show
+# 7dcc5d4:models/mini/vae/mini_vae.safetensors > $W/vae_stage1.safetensors)
+python -m realisid.mini --threads 2 train vae-decoder --work $W/vae2 --init $W/vae_stage1.safetensors --steps 4000
+python -m realisid.mini export vae --work $W/vae2 && python -m realisid.mini curves --work $W/vae2 --stages vae-decoder
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only vae --n-vae 50
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only base --n 200
+python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 python -m realisid.mini paper --n 8 --workers 2  # docs/results-mini.md: the paper's claims per variant (issue 14)
 """
 
@@ -140,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--work", required=True, help="folder for the resumable states and curves")
     train.add_argument("--steps", type=int, required=True)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--init", default=None, help="base only: a committed base checkpoint to continue from (warm "
-                       "start of a new --work folder: both weight copies, a fresh optimizer)")
+    train.add_argument("--init", default=None, help="base: a committed base checkpoint to continue from (warm "
+                       "start of a new --work folder: both weight copies, a fresh optimizer); vae-decoder: the "
+                       "exported stage-1 VAE file whose encoder stays frozen (when --work holds no stage 1)")
     export = sub.add_parser("export", help="write a trained stage as fp16 safetensors into models/mini/")
     export.add_argument("what", choices=EXPORTS)
     export.add_argument("--work", required=True)
@@ -226,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     _boot(args.comfyui)
     if args.command == "train":
-        if args.init is not None and args.stage != "base":
-            raise SystemExit(f"--init is for the base stage only, not {args.stage!r}")
+        if args.init is not None and args.stage not in ("base", "vae-decoder"):
+            raise SystemExit(f"--init is for the base and vae-decoder stages only, not {args.stage!r}")
         _train(args.stage, args.work, args.steps, args.seed, args.init)
     elif args.command == "export":
         if args.continues is not None and args.what != "realisid":
@@ -361,7 +370,7 @@ def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None
     elif stage == "vae-decoder":
         from realisid.mini import vae
 
-        vae.train_decoder(work, steps, seed=seed)
+        vae.train_decoder(work, steps, seed=seed, init=init)
     elif stage == "base":
         from realisid.mini import base, family
 
@@ -389,7 +398,7 @@ def _record(state: dict) -> dict:
 
 
 def _export(what: str, work: str, seed: int, continues: str | None = None, variant: str | None = None) -> None:
-    from realisid.mini import backend, facenets, files, judge, vae
+    from realisid.mini import backend, facenets, files, judge
 
     if what == "faces":
         det, net = facenets.Detector(), facenets.FaceNet()
@@ -403,10 +412,7 @@ def _export(what: str, work: str, seed: int, continues: str | None = None, varia
         net.load_state_dict(state["model"])
         judge.save_judge(files.FACES_DIR / files.JUDGE_FILE, net.eval(), training={"judge": _record(state)})
     elif what == "vae":
-        model, records = _vae_for_export(work, seed)
-        mean, std = vae.calibrate(model)
-        files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae", training=records,
-                            raw_latent_mean=mean, raw_latent_std=std)
+        _export_vae(work, seed)
     elif what == "base":
         _export_base(work, seed, files.CHECKPOINTS_DIR / files.BASE_FILE)
     else:
@@ -481,13 +487,34 @@ def _export_base(work: str, seed: int, path: Path) -> None:
                          vae_model.state_dict(), {"kind": "base", "training": records})
 
 
+def _export_vae(work: str, seed: int) -> None:
+    """The VAE file; after a decoder stage, also the base checkpoint's VAE (the same encoder, checked, so the base
+    and the branches trained on its latents stay valid)."""
+    from realisid.mini import base, files, vae
+
+    model, records = _vae_for_export(work, seed)
+    stage_one = vae.stage_one_info(work)
+    if stage_one is None:
+        mean, std = vae.calibrate(model)
+    else:  # the stage-1 file's normalisation, which the shipped latents were made with
+        mean, std = stage_one["raw_latent_mean"], stage_one["raw_latent_std"]
+    checkpoint = files.CHECKPOINTS_DIR / files.BASE_FILE
+    if vae.decoder_stage_started(work) and checkpoint.exists():  # (a base exported later reads the VAE file)
+        base.replace_checkpoint_vae(checkpoint, model.state_dict(), records)
+        log.info("the base checkpoint %s now holds the new decoder (its UNet, text encoders and encoder kept)",
+                 checkpoint)
+    files.save_networks(files.VAE_DIR / files.VAE_FILE, {"vae": model}, "vae", training=records,
+                        raw_latent_mean=mean, raw_latent_std=std)
+
+
 def _vae_for_export(work: str, seed: int):
     """Stage 1's EMA TAESD, with stage 2's EMA decoder once that stage has started (the encoder is stage 1's in
     both: stage 2 never changes it)."""
     from realisid.mini import vae
 
-    model = vae.joint_stage_model(work, seed)
-    records = {"vae": _record(_state(work, "vae"))}
+    model = vae.stage_one_model(work, seed)
+    stage_one = vae.stage_one_info(work)
+    records = dict(stage_one["training"]) if stage_one is not None else {"vae": _record(_state(work, "vae"))}
     if vae.decoder_stage_started(work):
         nets, state = vae.VaeNets(vae.build_taesd(seed)), _state(work, vae.DECODER_STAGE)
         nets.load_state_dict(state["model"])
@@ -530,7 +557,11 @@ def _gates(out: str, n: int, n_vae: int, only: list[str] | None) -> None:
         family.register()
         results["base"] = gates.base_gate(backend.MiniFaceAnalyzer(), judge.MiniJudge(),
                                           str(files.CHECKPOINTS_DIR / files.BASE_FILE), n)
-    results["n"], results["n_vae"] = n, n_vae
+    # each figure keeps the sample size it was measured with (a later --only run of other gates leaves it)
+    if "ceiling" in wanted:
+        results["n"] = n
+    if wanted & {"ceiling", "vae"}:
+        results["n_vae"] = n_vae
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     log.info("gates written to %s", path)

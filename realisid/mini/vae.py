@@ -12,6 +12,8 @@ format then needs no scale factor.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -32,6 +34,7 @@ IDENTITY_WEIGHT = 0.25  # identity loss beside the pixel loss (which is about 0.
 IDENTITY_LAYERS = (1, 3, 5, 7)  # face-net trunk blocks whose outputs are compared
 DECODER_STAGE = "vae-decoder"  # stage 2: the decoder alone, the encoder frozen
 DECODER_SEED_OFFSET = 1000
+INIT_RECORD = "vae-decoder.init.json"  # in --work: the stage-1 file a decoder stage started from
 
 
 def build_taesd(seed: int = 0) -> torch.nn.Module:
@@ -181,11 +184,13 @@ def train(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64,
     return _run_stage(work, "vae", nets, params, steps, seed, batch, patch, lr)
 
 
-def train_decoder(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3) -> dict:
+def train_decoder(work: str, steps: int, seed: int = 0, batch: int = 8, patch: int = 64, lr: float = 1e-3,
+                  init: str | None = None) -> dict:
     """Stage 2: the decoder alone, from stage 1's EMA weights, with stage 1's EMA encoder frozen. The latent space
     then never changes again, so the base model and the branches can be trained on it while the decoder still
-    improves (as SD's VAE decoders were fine-tuned after the fact with the encoder kept)."""
-    nets = VaeNets(joint_stage_model(work, seed))  # stage 1's EMA copy comes frozen: only its decoder trains
+    improves (as SD's VAE decoders were fine-tuned after the fact with the encoder kept). Stage 1 is `work`'s own
+    state, or `init`: an exported stage-1 VAE file (the committed one, whose encoder made the base's latents)."""
+    nets = VaeNets(stage_one_model(work, seed, init))  # comes frozen: only its decoder trains
     params = list(nets.vae.taesd_decoder.requires_grad_(True).parameters())
     # another noise stream than stage 1's, whose patches the decoder has already seen in that order
     return _run_stage(work, DECODER_STAGE, nets, params, steps, seed + DECODER_SEED_OFFSET, batch, patch, lr)
@@ -193,6 +198,49 @@ def train_decoder(work: str, steps: int, seed: int = 0, batch: int = 8, patch: i
 
 def decoder_stage_started(work: str) -> bool:
     return (Path(work) / f"{DECODER_STAGE}.state.pt").exists()
+
+
+def stage_one_model(work: str, seed: int = 0, init: str | None = None) -> torch.nn.Module:
+    """Stage 1's EMA TAESD for the decoder stage: `work`'s stage-1 state, or the stage-1 file `init` (recorded in
+    `work` at the start, so a resumed run and the export read the same one)."""
+    record_path = Path(work) / INIT_RECORD
+    if init is None and record_path.exists():
+        init = json.loads(record_path.read_text())["path"]
+    if init is None:
+        return joint_stage_model(work, seed)
+    if (Path(work) / "vae.state.pt").exists():
+        raise ValueError(f"{work} holds its own stage 1 (vae.state.pt), and --init {init} names another: train the "
+                         f"decoder stage in a new --work folder, or drop --init to continue this folder's stage 1")
+    return init_file_model(work, init, seed)
+
+
+def init_file_model(work: str, init: str, seed: int = 0) -> torch.nn.Module:
+    """An exported stage-1 VAE file, frozen; its hash is recorded in `work` on first use and checked after."""
+    from realisid.mini import files
+
+    digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()
+    record_path = Path(work) / INIT_RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record["sha256"] != digest:
+            raise ValueError(f"{init} is not the stage-1 file this decoder stage started from ({record['path']}, "
+                             f"sha256 {record['sha256'][:12]}...): restore that file, or start a new --work folder")
+    info = files.read_info(init, "vae")
+    if DECODER_STAGE in info.get("training", {}):
+        raise ValueError(f"{init} already holds a trained decoder stage: start the decoder stage from the stage-1 "
+                         f"file (git history of models/mini/vae/{files.VAE_FILE}), so the run reproduces")
+    model = build_taesd(seed)
+    files.load_networks(init, "vae", {"vae": model})
+    if not record_path.exists():
+        Path(work).mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps({"path": str(init), "sha256": digest, "info": info}))
+    return model.requires_grad_(False)
+
+
+def stage_one_info(work: str) -> dict | None:
+    """The stage-1 file's metadata (training record, latent statistics) when the decoder stage started from one."""
+    record_path = Path(work) / INIT_RECORD
+    return json.loads(record_path.read_text())["info"] if record_path.exists() else None
 
 
 def joint_stage_model(work: str, seed: int = 0) -> torch.nn.Module:
