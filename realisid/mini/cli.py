@@ -122,7 +122,7 @@ for v in "instantid_style:--branches global --global-hint face_hint --hint kps5"
 # 7dcc5d4:models/mini/vae/mini_vae.safetensors > $W/vae_stage1.safetensors)
 python -m realisid.mini --threads 2 train vae-decoder --work $W/vae2 --init $W/vae_stage1.safetensors --steps 4000
 python -m realisid.mini export vae --work $W/vae2 && python -m realisid.mini curves --work $W/vae2 --stages vae-decoder
-python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only vae --n-vae 50
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ceiling vae --n 200 --n-vae 200
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only base --n 200
 python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 python -m realisid.mini paper --n 8 --workers 2  # docs/results-mini.md: the paper's claims per variant (issue 14)
