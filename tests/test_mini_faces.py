@@ -72,20 +72,14 @@ def test_judge_reads_ground_truth_like_the_card(judge):
     assert scores.expression >= GATES["ceiling"]["1/4"]["expression"] - SMALL_SAMPLE_TOLERANCE
 
 
-def _shipped_vae():
-    from realisid.mini import vae
-
-    model = vae.build_taesd(0)
-    files.load_networks(files.VAE_DIR / files.VAE_FILE, "vae", {"vae": model})
-    return model
-
-
 def test_vae_reconstructions_read_like_the_card(judge):
     """The judge on the shipped VAE's round trips of fresh held-out faces at 1/4, against the card's VAE figures
     within the small-sample tolerance."""
+    from realisid.mini import cli
+
     # 100 faces: on 40 the expression rate alone varies by about 0.06 (binomial) around the card's 200-face figure
     scenes = gates.single_person_scenes(1 / 4, 100, seed=10)
-    scores = gates.judge_on(judge, gates.vae_round_trip(_shipped_vae(), [s.image for s in scenes]), scenes)
+    scores = gates.judge_on(judge, gates.vae_round_trip(cli._load_vae(), [s.image for s in scenes]), scenes)
     for name, accuracy in scores.attributes.items():
         assert accuracy >= GATES["vae"]["1/4"]["attributes"][name] - SMALL_SAMPLE_TOLERANCE, name
     assert scores.expression >= GATES["vae"]["1/4"]["expression"] - SMALL_SAMPLE_TOLERANCE
