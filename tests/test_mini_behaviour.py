@@ -104,7 +104,7 @@ def measured(pack_node_ids, tmp_path_factory):
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.55 of the ceiling here (text-only base 0.32; card, n=12: 0.53, text-only 0.32): the 9,965-step model carries part of the identity")
+@pytest.mark.xfail(strict=True, reason="measured 0.59 of the ceiling here (text-only base 0.28; card, n=12: 0.52, text-only 0.36): the 9,965-step branches on base stage 2 carry part of the identity")
 def test_full_model_keeps_identity_at_one_quarter(measured):
     cell = measured["identity"]["full 1/4"]
     assert cell["n"] == N
@@ -112,7 +112,7 @@ def test_full_model_keeps_identity_at_one_quarter(measured):
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.51 of the ceiling here (text-only 0.28; card, n=12: 0.50, text-only 0.29)")
+@pytest.mark.xfail(strict=True, reason="measured 0.47 of the ceiling here (text-only 0.27; card, n=12: 0.57, text-only 0.27)")
 def test_full_model_keeps_identity_at_one_seventh(measured):
     cell = measured["identity"]["full 1/7"]
     assert cell["ratio"] >= T["identity_ratio_1/7"], cell
@@ -128,13 +128,13 @@ def test_text_only_base_is_near_chance(measured):
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.75 of 64 faces at IoU >= 0.6 here (card: 0.82 of 96)")
+@pytest.mark.xfail(strict=True, reason="measured 0.81 of 64 faces at IoU >= 0.6 here (card: 0.89 of 96)")
 def test_faces_land_in_their_boxes(measured):
     assert measured["location"]["rate"] >= T["location_rate"], measured["location"]
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.38 here (card, n=12: 0.25)")
+@pytest.mark.xfail(strict=True, reason="measured 0.38 here (card, n=12: 0.25, chance)")
 def test_driven_face_takes_the_drivers_expression(measured):
     pose = measured["pose"]
     assert pose["n"] == N
@@ -149,16 +149,17 @@ def test_driven_face_turns_its_head_like_the_driver(measured):
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.19 here (card: 0.33)")
+@pytest.mark.xfail(strict=True, reason="measured 0.25 here (card: 0.33)")
 def test_undriven_face_keeps_the_references_expression(measured):
     cell = measured["pose_without_driver"]
     assert cell["expression_rate"] >= T["expression_rate"], cell
 
 
 @needs_model
-@pytest.mark.xfail(strict=True, reason="measured 0.88 (2 people) and 0.75 (3 people) here (card: 0.79, 0.58): "
-                                       "binding follows the partial identity")
-@pytest.mark.parametrize("count", ["2", "3"])
+# two people: 15 of 16 faces here (0.94) meet the threshold, while the card's 24 faces at 20 steps give 0.75, so
+# this pass is within the noise of 16 faces, not a threshold the model clearly meets
+@pytest.mark.parametrize("count", ["2", pytest.param("3", marks=pytest.mark.xfail(
+    strict=True, reason="measured 0.79 (3 people) here (card: 0.61): binding follows the partial identity"))])
 def test_each_box_binds_its_own_reference(measured, count):
     cell = measured["binding"][count]
     assert cell["n"] == N * int(count)

@@ -98,6 +98,20 @@ def test_judge_scores_count_what_they_say():
     assert json.dumps(scores.as_dict())
 
 
+def test_sample_grid_keeps_each_image_in_its_cell(tmp_path):
+    """The card's picture of the base: images in rows of `columns`, in order, the last row padded with white."""
+    from PIL import Image
+
+    images = [np.full((4, 6, 3), v, np.uint8) for v in (10, 20, 30)]
+    gates.save_grid(images, str(tmp_path / "grid.png"), columns=2)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (8, 12, 3)
+    assert (grid[:4, :6] == 10).all() and (grid[:4, 6:] == 20).all() and (grid[4:, :6] == 30).all()
+    assert (grid[4:, 6:] == 255).all()
+    with pytest.raises(ValueError, match="at least one image"):
+        gates.save_grid([], str(tmp_path / "empty.png"), columns=2)
+
+
 @pytest.mark.parametrize(("found", "verdict"), [(0.92, "pass"), (0.85, "FAIL")])
 def test_card_judges_the_base_gate_at_ninety_percent(found, verdict):
     from realisid.mini import card

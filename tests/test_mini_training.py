@@ -263,10 +263,10 @@ def test_base_export_is_the_ema_read_back_by_comfyuis_loader(tmp_path, monkeypat
 
 def test_base_warm_start_continues_a_committed_checkpoint(tmp_path, monkeypatch, pack_node_ids):
     """`train base --init CKPT` in a new --work folder: both copies start from the checkpoint's (EMA) weights and
-    the next export names the stage it continued."""
+    the next export keeps the stage it continued, then its own (the card's training table)."""
     import safetensors
 
-    from realisid.mini import base, cli
+    from realisid.mini import base, card, cli
 
     _trained_base_work(tmp_path, monkeypatch)
     first = tmp_path / "first.safetensors"
@@ -291,10 +291,47 @@ def test_base_warm_start_continues_a_committed_checkpoint(tmp_path, monkeypatch,
     cli._export_base(str(second_work), 1, second)
     with safetensors.safe_open(str(second), framework="pt") as f:
         training = json.loads(f.metadata()["realisid_mini"])["training"]
-    assert training["base_init"]["from"] == "first.safetensors"
-    assert training["base_init"]["base"]["steps"] == 2 and training["base"]["steps"] == 1
+    assert list(training)[-2:] == ["base", "base stage 2"]  # the stage it continued, then its own
+    assert training["base"]["steps"] == 2
+    assert training["base stage 2"]["steps"] == 1 and training["base stage 2"]["from"] == "first.safetensors"
+    rows = card._training_rows({"training": training})
+    assert [r.split(" | ")[:2] for r in rows[-2:]] == [["| base", "2"], ["| base stage 2", "1"]]
     with pytest.raises(ValueError, match="not a Mini base checkpoint"):
         base.load_checkpoint_weights(base.BaseNets(*base.build(seed=3)), str(tmp_path / "shipped_vae" / "mini_vae.safetensors"))
+
+
+def test_base_cosine_stage_decays_its_lr_and_refuses_another_schedule_on_resume(tmp_path, monkeypatch,
+                                                                               pack_node_ids):
+    """`train base --lr-schedule cosine`: the optimizer's rate follows warm-up then a cosine to 0.1 x lr at
+    --steps; the schedule is fixed when the stage starts (a resume with other --steps or a constant schedule is
+    refused, the state untouched) and the export records it."""
+    import safetensors
+
+    from realisid.mini import base, cli
+
+    _trained_base_work(tmp_path, monkeypatch)
+    first = tmp_path / "first.safetensors"
+    cli._export_base(str(tmp_path), 0, first)
+    monkeypatch.setattr(base, "WARMUP_STEPS", 1)
+    work = tmp_path / "cosine"
+    work.mkdir()
+    (work / "shards").symlink_to(tmp_path / "shards")
+    base.train(str(work), str(work / "shards"), steps=3, batch=2, lr=3e-4, init=str(first), lr_schedule="cosine")
+    state = torch.load(work / "base.state.pt", map_location="cpu", weights_only=True)
+    # step 2 of 3 with one warm-up step is halfway down the cosine: 3e-4 * (0.1 + 0.9 * (1 + cos(pi / 2)) / 2)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1.65e-4, rel=1e-9)
+    before = (work / "base.state.pt").read_bytes()
+    for steps, schedule in ((5, "cosine"), (3, "constant")):
+        with pytest.raises(ValueError, match="resume it with the same --lr-schedule"):
+            base.train(str(work), str(work / "shards"), steps=steps, batch=2, lr=3e-4, lr_schedule=schedule)
+    assert (work / "base.state.pt").read_bytes() == before
+    out = tmp_path / "cosine.safetensors"
+    cli._export_base(str(work), 0, out)
+    with safetensors.safe_open(str(out), framework="pt") as f:
+        training = json.loads(f.metadata()["realisid_mini"])["training"]
+    assert training["base stage 2"]["lr_schedule"] == "cosine" and training["base stage 2"]["steps"] == 3
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        base.learning_rate(str(tmp_path / "other"), 3, 3e-4, "linear")
 
 
 def _checkpoint_tensors(path) -> tuple[dict, dict]:

@@ -29,6 +29,10 @@ EMA_DECAY = 0.999
 # the network's own values for them
 UNSAVED_TEXT_KEYS = frozenset({"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"})
 INIT_RECORD = "base.init.json"  # in --work: what a warm-started base stage started from
+SCHEDULE_RECORD = "base.schedule.json"  # in --work: the learning-rate schedule the stage was started with
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.1  # a cosine stage ends at this fraction of its learning rate
+WARMUP_STEPS = 200
 
 
 def model_config() -> family.MiniSDXL:
@@ -189,10 +193,33 @@ def load_checkpoint_weights(nets: BaseNets, path: str) -> dict:
     return json.loads((metadata or {}).get("realisid_mini", "{}"))
 
 
+def learning_rate(work: str, steps: int, lr: float, schedule: str):
+    """The stage's lr(step). "constant" (after warm-up) lets a stage be extended by a larger --steps; "cosine"
+    decays to COSINE_FLOOR x lr at `steps`, so its schedule is fixed when the stage starts (recorded in the work
+    folder) and a resume with another schedule or step count is refused rather than silently bent."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
+    record = Path(work) / SCHEDULE_RECORD
+    wanted = {"lr_schedule": schedule, "steps": steps if schedule == "cosine" else None, "lr": lr}
+    if record.exists():
+        started = json.loads(record.read_text())
+        if started != wanted:
+            raise ValueError(f"{work} holds a base stage started with {started}, not {wanted}: resume it with the "
+                             "same --lr-schedule and (for cosine) --steps, or use a new --work folder")
+    else:
+        Path(work).mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(wanted))
+    if schedule == "cosine":
+        return training.warmup_cosine(lr, WARMUP_STEPS, steps, floor=COSINE_FLOOR)
+    return training.warmup_constant(lr, WARMUP_STEPS)
+
+
 def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-4,
-          init: str | None = None):
+          init: str | None = None, lr_schedule: str = "constant"):
     """`init`: a base checkpoint to start from (both copies, a fresh optimizer and warm-up) when the run has no
-    state yet; a resumed run ignores it (its state already holds the weights)."""
+    state yet; a resumed run ignores it (its state already holds the weights). `lr_schedule`: see
+    learning_rate."""
+    lr_at = learning_rate(work, steps, lr, lr_schedule)
     torch.manual_seed(seed)
     base, clip = build(seed)
     nets = BaseNets(base, clip)
@@ -229,8 +256,7 @@ def train(work: str, shards: str, steps: int, seed: int = 0, batch: int = 32, lr
         nets.update_ema(step)
         return {"loss": float(loss.detach())}
 
-    # constant after warm-up: the stage spans sessions (a larger --steps, resumed) as one schedule; EMA anneals
-    run.run(steps, step_fn, save_every=50, lr_at=training.warmup_constant(lr, 200))
+    run.run(steps, step_fn, save_every=50, lr_at=lr_at)
     return nets, base, run.record()
 
 

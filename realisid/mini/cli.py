@@ -126,6 +126,17 @@ python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only ce
 python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only base --n 200
 python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
 python -m realisid.mini paper --n 8 --workers 2  # docs/results-mini.md: the paper's claims per variant (issue 14)
+# the base, stage 2: 2,000 more steps on the same 8 shards from the stage-1 checkpoint (with the stage-2 decoder:
+# git show f4e0900:models/mini/checkpoints/realisid_mini_base.safetensors > $W/base_stage1.safetensors), warm-up
+# then a cosine decay to 0.1 x lr; the branches are not retrained, every figure above is measured again with it
+python -m realisid.mini --threads 2 encode --work $W/base2 --shards 8
+python -m realisid.mini --threads 2 train base --work $W/base2 --init $W/base_stage1.safetensors --steps 2000 \\
+  --lr-schedule cosine
+python -m realisid.mini export base --work $W/base2 && python -m realisid.mini curves --work $W/base2 --stages base \\
+  --suffix _stage2
+python -m realisid.mini --threads 2 gates --out models/mini/gates.json --only base --n 200
+python -m realisid.mini behaviour --out models/mini/behaviour.json --n 12 --images $W/behaviour_images && python -m realisid.mini card
+python -m realisid.mini paper --n 8 --workers 2
 """
 
 
@@ -151,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default=None, help="base: a committed base checkpoint to continue from (warm "
                        "start of a new --work folder: both weight copies, a fresh optimizer); vae-decoder: the "
                        "exported stage-1 VAE file whose encoder stays frozen (when --work holds no stage 1)")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                       help="base only: after warm-up, constant (the stage can be extended by a larger --steps) or "
+                       "a cosine decay to 0.1 x lr at --steps (fixed when the stage starts)")
     export = sub.add_parser("export", help="write a trained stage as fp16 safetensors into models/mini/")
     export.add_argument("what", choices=EXPORTS)
     export.add_argument("--work", required=True)
@@ -237,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         if args.init is not None and args.stage not in ("base", "vae-decoder"):
             raise SystemExit(f"--init is for the base and vae-decoder stages only, not {args.stage!r}")
-        _train(args.stage, args.work, args.steps, args.seed, args.init)
+        if args.lr_schedule != "constant" and args.stage != "base":
+            raise SystemExit(f"--lr-schedule is for the base stage only, not {args.stage!r}")
+        _train(args.stage, args.work, args.steps, args.seed, args.init, args.lr_schedule)
     elif args.command == "export":
         if args.continues is not None and args.what != "realisid":
             raise SystemExit(f"--continues is for the realisid export only, not {args.what!r}")
@@ -362,7 +378,8 @@ def _behaviour(args) -> None:
     log.info("behaviour written to %s (%.2f s per image)", args.out, summary["seconds_per_image"])
 
 
-def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None) -> None:
+def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None,
+           lr_schedule: str = "constant") -> None:
     if stage == "vae":
         from realisid.mini import vae
 
@@ -375,7 +392,7 @@ def _train(stage: str, work: str, steps: int, seed: int, init: str | None = None
         from realisid.mini import base, family
 
         family.register()
-        base.train(work, str(Path(work) / "shards"), steps, seed=seed, init=init)
+        base.train(work, str(Path(work) / "shards"), steps, seed=seed, init=init, lr_schedule=lr_schedule)
     else:
         from realisid.mini import train_faces
 
@@ -479,10 +496,18 @@ def _export_base(work: str, seed: int, path: Path) -> None:
     nets.load_state_dict(state["model"])
     vae_model = _load_vae()
     records = dict(files.read_info(files.VAE_DIR / files.VAE_FILE, "vae").get("training", {}))
+    record = _record(state)
+    schedule = Path(work) / base.SCHEDULE_RECORD
+    if schedule.exists():
+        record["lr_schedule"] = json.loads(schedule.read_text())["lr_schedule"]
     init = Path(work) / base.INIT_RECORD
-    if init.exists():  # a warm-started stage: the stages it continues come first
-        records["base_init"] = json.loads(init.read_text())
-    records["base"] = _record(state)
+    if init.exists():  # a warm-started stage: the base stages it continues come first, then this one
+        previous = json.loads(init.read_text())
+        records.update({k: v for k, v in previous.items() if k.startswith("base")})
+        stage = f"base stage {1 + sum(k.startswith('base') for k in records)}"
+        records[stage] = {**record, "from": previous["from"]}
+    else:
+        records["base"] = record
     base.save_checkpoint(str(path), base_model, nets.ema_unet.state_dict(), nets.ema_clip.state_dict(),
                          vae_model.state_dict(), {"kind": "base", "training": records})
 
@@ -556,7 +581,8 @@ def _gates(out: str, n: int, n_vae: int, only: list[str] | None) -> None:
 
         family.register()
         results["base"] = gates.base_gate(backend.MiniFaceAnalyzer(), judge.MiniJudge(),
-                                          str(files.CHECKPOINTS_DIR / files.BASE_FILE), n)
+                                          str(files.CHECKPOINTS_DIR / files.BASE_FILE), n,
+                                          samples_png=str(files.MODELS_DIR / "curves" / "base_samples.png"))
     # each figure keeps the sample size it was measured with (a later --only run of other gates leaves it)
     if "ceiling" in wanted:
         results["n"] = n

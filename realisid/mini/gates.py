@@ -201,9 +201,23 @@ def sample_base(checkpoint_path: str, captions: list[str], seed: int, steps: int
     return images
 
 
-def base_gate(analyzer, judge, checkpoint_path: str, n: int = 200, seed: int = 61) -> dict:
+def save_grid(images: list[np.ndarray], path: str, columns: int) -> None:
+    """Equal-sized HxWx3 images in rows of `columns` (the last row padded with white)."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("save_grid needs at least one image")
+    blank = np.full_like(images[0], 255)
+    cells = list(images) + [blank] * (-len(images) % columns)
+    rows = [np.concatenate(cells[i:i + columns], axis=1) for i in range(0, len(cells), columns)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def base_gate(analyzer, judge, checkpoint_path: str, n: int = 200, seed: int = 61,
+              samples_png: str | None = None) -> dict:
     """n text-only samples from training-style captions: does the Mini detector find the requested number of
-    people, and how confidently does the judge read the faces (against its confidence on real renders)?"""
+    people, and how confidently does the judge read the faces (against its confidence on real renders)?
+    `samples_png`: also save the first 16 samples as a 2 x 8 grid (the model card's picture of the base)."""
     import time
 
     rng = np.random.default_rng(seed)
@@ -211,6 +225,8 @@ def base_gate(analyzer, judge, checkpoint_path: str, n: int = 200, seed: int = 6
     start = time.perf_counter()
     images = sample_base(checkpoint_path, [world.caption(s) for s in specs], seed)
     seconds = (time.perf_counter() - start) / n
+    if samples_png is not None:
+        save_grid(images[:16], samples_png, columns=8)
     found, confidences = [], []
     for spec, image in zip(specs, images, strict=True):
         records = analyzer.analyze(image)
